@@ -1,0 +1,305 @@
+"""Typed, frozen experiment configuration.
+
+A config is a TOML file with the sections ``[data]``, ``[data.augment]``, ``[model]`` and
+``[train]`` (see ``configs/``). :func:`load` reads one, applies ``--set key=value`` overrides,
+checks every value and returns a :class:`Config`. :func:`dumps` writes the resolved config back
+as TOML; the training loop saves it next to every run so a run can always be repeated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxseg.errors import JaxsegError
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+TARGETS = ("wt", "regions", "classes")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = True  # random left-right and anterior-posterior flips
+    rot90: bool = False  # random multiples of 90 degrees in-plane
+    intensity_scale: float = 0.0  # multiply each channel by U(1 - s, 1 + s)
+    intensity_shift: float = 0.0  # add U(-s, s) to each channel
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # dataset folder; "" = synthetic phantoms written into the workdir
+    phantom_cases: int = 12
+    phantom_shape: tuple[int, ...] = (96, 96, 64)
+    phantom_seed: int = 0
+    modalities: tuple[str, ...] = MODALITIES  # any subset; 2023 names (t2f, t1n, t1c, t2w) work too
+    target: str = "wt"  # wt (binary whole tumor) | regions (WT/TC/ET) | classes (bg/NCR/ED/ET)
+    image_size: int = 128  # every slice becomes image_size x image_size
+    normalize: str = "zscore_minmax"  # zscore_minmax | slice_zscore | channel_minmax
+    crop: str = "brain_bbox"  # brain_bbox | none (in-plane crop before fitting to image_size)
+    fit: str = "resize"  # resize (bilinear images, nearest labels) | crop_pad (centre)
+    min_tumor_pixels: int = 0  # keep a tumor slice only if it has at least this many tumor pixels
+    empty_slice_fraction: float = 1.0  # share of brain slices without tumor to keep in training
+    min_tumor_fraction: float = 0.0  # drop training cases whose tumor fraction is below this
+    split: tuple[float, ...] = (0.7, 0.15, 0.15)  # train / val / test, by subject
+    split_seed: int = 0
+    val_cases: tuple[str, ...] = ()  # a fixed validation split (overrides the ratios)
+    test_cases: tuple[str, ...] = ()
+    cache_volumes: int = 4  # preprocessed volumes kept per worker
+    workers: int = 0  # grain worker processes (0 = in the main process)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "unet"
+    features: tuple[int, ...] = (32, 64, 128, 256, 512)  # channels per level; len = depth + 1
+    dropout: float = 0.0  # before the bottleneck's second conv and in each decoder block
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 4  # global, over all devices and hosts
+    steps_per_epoch: int = 0  # 0 = one pass over the training slices
+    optimizer: str = "adam"  # adam | adamw
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4  # adamw only
+    schedule: str = "constant"  # constant | warmup_cosine | plateau (on validation Dice)
+    warmup_steps: int = 0
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    clip_norm: float = 0.0  # global-norm gradient clipping; 0 = off
+    loss: str = "bce_dice"  # bce | dice | bce_dice | dice_focal | ce_dice
+    bf16: bool = False  # compute in bfloat16, keep parameters and the loss in float32
+    seed: int = 0
+    save_every_steps: int = 0  # also checkpoint every N steps; 0 = only at the end of each epoch
+    keep_checkpoints: int = 2
+    val_every_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "unnamed"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def out_channels(self) -> int:
+        return {"wt": 1, "regions": 3, "classes": 4}[self.data.target]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.data.modalities)
+
+
+_CHOICES = {
+    ("data", "target"): TARGETS,
+    ("data", "normalize"): ("zscore_minmax", "slice_zscore", "channel_minmax"),
+    ("data", "crop"): ("brain_bbox", "none"),
+    ("data", "fit"): ("resize", "crop_pad"),
+    ("model", "name"): ("unet",),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "schedule"): ("constant", "warmup_cosine", "plateau"),
+    ("train", "loss"): ("bce", "dice", "bce_dice", "dice_focal", "ce_dice"),
+}
+
+_MODALITY_ALIASES = {"flair": "flair", "t2f": "flair", "t1": "t1", "t1n": "t1", "t1ce": "t1ce",
+                     "t1c": "t1ce", "t2": "t2", "t2w": "t2"}
+
+
+def resolve_path(name: str | Path) -> Path:
+    """Find a config by path, by path without ``.toml``, or by bare name under ``configs/``."""
+    p = Path(name)
+    candidates = [p, p.with_name(p.name + ".toml"), Path("configs") / p, Path("configs") / (p.name + ".toml"),
+                  Path(__file__).resolve().parent.parent / "configs" / (p.stem + ".toml")]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise JaxsegError(f"{name}: no such config file (looked for {p} and {p}.toml, and in configs/)")
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a TOML config, apply ``key=value`` overrides (``train.epochs=3``) and validate it.
+
+    ``path=None`` gives the defaults. Raises :class:`JaxsegError` naming the file and the setting
+    for unknown keys, wrong types and out-of-range values.
+    """
+    source = "defaults"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_path(path)
+        source = str(file)
+        try:
+            raw = tomllib.loads(file.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise JaxsegError(f"{file}: cannot read config ({e})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise JaxsegError(f"{file}: not valid TOML ({e})") from None
+        raw.setdefault("name", file.stem)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise JaxsegError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word such as adamw
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise JaxsegError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = parsed
+    cfg = _build(Config, raw, source, ())
+    _validate(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: dict[str, Any], source: str, prefix: tuple[str, ...]) -> Any:
+    if not isinstance(raw, dict):
+        raise JaxsegError(f"{source}: [{'.'.join(prefix)}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        where = ".".join(prefix + (key,))
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise JaxsegError(f"{source}: unknown setting {where!r} (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, source, prefix + (key,))
+        else:
+            kwargs[key] = _coerce(hint, value, source, where)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, source: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise JaxsegError(f"{source}: {where} must be a list, got {value!r}")
+        return tuple(_coerce(item_type, v, source, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise JaxsegError(f"{source}: {where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise JaxsegError(f"{source}: {where} must be a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise JaxsegError(f"{source}: {where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise JaxsegError(f"{source}: {where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} at {where}")  # a bug in this file, not user input
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def bad(where: str, problem: str) -> JaxsegError:
+        return JaxsegError(f"{source}: {where} {problem}")
+
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise bad(f"{section}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if not d.modalities:
+        raise bad("data.modalities", "must name at least one modality")
+    for mod in d.modalities:
+        if mod not in _MODALITY_ALIASES:
+            raise bad("data.modalities", f"has unknown modality {mod!r} (known: {', '.join(_MODALITY_ALIASES)})")
+    canonical = [_MODALITY_ALIASES[x] for x in d.modalities]
+    if len(set(canonical)) != len(canonical):
+        raise bad("data.modalities", f"names a modality twice: {d.modalities}")
+    if d.image_size < 16 or d.image_size % 2 ** (len(m.features) - 1):
+        raise bad("data.image_size", f"must be at least 16 and divisible by {2 ** (len(m.features) - 1)} "
+                  f"(the U-Net halves it {len(m.features) - 1} times); got {d.image_size}")
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1) > 1e-6 or d.split[0] <= 0:
+        raise bad("data.split", f"must be three non-negative train/val/test ratios summing to 1; got {d.split}")
+    if len(d.phantom_shape) != 3 or min(d.phantom_shape) < 16:
+        raise bad("data.phantom_shape", f"must be three sizes of at least 16; got {d.phantom_shape}")
+    if not 0 <= d.empty_slice_fraction <= 1:
+        raise bad("data.empty_slice_fraction", f"must be in [0, 1]; got {d.empty_slice_fraction}")
+    if not 0 <= d.min_tumor_fraction < 1:
+        raise bad("data.min_tumor_fraction", f"must be in [0, 1); got {d.min_tumor_fraction}")
+    for key in ("phantom_cases", "cache_volumes"):
+        if getattr(d, key) < 1:
+            raise bad(f"data.{key}", f"must be at least 1; got {getattr(d, key)}")
+    for key in ("workers", "min_tumor_pixels"):
+        if getattr(d, key) < 0:
+            raise bad(f"data.{key}", f"must not be negative; got {getattr(d, key)}")
+    if len(m.features) < 2 or any(f < 1 for f in m.features):
+        raise bad("model.features", f"must list at least two positive channel counts; got {m.features}")
+    if not 0 <= m.dropout < 1:
+        raise bad("model.dropout", f"must be in [0, 1); got {m.dropout}")
+    if t.loss == "ce_dice" and d.target != "classes":
+        raise bad("train.loss", "ce_dice (softmax) needs data.target = \"classes\"")
+    if d.target == "classes" and t.loss != "ce_dice":
+        raise bad("train.loss", f"data.target = \"classes\" is softmax and needs loss ce_dice; got {t.loss}")
+    for key in ("epochs", "batch_size", "keep_checkpoints", "val_every_epochs"):
+        if getattr(t, key) < 1:
+            raise bad(f"train.{key}", f"must be at least 1; got {getattr(t, key)}")
+    for key in ("steps_per_epoch", "warmup_steps", "save_every_steps", "plateau_patience"):
+        if getattr(t, key) < 0:
+            raise bad(f"train.{key}", f"must not be negative; got {getattr(t, key)}")
+    if not t.learning_rate > 0:
+        raise bad("train.learning_rate", f"must be positive; got {t.learning_rate}")
+    if t.weight_decay < 0 or t.clip_norm < 0:
+        raise bad("train.weight_decay/clip_norm", "must not be negative")
+    if not 0 < t.plateau_factor < 1:
+        raise bad("train.plateau_factor", f"must be in (0, 1); got {t.plateau_factor}")
+
+
+def canonical_modalities(cfg: Config) -> tuple[str, ...]:
+    """The configured modalities under their 2017-2021 names (flair, t1, t1ce, t2)."""
+    return tuple(_MODALITY_ALIASES[m] for m in cfg.data.modalities)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML that :func:`load` reads back to an equal config."""
+    raw = to_dict(cfg)
+    lines = [f"name = {_toml_value(raw.pop('name'))}"]
+
+    def table(name: str, body: dict[str, Any]) -> None:
+        lines.append(f"\n[{name}]")
+        subtables = {k: v for k, v in body.items() if isinstance(v, dict)}
+        for k, v in body.items():
+            if k not in subtables:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in subtables.items():
+            table(f"{name}.{k}", v)
+
+    for section in ("data", "model", "train"):
+        table(section, raw[section])
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
