@@ -1,0 +1,116 @@
+"""Building blocks shared by the segmentation models (U-Net now; attention, residual and 3D
+U-Nets later): the double convolution block, explicit dropout, max pooling and the
+perturbation hook that makes named activations differentiable for Grad-CAM.
+
+Everything is channel-last and works for any number of spatial dimensions (2 for slices, 3 for
+volumes), so a 3D U-Net reuses these with ``spatial_dims=3``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (Flax keeps `momentum` of the old average). The
+# U-Nets we compare against are PyTorch models, so running statistics follow the same recurrence.
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPSILON = 1e-5
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, index: int) -> jax.Array:
+    """Inverted dropout that is a pure function of ``(key, index)``.
+
+    Args:
+      x: any shape and dtype.
+      rate: probability of zeroing an element, in [0, 1).
+      key: a PRNG key, or None for the identity. Passing a key switches dropout on whatever the
+        batch-norm mode is, so Monte-Carlo dropout is ``train=False`` with a new key per sample.
+      index: distinguishes the dropout sites of one model; the site's mask comes from
+        ``jax.random.fold_in(key, index)``, so two sites never share a mask.
+
+    Returns:
+      ``x`` with dropped elements zeroed and kept ones scaled by ``1 / (1 - rate)``, so the
+      expected activation equals the one without dropout.
+    """
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, index), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping max pooling over every spatial axis of ``(B, *spatial, C)``.
+
+    Spatial sizes must be divisible by ``window`` (the U-Nets check this on their input).
+    """
+    batch, *spatial, channels = x.shape
+    shape = [batch]
+    for size in spatial:
+        shape += [size // window, window]
+    x = x.reshape(*shape, channels)
+    return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+
+
+def add_perturbation(x: jax.Array, name: str, perturb: dict[str, jax.Array] | None) -> jax.Array:
+    """``x + perturb[name]`` if that entry exists, else ``x``.
+
+    A model calls this on each named activation before anything downstream uses it, so
+    ``jax.grad`` of a score with respect to a zero ``perturb[name]`` is exactly the gradient with
+    respect to that activation (Grad-CAM without hooks, STYLE.md habit 1). The perturbation is
+    cast to the activation's dtype so bf16 models stay bf16.
+    """
+    if perturb is None or name not in perturb:
+        return x
+    delta = perturb[name]
+    if delta.shape != x.shape:
+        raise ValueError(f"perturb[{name!r}] has shape {delta.shape}; the activation has {x.shape}")
+    return x + delta.astype(x.dtype)
+
+
+def check_perturb_names(perturb: dict[str, jax.Array] | None, names: tuple[str, ...]) -> None:
+    """Raise on a perturbation for an activation the model does not have (a typo would
+    otherwise give an all-zero Grad-CAM silently)."""
+    if perturb:
+        unknown = sorted(set(perturb) - set(names))
+        if unknown:
+            raise ValueError(f"perturb names {unknown} are not activations of this model; known: {names}")
+
+
+class ConvBlock(nnx.Module):
+    """Two (3x3 conv 'SAME' -> batch norm -> ReLU) layers, optionally with dropout between them.
+
+    The convolutions have no bias: the batch norm that follows subtracts the mean anyway (as in
+    the PyTorch U-Nets whose parameter counts we match).
+
+    Args:
+      in_features, out_features: channels in and out.
+      dropout: rate applied after the first ReLU (only when ``__call__`` gets a key).
+      dropout_index: the ``fold_in`` index of this block's dropout site; unique per model.
+      spatial_dims: 2 for (B, H, W, C), 3 for (B, X, Y, Z, C).
+      dtype: compute dtype (parameters are always float32).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dropout: float = 0.0,
+                 dropout_index: int = 0, spatial_dims: int = 2, kernel_size: int = 3,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        kernel = (kernel_size,) * spatial_dims
+        self.conv1 = nnx.Conv(in_features, out_features, kernel, padding="SAME", use_bias=False,
+                              dtype=dtype, rngs=rngs)
+        self.norm1 = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM,
+                                   epsilon=BATCH_NORM_EPSILON, dtype=dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(out_features, out_features, kernel, padding="SAME", use_bias=False,
+                              dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM,
+                                   epsilon=BATCH_NORM_EPSILON, dtype=dtype, rngs=rngs)
+        self.dropout_rate = dropout
+        self.dropout_index = dropout_index
+
+    def __call__(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None = None) -> jax.Array:
+        """``x (B, *spatial, in_features)`` -> ``(B, *spatial, out_features)`` in the compute dtype.
+
+        ``train=True`` normalises with batch statistics and updates the running averages;
+        ``train=False`` uses the running averages.
+        """
+        x = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
+        x = dropout(x, self.dropout_rate, dropout_key, self.dropout_index)
+        return jax.nn.relu(self.norm2(self.conv2(x), use_running_average=not train))

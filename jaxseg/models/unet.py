@@ -1,0 +1,119 @@
+"""The 2D U-Net of the pediatric-BraTS work, in Flax NNX, channel-last.
+
+Encoder level ``i`` is a :class:`~jaxseg.models.layers.ConvBlock` with ``features[i]`` channels,
+followed by 2x2 max pooling (except the last level, the bottleneck). Decoder level ``i`` (from
+``depth - 1`` down to 0) upsamples with a 2x2 stride-2 transposed convolution to ``features[i]``
+channels, concatenates the skip connection ``enc{i}`` and applies another ConvBlock. A 1x1
+convolution maps ``features[0]`` channels to the logits. With the default features
+(32, 64, 128, 256, 512), one input and one output channel it has 7,762,465 parameters (the
+7.76 M quoted for the PyTorch model).
+
+Dropout sits between the two convolutions of the bottleneck block and of every decoder block
+(``model.dropout`` in the config), never in the encoder, and it only runs when a key is given.
+
+The forward pass returns the named activations Grad-CAM needs (STYLE.md habit 1):
+``enc0 .. enc{depth}`` (``enc{depth}`` is the bottleneck) and ``dec{depth-1} .. dec0``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxseg.models.layers import ConvBlock, add_perturbation, check_perturb_names, max_pool
+
+
+class UNet(nnx.Module):
+    """U-Net for ``(B, H, W, in_channels)`` images; ``H`` and ``W`` divisible by ``2**depth``.
+
+    Args:
+      in_channels: input channels (MRI modalities).
+      out_channels: logit channels K (1 for WT, 3 for WT/TC/ET regions, 4 for classes).
+      features: channels per level; ``depth = len(features) - 1`` poolings; the last entry is
+        the bottleneck.
+      dropout: dropout rate in the bottleneck and decoder blocks, in [0, 1).
+      dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters, batch statistics
+        and the returned logits are float32 whatever it is.
+      rngs: parameter initialisation keys.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 features: tuple[int, ...] = (32, 64, 128, 256, 512), dropout: float = 0.0, *,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        features = tuple(int(f) for f in features)
+        if len(features) < 2 or min(features) < 1:
+            raise ValueError(f"features must list at least two positive channel counts, got {features}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.features = features
+        self.depth = len(features) - 1
+        self.dropout_rate = float(dropout)
+        d = self.depth
+        # Dropout sites are numbered by level (bottleneck = depth, decoder i = i), so each block
+        # draws its own mask from fold_in(dropout_key, level).
+        self.encoders = nnx.List([
+            ConvBlock(in_channels if i == 0 else features[i - 1], features[i],
+                      dropout=dropout if i == d else 0.0, dropout_index=i, dtype=dtype, rngs=rngs)
+            for i in range(d + 1)])
+        self.upsamplers = nnx.List([
+            nnx.ConvTranspose(features[i + 1], features[i], (2, 2), strides=(2, 2), padding="VALID",
+                              dtype=dtype, rngs=rngs)
+            for i in range(d)])
+        self.decoders = nnx.List([
+            ConvBlock(2 * features[i], features[i], dropout=dropout, dropout_index=i, dtype=dtype,
+                      rngs=rngs)
+            for i in range(d)])
+        self.head = nnx.Conv(features[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """Names of the returned activations, in forward order."""
+        d = self.depth
+        return tuple(f"enc{i}" for i in range(d + 1)) + tuple(f"dec{i}" for i in range(d - 1, -1, -1))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
+                 perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Segment a batch of slices.
+
+        Args:
+          x: ``(B, H, W, in_channels)`` float images.
+          train: batch norm normalises with batch statistics and updates its running averages
+            iff True (so a train-mode call mutates the module; run it under ``nnx.split`` /
+            ``nnx.merge`` in a pure step).
+          dropout_key: switches dropout on (in any mode); None = no dropout.
+          perturb: optional ``name -> array`` added to that activation before it is used
+            downstream; shapes as the activation. ``jax.grad`` with respect to a zero entry is
+            the gradient with respect to the activation.
+
+        Returns:
+          ``(logits, activations)``: logits ``(B, H, W, out_channels)`` float32; activations
+          maps each name of :attr:`activation_names` to its (perturbed) value in the compute
+          dtype: ``enc{i}`` and ``dec{i}`` have shape ``(B, H / 2**i, W / 2**i, features[i])``.
+        """
+        batch, height, width, channels = x.shape
+        factor = 2 ** self.depth
+        if channels != self.in_channels:
+            raise ValueError(f"UNet expects {self.in_channels} input channels, got input of shape {x.shape}")
+        if height % factor or width % factor:
+            raise ValueError(f"UNet of depth {self.depth} needs H and W divisible by {factor}, got {x.shape}")
+        check_perturb_names(perturb, self.activation_names)
+
+        activations: dict[str, jax.Array] = {}
+        skips = []
+        for i, block in enumerate(self.encoders):
+            x = block(x, train=train, dropout_key=dropout_key)
+            x = add_perturbation(x, f"enc{i}", perturb)
+            activations[f"enc{i}"] = x
+            if i < self.depth:
+                skips.append(x)
+                x = max_pool(x)
+        for i in range(self.depth - 1, -1, -1):
+            x = self.upsamplers[i](x)
+            x = jnp.concatenate([x, skips[i].astype(x.dtype)], axis=-1)
+            x = self.decoders[i](x, train=train, dropout_key=dropout_key)
+            x = add_perturbation(x, f"dec{i}", perturb)
+            activations[f"dec{i}"] = x
+        logits = self.head(x).astype(jnp.float32)
+        return logits, activations
