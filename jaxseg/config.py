@@ -7,6 +7,7 @@ as TOML; the training loop saves it next to every run so a run can always be rep
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import typing
@@ -140,6 +141,13 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
         except tomllib.TOMLDecodeError as e:
             raise JaxsegError(f"{file}: not valid TOML ({e})") from None
         raw.setdefault("name", file.stem)
+    return load_from_dict(raw, overrides, source)
+
+
+def load_from_dict(raw: dict[str, Any], overrides: typing.Sequence[str] = (), source: str = "config"
+                   ) -> Config:
+    """Build and validate a config from a nested dict plus ``key=value`` overrides."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -185,7 +193,7 @@ def _coerce(hint: Any, value: Any, source: str, where: str) -> Any:
         (item_type, _) = typing.get_args(hint)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise JaxsegError(f"{source}: {where} must be a list, got {value!r}")
         return tuple(_coerce(item_type, v, source, where) for v in value)
     if hint is bool:
@@ -261,6 +269,20 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("train.weight_decay/clip_norm", "must not be negative")
     if not 0 < t.plateau_factor < 1:
         raise bad("train.plateau_factor", f"must be in (0, 1); got {t.plateau_factor}")
+
+
+# Every config has a smoke size (STYLE.md habit 7): the same code path at toy sizes, so tests
+# and `jaxseg demo --smoke` run any config in seconds. Real-data configs keep their data.root.
+SMOKE_OVERRIDES = (
+    "data.image_size=32", "data.phantom_cases=4", "data.phantom_shape=[32, 32, 20]",
+    "data.cache_volumes=2", "model.features=[4, 8]", "train.epochs=1", "train.steps_per_epoch=2",
+    "train.batch_size=4", "train.warmup_steps=0",
+)
+
+
+def smoke(cfg: Config) -> Config:
+    """``cfg`` at smoke size."""
+    return load_from_dict(to_dict(cfg), SMOKE_OVERRIDES)
 
 
 def canonical_modalities(cfg: Config) -> tuple[str, ...]:

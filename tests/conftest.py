@@ -13,6 +13,11 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Many tests compile the same programs (every smoke-size train step); XLA on 2 CPU cores takes
+# seconds per compile, so keep compiled programs across tests and runs.
+jax.config.update("jax_compilation_cache_dir",
+                  str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -23,3 +28,12 @@ def real_data() -> Path:
     if not (REAL_DATA / "brats2018").is_dir():
         pytest.skip(f"real MRI not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A trained smoke-size run folder (demo config at toy sizes), shared by tests that need one."""
+    from jaxseg import config as config_lib
+    from jaxseg.train import loop
+    cfg = config_lib.load("demo", config_lib.SMOKE_OVERRIDES)
+    return loop.train(cfg, tmp_path_factory.mktemp("smoke_run"), quiet=True).workdir

@@ -1,0 +1,154 @@
+"""The `jaxseg` command line: each command parses its arguments and makes one library call.
+
+Errors a user can cause arrive as :class:`jaxseg.errors.JaxsegError` and are printed as one line
+with exit status 2, never a traceback. Heavy imports (jax) happen inside the commands so that
+``jaxseg --help`` is instant.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Explainable brain-tumor MRI segmentation in pure JAX.")
+data_app = typer.Typer(no_args_is_help=True, help="Look at datasets.")
+app.add_typer(data_app, name="data")
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn user errors into one line on stderr and exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jaxseg.errors import JaxsegError
+        try:
+            return fn(*args, **kwargs)
+        except JaxsegError as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+@_user_errors
+def train(
+    config: str = typer.Option(..., "--config", "-c", help="configs/<name>[.toml] or a path"),
+    workdir: Path = typer.Option(Path("runs/latest"), "--workdir", "-w",
+                                 help="run folder: checkpoints, metrics, resolved config; resumes if present"),
+    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set train.epochs=3"),
+    distributed: bool = typer.Option(False, "--distributed",
+                                     help="multi-host: call jax.distributed.initialize (also JAXSEG_DISTRIBUTED=1)"),
+    coordinator: Optional[str] = typer.Option(None, help="multi-host coordinator host:port"),
+    num_processes: Optional[int] = typer.Option(None, help="multi-host process count"),
+    process_id: Optional[int] = typer.Option(None, help="this process's index"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a model; resumes from the newest checkpoint in --workdir."""
+    from jaxseg import config as config_lib
+    cfg = config_lib.load(config, set_)
+    from jaxseg.train import loop
+    if distributed or os.environ.get("JAXSEG_DISTRIBUTED") == "1":
+        loop.initialize_distributed(coordinator, num_processes, process_id)
+    result = loop.train(cfg, workdir, quiet=quiet)
+    _say(f"trained {result.steps} steps; best validation Dice {result.best_dice:.4f}; run in {result.workdir}")
+
+
+@app.command()
+@_user_errors
+def predict(
+    path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, or a folder of cases"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a run folder made by `jaxseg train`"),
+    out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
+    probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
+    batch_size: int = typer.Option(16, help="slices per forward pass"),
+) -> None:
+    """Segment volumes; write labels in each input's own geometry and label convention."""
+    from jaxseg.infer.predict import predict as run
+    for p in run(path, checkpoint, out, probabilities=probabilities, batch_size=batch_size,
+                 progress=lambda case: _say(f"predicting {case}")):
+        volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
+        typer.echo(f"{p.case_id}: {p.segmentation}  ({volumes})")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="folder of predicted label maps (<case>.nii.gz)"),
+    ref: Path = typer.Option(..., "--ref", help="folder (searched recursively) with <case>_seg.nii.gz"),
+    out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="folder for per_case.csv, summary.csv"),
+) -> None:
+    """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
+    from rich.console import Console
+    from jaxseg.evaluate import evaluate_folders
+    summary = evaluate_folders(pred, ref, out)
+    Console().print(summary.render())
+    _say(f"per-case results in {out / 'per_case.csv'}, summary in {out / 'summary.csv'}")
+
+
+@app.command()
+@_user_errors
+def phantom(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write cases into"),
+    cases: int = typer.Option(8, "--cases", "-n", min=1, help="how many cases"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same phantoms"),
+    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="voxels X Y Z"),
+) -> None:
+    """Write synthetic BraTS-2021-named cases with ground truth."""
+    from jaxseg.data.phantom import write_phantoms
+    written = write_phantoms(out, cases, seed, tuple(shape))
+    typer.echo(f"wrote {len(written)} cases to {out}")
+
+
+@data_app.command("inspect")
+@_user_errors
+def data_inspect(root: Path = typer.Argument(..., help="a dataset folder")) -> None:
+    """Table of the cases in a folder: modalities, geometry, labels, tumor volumes, problems."""
+    from rich.console import Console
+    from jaxseg.data.inspect import inspect_dataset, render_table
+    reports = inspect_dataset(root)
+    Console(width=200).print(render_table(reports))
+    if any(r.problems for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def demo(
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="where everything goes"),
+    smoke: bool = typer.Option(False, "--smoke", help="a tiny run that only checks the plumbing"),
+) -> None:
+    """All of it on built-in synthetic data: phantoms, training, prediction, evaluation."""
+    from jaxseg.demo import run_demo
+    run_demo(out, smoke=smoke, say=_say)
+
+
+def _compilation_cache() -> None:
+    """Keep XLA's compiled programs between runs (a CPU compile of a U-Net step takes seconds).
+    JAX_COMPILATION_CACHE_DIR chooses the folder; JAXSEG_NO_COMPILATION_CACHE=1 turns it off."""
+    if os.environ.get("JAXSEG_NO_COMPILATION_CACHE") == "1":
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxseg" / "xla"
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))  # read when jax is imported
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def main() -> None:
+    _compilation_cache()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

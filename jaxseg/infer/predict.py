@@ -1,0 +1,140 @@
+"""Inference: a trained run applied to whole volumes, written back in each volume's own geometry.
+
+The path is the training path in reverse: read (to canonical RAS) -> the run's preprocessing ->
+batched slice-wise forward passes sharded over all devices -> probabilities restored to the
+canonical volume -> labels in the input's convention -> written in the input's orientation,
+shape, affine and header.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxseg import config as config_lib
+from jaxseg.config import Config
+from jaxseg.data import brats, nifti, pipeline, preprocess
+from jaxseg.errors import JaxsegError
+from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
+from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
+
+
+class Predictor:
+    """A restored model with its config; maps canonical volumes to probabilities.
+
+    Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too.
+    """
+
+    def __init__(self, checkpoint: str | Path, batch_size: int = 16):
+        self.run = find_run(checkpoint)
+        self.cfg: Config = load_run_config(self.run)
+        self.mesh = pipeline.make_mesh()
+        self.graphdef = graphdef_of(self.cfg)
+        target = abstract_state(self.cfg, make_optimizer(self.cfg, 1), self.mesh)
+        self.params, self.batch_stats, self.meta = load_model_state(self.run, target)
+        # Batches are split over devices, so round the batch up to a multiple of their number.
+        self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
+        self.modalities = config_lib.canonical_modalities(self.cfg)
+        self._forward = jax.jit(_make_forward(self.graphdef, self.cfg.data.target))
+
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params, self.batch_stats)
+
+    def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
+        """(Z, S, S, C) float32 preprocessed slices -> (Z, S, S, K) float32 probabilities."""
+        sharding = NamedSharding(self.mesh, P("data"))
+        out = []
+        for start in range(0, len(slices), self.batch_size):
+            chunk = slices[start:start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            probs = self._forward(self.params, self.batch_stats, jax.device_put(chunk, sharding))
+            out.append(np.asarray(probs)[: self.batch_size - pad])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical (X, Y, Z, C) image -> (probabilities (X, Y, Z, K) float32, classes (X, Y, Z)
+        uint8 internal classes). Voxels outside the brain are background."""
+        prepared = preprocess.prepare_volume(image, None, self.cfg.data)
+        probs = self.slice_probabilities(prepared.slices)
+        probs = preprocess.restore_slices(probs, prepared.geometry, order=1).astype(np.float32)
+        probs *= preprocess.brain_mask(image)[..., None]
+        return probs, probabilities_to_classes(probs, self.cfg.data.target)
+
+
+def _make_forward(graphdef: nnx.GraphDef, target_kind: str) -> Callable:
+    def forward(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
+        logits, _ = nnx.merge(graphdef, params, batch_stats)(x, train=False)
+        logits = logits.astype(jnp.float32)
+        return jax.nn.softmax(logits, -1) if target_kind == "classes" else jax.nn.sigmoid(logits)
+    return forward
+
+
+def probabilities_to_classes(probs: np.ndarray, target_kind: str) -> np.ndarray:
+    """(…, K) probabilities -> (…) uint8 internal classes (threshold 0.5, or argmax for softmax)."""
+    if target_kind == "classes":
+        return np.argmax(probs, axis=-1).astype(np.uint8)
+    return brats.targets_to_classes(probs > 0.5, target_kind)
+
+
+@dataclasses.dataclass
+class Prediction:
+    case_id: str
+    segmentation: Path
+    probabilities: Path | None
+    volumes_ml: dict[str, float]
+
+
+def predict(path: str | Path, checkpoint: str | Path, out: str | Path, *, probabilities: bool = False,
+            batch_size: int = 16, progress: Callable[[str], None] | None = None) -> list[Prediction]:
+    """Segment a volume, a case folder, or a folder of cases.
+
+    A single case writes ``out`` (a ``.nii.gz`` path, or ``<out>/<case>.nii.gz`` when ``out`` is
+    a folder); several cases write ``<out>/<case>.nii.gz`` each. ``probabilities`` also writes
+    ``<name>_prob.nii.gz`` (X, Y, Z, K) float32. Labels follow the input's convention (0,1,2,4 for
+    2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model.
+    """
+    path, out = Path(path), Path(out)
+    if not path.exists():
+        raise JaxsegError(f"{path}: no such file or folder")
+    cases = _cases_at(path)
+    predictor = Predictor(checkpoint, batch_size)
+    several = len(cases) > 1
+    if several and out.name.endswith((".nii", ".nii.gz")):
+        raise JaxsegError(f"{out}: {path} holds {len(cases)} cases; --out must be a folder")
+    results = []
+    for case in cases:
+        if progress is not None:
+            progress(case.case_id)
+        image, _, props = brats.load_case(case, predictor.modalities)
+        probs, classes = predictor.predict_image(image)
+        target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
+        labels = brats.from_internal(classes, case.naming) if predictor.cfg.data.target != "wt" else classes
+        nifti.write_volume(labels.astype(np.uint8), props, target, dtype=np.uint8)
+        prob_path = None
+        if probabilities:
+            stem = target.name[: -len(".nii.gz")] if target.name.endswith(".nii.gz") else target.stem
+            prob_path = target.with_name(f"{stem}_prob.nii.gz")
+            nifti.write_volume(probs, props, prob_path, dtype=np.float32)
+        volumes = brats.tumor_volumes_ml(classes, props.spacing)
+        if predictor.cfg.data.target == "wt":
+            volumes = {"WT": volumes["WT"]}
+        results.append(Prediction(case.case_id, target, prob_path, volumes))
+    return results
+
+
+def _cases_at(path: Path) -> list[brats.Case]:
+    """One case for a NIfTI file or a case folder; every case below a dataset folder."""
+    if path.is_file():
+        return [brats.case_from_path(path)]
+    try:
+        return [brats.case_from_path(path)]
+    except JaxsegError:
+        return brats.find_cases(path)

@@ -1,0 +1,111 @@
+"""Checkpoints: everything that decides the future, in one orbax step (STYLE.md habit 9).
+
+A run folder holds
+  ``checkpoints/<step>/``  the full :class:`TrainState`, the grain iterator state of every JAX
+                           process and a JSON ``meta`` (epoch, best Dice, plateau counters);
+                           the newest ``train.keep_checkpoints`` are kept;
+  ``best/<step>/``         parameters and batch statistics of the best validation Dice, and meta;
+  ``config.toml``          the resolved config, which rebuilds the model for inference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from jaxseg import config as config_lib
+from jaxseg.errors import JaxsegError
+from jaxseg.train.state import TrainState
+
+
+class RunCheckpoints:
+    """Save and restore one run's checkpoints under ``workdir``."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2):
+        self.workdir = Path(workdir).absolute()
+        self.last = ocp.CheckpointManager(
+            self.workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.best = ocp.CheckpointManager(
+            self.workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+    def save(self, state: TrainState, data_iterator: Any, meta: dict[str, Any], *, best: bool) -> None:
+        """Save the full state at its step; also as the best model when ``best``."""
+        step = int(jax.device_get(state.step))
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.last.save(step, args=ocp.args.Composite(**items), force=True)
+        if best:
+            model = {"params": state.params, "batch_stats": state.batch_stats}
+            self.best.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
+
+    def latest_step(self) -> int | None:
+        return self.last.latest_step()
+
+    def restore_latest(self, target: TrainState, data_iterator: Any
+                       ) -> tuple[TrainState, dict[str, Any]] | None:
+        """Restore the newest full checkpoint into ``target``'s shapes and shardings, and the
+        data iterator in place. ``None`` when the run has no checkpoint yet."""
+        step = self.last.latest_step()
+        if step is None:
+            return None
+        items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.last.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        self.last.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.last.close()
+        self.best.close()
+
+
+def find_run(checkpoint: str | Path) -> Path:
+    """The run folder for a ``--checkpoint`` argument (the run folder, or its best/ or checkpoints/)."""
+    path = Path(checkpoint).absolute()
+    if path.name in ("best", "checkpoints"):
+        path = path.parent
+    if not (path / "config.toml").is_file():
+        raise JaxsegError(f"{checkpoint}: not a jaxseg run folder (no config.toml; pass the --workdir "
+                          "of `jaxseg train`)")
+    if not any((path / sub).is_dir() and any((path / sub).iterdir()) for sub in ("best", "checkpoints")):
+        raise JaxsegError(f"{checkpoint}: the run has no checkpoint yet")
+    return path
+
+
+def load_model_state(checkpoint: str | Path, target: TrainState) -> tuple[Any, Any, dict[str, Any]]:
+    """Parameters and batch statistics for inference: the best checkpoint, else the newest.
+
+    ``target`` is the abstract state (:func:`jaxseg.train.state.abstract_state`): shapes, dtypes
+    and shardings to restore into. Returns (params, batch_stats, meta).
+    """
+    run = find_run(checkpoint)
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(run / "best", options=options) as best:
+        step = best.latest_step()
+        if step is not None:
+            model = {"params": target.params, "batch_stats": target.batch_stats}
+            restored = best.restore(step, args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(model), meta=ocp.args.JsonRestore()))
+            return restored["model"]["params"], restored["model"]["batch_stats"], restored["meta"]
+    with ocp.CheckpointManager(run / "checkpoints", options=options) as last:
+        step = last.latest_step()
+        if step is None:
+            raise JaxsegError(f"{checkpoint}: the run has no checkpoint yet")
+        restored = last.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        return restored["state"].params, restored["state"].batch_stats, restored["meta"]
+
+
+def load_run_config(checkpoint: str | Path) -> config_lib.Config:
+    """The resolved config a run was trained with."""
+    return config_lib.load(find_run(checkpoint) / "config.toml")

@@ -1,0 +1,239 @@
+"""The training loop, top to bottom in data-flow order (STYLE.md habit 4).
+
+Sections: distributed set-up, mesh, input, model and optimizer, checkpoints (resume), steps,
+evaluate, loop. Resume order: the resolved config is checked against the run's, then the newest
+checkpoint restores the TrainState (parameters, batch statistics, optimizer, step, RNG key,
+learning-rate scale), the train iterator's position, and the host-side meta (epoch, position in
+the epoch, best Dice, plateau counter). Everything random derives from ``train.seed`` and the step,
+so a run stopped and resumed ends with the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxseg import config as config_lib
+from jaxseg.config import Config
+from jaxseg.data import brats, phantom, pipeline, split
+from jaxseg.errors import JaxsegError
+from jaxseg.files import write_text
+from jaxseg.train import log as log_lib
+from jaxseg.train import metrics as M
+from jaxseg.train.checkpoint import RunCheckpoints
+from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer
+from jaxseg.train.step import add_sums, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    workdir: Path
+    steps: int
+    best_dice: float
+    history: list[dict[str, Any]]
+    state: Any = None  # the final TrainState (for tests and notebooks)
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-host run (``jax.distributed.initialize``); arguments not given come from the
+    environment (cluster auto-detection on TPU/SLURM, or JAX_COORDINATOR_ADDRESS and friends)."""
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def prepare_cases(cfg: Config, workdir: Path) -> list[brats.Case]:
+    """The dataset's cases; with no ``data.root``, phantoms written once into the run folder."""
+    if cfg.data.root:
+        return brats.find_cases(cfg.data.root, config_lib.canonical_modalities(cfg))
+    root = workdir / "phantoms"
+    if jax.process_index() == 0 and not root.is_dir():
+        phantom.write_phantoms(root, cfg.data.phantom_cases, cfg.data.phantom_seed, cfg.data.phantom_shape)
+    _sync("phantoms")
+    return brats.find_cases(root, config_lib.canonical_modalities(cfg))
+
+
+def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, quiet: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``cfg`` in ``workdir``, resuming from its newest checkpoint if there is one.
+
+    ``max_steps`` stops early after that global step (checkpointing first), as an interruption
+    would; running again resumes. Raises :class:`JaxsegError` on bad data or a NaN loss.
+    """
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_same_config(cfg, workdir)
+
+    # --- mesh: every device of every process on one 'data' axis; parameters replicated.
+    mesh = pipeline.make_mesh()
+    t = cfg.train
+    if t.batch_size % mesh.size:
+        raise JaxsegError(f"train.batch_size = {t.batch_size} must be divisible by the number of "
+                          f"devices ({mesh.size})")
+
+    # --- input: cases -> subject-level split -> slice indices -> grain loaders.
+    cases = prepare_cases(cfg, workdir)
+    splits = split.split_cases([c.case_id for c in cases], cfg.data.split, cfg.data.split_seed,
+                               cfg.data.val_cases, cfg.data.test_cases)
+    if jax.process_index() == 0:
+        split.save_manifest(splits, workdir / "splits.json", seed=cfg.data.split_seed,
+                            ratios=list(cfg.data.split))
+    by_id = {c.case_id: c for c in cases}
+    train_cases = [by_id[i] for i in splits["train"]]
+    val_cases = [by_id[i] for i in splits["val"]]
+    modalities = config_lib.canonical_modalities(cfg)
+    cache = workdir / "cache"
+    train_index = pipeline.build_slice_index(train_cases, modalities, cfg.data, t.seed, True, cache)
+    if not len(train_index):
+        raise JaxsegError(f"{cfg.data.root or 'phantoms'}: no training slices left after the slice "
+                          "filters (data.min_tumor_pixels, data.empty_slice_fraction)")
+    steps_per_epoch = t.steps_per_epoch or max(1, len(train_index) // t.batch_size)
+    total_steps = t.epochs * steps_per_epoch
+    train_loader = pipeline.make_loader(cfg, train_cases, train=True, seed=t.seed, index=train_index,
+                                       mesh=mesh, cache_dir=cache)
+    train_iter = iter(train_loader)
+    val_loader = None
+    if val_cases:
+        val_index = pipeline.build_slice_index(val_cases, modalities, cfg.data, t.seed, False, cache)
+        val_loader = pipeline.make_loader(cfg, val_cases, train=False, seed=t.seed, index=val_index,
+                                         mesh=mesh, cache_dir=cache)
+
+    # --- model and optimizer, initialised straight into replicated shardings.
+    tx = make_optimizer(cfg, total_steps)
+    graphdef = graphdef_of(cfg)
+    ckpts = RunCheckpoints(workdir, keep=t.keep_checkpoints)
+    meta = {"epoch": 0, "step_in_epoch": 0, "best_dice": -1.0, "plateau_bad_epochs": 0, "history": []}
+    restored = ckpts.restore_latest(abstract_state(cfg, tx, mesh), train_iter)
+    if restored is None:
+        state = create_state(cfg, tx, mesh)
+    else:
+        state, meta = restored
+    if jax.process_index() == 0:
+        write_text(workdir / "config.toml", config_lib.dumps(cfg))
+
+    # --- steps.
+    train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
+    eval_step = make_eval_step(graphdef, t.loss, cfg.data.target)
+    batches = pipeline.device_batches(train_iter, mesh)
+    primary = jax.process_index() == 0
+    logger = log_lib.RunLog(workdir, show_progress=primary and not quiet, write_files=primary)
+    region_names = M.region_names(cfg.data.target)
+
+    # --- loop.
+    step = int(jax.device_get(state.step))
+    history: list[dict[str, Any]] = list(meta.get("history", []))
+    logger.start(total_steps, step)
+    try:
+        for epoch in range(meta["epoch"], t.epochs):
+            sums = None
+            started = time.perf_counter()
+            first = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
+            for i in range(first, steps_per_epoch):
+                state, step_sums = train_step(state, next(batches))
+                step += 1
+                step_sums = jax.device_get(step_sums)
+                loss = float(step_sums["loss_sum"] / max(step_sums["count"], 1))
+                if not math.isfinite(loss):
+                    raise JaxsegError(f"training diverged: the loss is {loss} at step {step} (epoch "
+                                      f"{epoch + 1}); try a lower train.learning_rate or train.clip_norm")
+                sums = add_sums(sums, step_sums)
+                logger.step(step, loss, t.batch_size)
+                last_of_epoch = i + 1 == steps_per_epoch
+                stopping = max_steps is not None and step >= max_steps
+                if not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0)):
+                    meta.update(epoch=epoch, step_in_epoch=i + 1, history=history)
+                    ckpts.save(state, train_iter, meta, best=False)
+                if stopping and not last_of_epoch:
+                    return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+            # --- evaluate.
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                      "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
+                                      "lr_scale": float(jax.device_get(state.lr_scale)),
+                                      "seconds": round(time.perf_counter() - started, 2)}
+            record.update(_prefixed("train", M.scores_from_sums(sums), region_names))
+            val_dice = None
+            if val_loader is not None and (epoch + 1) % t.val_every_epochs == 0:
+                val = evaluate(state, eval_step, val_loader, mesh)
+                record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
+                scores = M.scores_from_sums(val)
+                record.update(_prefixed("val", scores, region_names))
+                val_dice = float(np.mean(scores["dice"]))
+                record["val_dice"] = val_dice
+            improved = val_dice is None or val_dice > meta["best_dice"]
+            if improved and val_dice is not None:
+                meta["best_dice"] = val_dice
+            if t.schedule == "plateau" and val_dice is not None:
+                state = _plateau(state, meta, improved, t)
+            history.append(record)
+            logger.epoch(record, history)
+            if on_epoch is not None:
+                on_epoch(record)
+            meta.update(epoch=epoch + 1, step_in_epoch=0, history=history)
+            ckpts.save(state, train_iter, meta, best=improved)
+            if max_steps is not None and step >= max_steps:
+                break
+    finally:
+        logger.close()
+    return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+
+def evaluate(state: Any, eval_step: Callable, loader: Any, mesh: Any) -> dict[str, np.ndarray]:
+    """Sums of the eval step over one pass of ``loader`` (padding excluded by ``valid``)."""
+    total = None
+    for batch in pipeline.device_batches(iter(loader), mesh):
+        total = add_sums(total, eval_step(state, batch))
+    if total is None:
+        raise JaxsegError("the validation split has no slices")
+    return total
+
+
+def _plateau(state: Any, meta: dict[str, Any], improved: bool, t: config_lib.TrainConfig) -> Any:
+    """Reduce-on-plateau on validation Dice: scale the learning rate after ``patience`` epochs
+    without improvement (as torch's ReduceLROnPlateau in mode 'max')."""
+    meta["plateau_bad_epochs"] = 0 if improved else meta["plateau_bad_epochs"] + 1
+    if meta["plateau_bad_epochs"] > t.plateau_patience:
+        meta["plateau_bad_epochs"] = 0
+        return state.replace(lr_scale=state.lr_scale * t.plateau_factor)
+    return state
+
+
+def _prefixed(prefix: str, scores: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
+    return {f"{prefix}_{metric}_{name}": round(float(values[i]), 5)
+            for metric, values in scores.items() for i, name in enumerate(names)}
+
+
+def _finish(ckpts: RunCheckpoints, logger: Any, workdir: Path, step: int, meta: dict[str, Any],
+            history: list[dict[str, Any]], state: Any) -> TrainResult:
+    ckpts.wait()
+    ckpts.close()
+    logger.close()
+    return TrainResult(workdir, step, float(meta["best_dice"]), history, state)
+
+
+def _check_same_config(cfg: Config, workdir: Path) -> None:
+    """Refuse to resume a run folder with a different config (it would silently mix runs)."""
+    saved = workdir / "config.toml"
+    if saved.is_file() and (workdir / "checkpoints").is_dir():
+        previous = config_lib.load(saved)
+        if dataclasses.replace(previous, name=cfg.name) != cfg:
+            raise JaxsegError(f"{workdir}: holds a run with a different config ({saved}); use a new "
+                              "--workdir, or the same config to resume")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def load_history(workdir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (``metrics.jsonl``)."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

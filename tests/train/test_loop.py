@@ -1,0 +1,95 @@
+"""The training loop end to end on phantoms: files, exact resume, NaN stop, predict."""
+import json
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxseg import config as config_lib
+from jaxseg.errors import JaxsegError
+from jaxseg.train import loop
+
+
+def smoke(*overrides):
+    return config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, *overrides])
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted smoke run shared by the tests below."""
+    cfg = smoke("train.epochs=2", "train.steps_per_epoch=3", "model.dropout=0.2",
+                "data.augment.intensity_scale=0.1", "data.augment.rot90=true")
+    workdir = tmp_path_factory.mktemp("run")
+    return cfg, loop.train(cfg, workdir, quiet=True)
+
+
+def test_a_run_writes_its_files(trained):
+    cfg, result = trained
+    run = result.workdir
+    assert result.steps == 6
+    assert config_lib.load(run / "config.toml") == config_lib.load_from_dict(
+        config_lib.to_dict(cfg), source="x")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_dice"] <= 1 for h in history)
+    assert {"val_dice_WT", "val_dice_TC", "val_dice_ET"} <= set(history[0])
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val_dice_WT" in header and len((run / "metrics.csv").read_text().splitlines()) == 3
+    splits = json.loads((run / "splits.json").read_text())
+    assert set(splits["train"]).isdisjoint(splits["val"])
+    assert any((run / "best").iterdir()) and any((run / "checkpoints").iterdir())
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(trained, tmp_path):
+    cfg, uninterrupted = trained
+    workdir = tmp_path / "resumed"
+    first = loop.train(cfg, workdir, max_steps=4, quiet=True)  # stops inside epoch 2
+    assert first.steps == 4
+    resumed = loop.train(cfg, workdir, quiet=True)
+    assert resumed.steps == 6
+    for a, b in zip(leaves(uninterrupted.state), leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    assert [h["val_dice"] for h in resumed.history] == [h["val_dice"] for h in uninterrupted.history]
+
+
+def test_resuming_with_another_config_is_refused(trained):
+    cfg, result = trained
+    other = smoke("train.epochs=2", "train.steps_per_epoch=3", "train.learning_rate=0.5")
+    with pytest.raises(JaxsegError, match="different config"):
+        loop.train(other, result.workdir, quiet=True)
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
+    from jaxseg.train import step as step_lib
+    real = step_lib.loss_fn
+
+    def poisoned(name):
+        base = real(name)
+        return lambda logits, target, valid=None: base(logits, target, valid) * np.float32("nan")
+
+    monkeypatch.setattr(step_lib, "loss_fn", poisoned)
+    with pytest.raises(JaxsegError, match="loss is nan at step 1"):
+        loop.train(smoke(), tmp_path / "nan", quiet=True)
+
+
+def test_predict_writes_the_input_geometry_and_labels(trained, tmp_path):
+    from jaxseg.infer.predict import predict
+    _, result = trained
+    case = sorted((result.workdir / "phantoms").iterdir())[0]
+    out = tmp_path / "seg.nii.gz"
+    [prediction] = predict(case, result.workdir, out, probabilities=True)
+    flair = nib.load(next(case.glob("*_flair.nii.gz")))
+    seg = nib.load(out)
+    assert seg.shape == flair.shape
+    np.testing.assert_array_equal(seg.affine, flair.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+    prob = nib.load(prediction.probabilities)
+    assert prob.shape == (*flair.shape, 3)
+    values = np.asarray(prob.dataobj)
+    assert values.min() >= 0 and values.max() <= 1
+    assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
