@@ -32,7 +32,7 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     splits = split.load_manifest(run / "splits.json")
     held_out = splits["test"] or splits["val"]
     predictions = out / "predictions"
-    say(f"[2/3] predicting {len(held_out)} held-out cases into {predictions}")
+    say(f"[2/3] predicting {len(held_out)} held-out case{'s' if len(held_out) != 1 else ''} into {predictions}")
     for case_id in held_out:
         predict(run / "phantoms" / case_id, run, predictions)
 

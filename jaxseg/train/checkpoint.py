@@ -89,7 +89,8 @@ def load_model_state(checkpoint: str | Path, target: TrainState) -> tuple[Any, A
     and shardings to restore into. Returns (params, batch_stats, meta).
     """
     run = find_run(checkpoint)
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    # Not read_only: that option makes orbax log three warnings per manager; reading is all we do.
+    options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(run / "best", options=options) as best:
         step = best.latest_step()
         if step is not None:

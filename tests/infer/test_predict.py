@@ -1,0 +1,63 @@
+"""Prediction writes labels in each input's own geometry and convention."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxseg.data import phantom
+from jaxseg.errors import JaxsegError
+from jaxseg.infer.predict import Predictor, predict
+
+
+def test_a_folder_of_cases_gives_one_file_per_case(smoke_run, tmp_path):
+    data = tmp_path / "data"
+    phantom.write_phantoms(data, 2, seed=11, shape=(32, 32, 20))
+    out = tmp_path / "preds"
+    results = predict(data, smoke_run, out)
+    assert sorted(p.segmentation.name for p in results) == ["Phantom_11_000.nii.gz", "Phantom_11_001.nii.gz"]
+    for result in results:
+        flair = nib.load(data / result.case_id / f"{result.case_id}_flair.nii.gz")
+        seg = nib.load(result.segmentation)
+        assert seg.shape == flair.shape and np.array_equal(seg.affine, flair.affine)
+        assert seg.get_data_dtype() == np.uint8
+        assert set(result.volumes_ml) == {"WT", "TC", "ET"}
+    with pytest.raises(JaxsegError, match="--out must be a folder"):
+        predict(data, smoke_run, tmp_path / "one.nii.gz")
+
+
+def test_orientation_does_not_change_the_prediction(smoke_run, tmp_path):
+    """The same phantom stored LPS and RAS: identical predictions in the patient's frame."""
+    lps, ras = tmp_path / "lps", tmp_path / "ras"
+    phantom.write_phantoms(lps, 1, seed=5, shape=(32, 32, 20), orientation="LPS")
+    phantom.write_phantoms(ras, 1, seed=5, shape=(32, 32, 20), orientation="RAS")
+    predictor = Predictor(smoke_run)
+    case = "Phantom_5_000"
+    outputs = {}
+    for name, root in (("lps", lps), ("ras", ras)):
+        [result] = predict(root / case, smoke_run, tmp_path / f"{name}.nii.gz", probabilities=True)
+        probs = nib.as_closest_canonical(nib.load(result.probabilities)).get_fdata()  # independent of jaxseg
+        stored = nib.load(result.segmentation)
+        assert nib.aff2axcodes(stored.affine) == (("L", "P", "S") if name == "lps" else ("R", "A", "S"))
+        outputs[name] = probs
+    assert predictor.cfg.data.target == "regions"
+    np.testing.assert_allclose(outputs["lps"], outputs["ras"], atol=1e-5)
+    assert outputs["lps"].max() > 0  # the maps are not trivially empty
+
+
+def test_predict_on_a_real_case_keeps_shape_affine_and_labels(smoke_run, real_data, tmp_path):
+    case = real_data / "brats2018" / "Brats18_2013_11_1"
+    out = tmp_path / "seg.nii.gz"
+    [result] = predict(case, smoke_run, out)
+    flair = nib.load(case / "Brats18_2013_11_1_flair.nii.gz")
+    seg = nib.load(out)
+    assert seg.shape == (240, 240, 155) == flair.shape
+    np.testing.assert_array_equal(seg.affine, flair.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert result.case_id == "Brats18_2013_11_1"
+
+
+def test_predict_on_2023_naming_writes_2023_labels(smoke_run, real_data, tmp_path):
+    case = real_data / "brats2023-example" / "BraTS-GLI-00001-000"
+    [result] = predict(case, smoke_run, tmp_path)
+    assert result.segmentation.name == "BraTS-GLI-00001-000.nii.gz"
+    labels = set(np.unique(np.asarray(nib.load(result.segmentation).dataobj)).tolist())
+    assert labels <= {0, 1, 2, 3}
