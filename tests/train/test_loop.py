@@ -93,3 +93,15 @@ def test_predict_writes_the_input_geometry_and_labels(trained, tmp_path):
     values = np.asarray(prob.dataobj)
     assert values.min() >= 0 and values.max() <= 1
     assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
+
+
+def test_reduce_on_plateau_scales_the_learning_rate_after_patience():
+    from jaxseg.train.state import TrainState
+    t = smoke("train.schedule=plateau", "train.plateau_patience=1", "train.plateau_factor=0.5").train
+    state = TrainState(step=0, params={}, batch_stats={}, opt_state=(), key=0, lr_scale=np.float32(1.0))
+    meta = {"plateau_bad_epochs": 0}
+    scales = []
+    for improved in (True, False, False, False, True, False, False):
+        state = loop._plateau(state, meta, improved, t)
+        scales.append(float(state.lr_scale))
+    assert scales == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]

@@ -122,3 +122,35 @@ def test_dropout_keys_differ_per_step_but_repeat_across_runs():
     b, losses_b = run_steps(cfg, batch, mesh_of(1), 2)
     assert losses_a == losses_b
     assert jnp.all(jax.random.fold_in(a.key, 0) != jax.random.fold_in(a.key, 1))
+
+
+@pytest.mark.parametrize("overrides", [
+    ("train.optimizer=adamw", "train.schedule=warmup_cosine", "train.warmup_steps=2", "train.clip_norm=1.0"),
+    ("train.bf16=true",),
+    ("train.schedule=plateau", "train.warmup_steps=3"),
+], ids=["adamw_cosine_clip", "bf16", "plateau_warmup"])
+def test_optimizer_variants_learn(overrides):
+    cfg = tiny_config(*overrides, "model.features=[8, 16]", "train.learning_rate=0.01")
+    state, losses = run_steps(cfg, phantom_batch(cfg), mesh_of(1), 12)
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < losses[0]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+
+
+def test_clipping_shrinks_the_first_update():
+    """Adam's first step is about lr * sign(g) whatever the gradient's scale, unless the gradient
+    is clipped below Adam's epsilon (1e-8): then the step shrinks by |g| / (|g| + eps)."""
+    def largest_update(*overrides):
+        cfg = tiny_config("train.learning_rate=0.001", *overrides)
+        mesh = mesh_of(1)
+        tx = make_optimizer(cfg, 1)
+        state = create_state(cfg, tx, mesh)
+        before = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+        step = make_train_step(graphdef_of(cfg), tx, cfg.train.loss, cfg.data.target)
+        state, sums = step(state, put(phantom_batch(cfg), mesh))
+        return max(float(np.max(np.abs(np.asarray(b) - a))) for a, b in zip(before, jax.tree.leaves(state.params)))
+
+    unclipped = largest_update()
+    clipped = largest_update("train.clip_norm=1e-9")
+    assert unclipped == pytest.approx(0.001, rel=0.05)
+    assert clipped < 0.15 * 0.001
