@@ -217,14 +217,34 @@ def _finish(ckpts: RunCheckpoints, logger: Any, workdir: Path, step: int, meta: 
     return TrainResult(workdir, step, float(meta["best_dice"]), history, state)
 
 
+# Settings a resumed run may change: they decide how long to go on and how often to save or
+# validate, not what the steps computed so far mean. (With warmup_cosine, more epochs stretch the
+# remaining schedule.)
+_RESUMABLE_CHANGES = ("epochs", "save_every_steps", "keep_checkpoints", "val_every_epochs")
+
+
 def _check_same_config(cfg: Config, workdir: Path) -> None:
     """Refuse to resume a run folder with a different config (it would silently mix runs)."""
     saved = workdir / "config.toml"
     if saved.is_file() and (workdir / "checkpoints").is_dir():
         previous = config_lib.load(saved)
-        if dataclasses.replace(previous, name=cfg.name) != cfg:
-            raise JaxsegError(f"{workdir}: holds a run with a different config ({saved}); use a new "
-                              "--workdir, or the same config to resume")
+        keep = {k: getattr(cfg.train, k) for k in _RESUMABLE_CHANGES}
+        previous = dataclasses.replace(previous, name=cfg.name,
+                                       train=dataclasses.replace(previous.train, **keep))
+        if previous != cfg:
+            changed = _differences(config_lib.to_dict(previous), config_lib.to_dict(cfg))
+            raise JaxsegError(f"{workdir}: holds a run with a different config ({', '.join(changed)} "
+                              f"differ from {saved}); use a new --workdir, or the same config to resume")
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in a:
+        if isinstance(a[key], dict):
+            out += _differences(a[key], b[key], f"{prefix}{key}.")
+        elif a[key] != b[key]:
+            out.append(prefix + key)
+    return out
 
 
 def _sync(name: str) -> None:

@@ -59,9 +59,19 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(trained, tmp_path):
 
 def test_resuming_with_another_config_is_refused(trained):
     cfg, result = trained
-    other = smoke("train.epochs=2", "train.steps_per_epoch=3", "train.learning_rate=0.5")
-    with pytest.raises(JaxsegError, match="different config"):
+    other = config_lib.load_from_dict(config_lib.to_dict(cfg), ["train.learning_rate=0.5"], source="x")
+    with pytest.raises(JaxsegError, match=r"different config \(train.learning_rate differ from"):
         loop.train(other, result.workdir, quiet=True)
+
+
+def test_a_finished_run_can_be_extended_by_more_epochs(trained, tmp_path):
+    import shutil
+    cfg, result = trained
+    workdir = tmp_path / "extended"
+    shutil.copytree(result.workdir, workdir)
+    longer = config_lib.load_from_dict(config_lib.to_dict(cfg), ["train.epochs=3"], source="x")
+    extended = loop.train(longer, workdir, quiet=True)
+    assert extended.steps == 9 and [h["epoch"] for h in extended.history] == [1, 2, 3]
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
