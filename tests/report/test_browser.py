@@ -1,0 +1,305 @@
+"""The report in a real browser: headless Chromium driven over the Chrome DevTools protocol.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``websocket-client`` package;
+the tests skip, saying which is missing, without them. Each test loads the page fresh, fails on
+any console error, uncaught exception or network request, and some save screenshots (the paths
+are printed: ``pytest -s`` shows them).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from jaxseg.report.html import ReportData, write_report
+from tests.report.test_html import synthetic_data
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--remote-debugging-port=0"]
+# Schemes a self-contained page may load from: itself and in-memory data.
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+def chromium_binary() -> str | None:
+    """$JAXSEG_CHROMIUM, else the first of chromium / chromium-browser / google-chrome on PATH."""
+    if os.environ.get("JAXSEG_CHROMIUM"):
+        return os.environ["JAXSEG_CHROMIUM"]
+    return next((path for name in ("chromium", "chromium-browser", "google-chrome")
+                 if (path := shutil.which(name))), None)
+
+
+class Browser:
+    """One headless Chromium page, driven with DevTools protocol commands over a websocket."""
+
+    def __init__(self, binary: str, width: int = 1600, height: int = 1000) -> None:
+        import websocket  # websocket-client
+
+        self.profile = tempfile.mkdtemp(prefix="jaxseg-chromium-")
+        self.process = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.close()
+                raise RuntimeError(f"{binary} did not start its DevTools server")
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
+            target = next(t for t in json.load(answer) if t["type"] == "page")
+        self.socket = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
+        self.next_id = 0
+        self.loads = 0
+        self.events: list[dict[str, Any]] = []
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        """Run one protocol command and return its result; events that arrive meanwhile are kept."""
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self.events.append(message)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 120) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if value := self.evaluate(expression):
+                return value
+            time.sleep(0.1)
+        raise TimeoutError(f"waited {timeout} s for {expression}; problems: {self.problems()}")
+
+    def open(self, path: Path) -> None:
+        """Load a report and wait until the viewer says it is ready (or failed)."""
+        self.events.clear()
+        self.loads += 1  # a fresh query string: the old document must not pass for the new one
+        url = f"{path.resolve().as_uri()}?load={self.loads}"
+        self.send("Page.navigate", url=url)
+        self.wait_for(f"location.href === {json.dumps(url)} && (document.documentElement?.dataset.ready === 'true'"
+                      " || document.getElementById('loading')?.classList.contains('error'))")
+
+    def problems(self) -> list[str]:
+        """Console errors, uncaught exceptions, log errors and non-local requests seen so far."""
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+                found.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            elif method == "Runtime.exceptionThrown":
+                found.append("exception: " + params["exceptionDetails"].get("exception", {}).get("description", "?"))
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                found.append("log: " + params["entry"]["text"])
+            elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(LOCAL_SCHEMES):
+                found.append("network: " + params["request"]["url"])
+        return found
+
+    def center_of(self, selector: str) -> tuple[float, float]:
+        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        return box[0], box[1]
+
+    def mouse(self, kind: str, x: float, y: float, buttons: int = 1) -> None:
+        self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=buttons, clickCount=1)
+
+    def click(self, selector: str) -> None:
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).scrollIntoView({{block: 'center'}})")
+        x, y = self.center_of(selector)
+        self.mouse("mousePressed", x, y)
+        self.mouse("mouseReleased", x, y, buttons=0)
+
+    def drag(self, selector: str, dx: float, dy: float, steps: int = 8) -> None:
+        x, y = self.center_of(selector)
+        self.mouse("mousePressed", x, y)
+        for i in range(1, steps + 1):
+            self.mouse("mouseMoved", x + dx * i / steps, y + dy * i / steps)
+        self.mouse("mouseReleased", x + dx, y + dy, buttons=0)
+
+    def canvas_digest(self, canvas_id: str) -> int:
+        """A checksum of a canvas's pixels, after the next two animation frames (renders are batched)."""
+        return self.evaluate(
+            "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => {"
+            f" const c = document.getElementById({json.dumps(canvas_id)});"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let h = 0; for (let i = 0; i < d.length; i += 4) h = (h * 31 + d[i] + 3 * d[i + 1] + 7 * d[i + 2]) >>> 0;"
+            " r(h); })))")
+
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            params.update(captureBeyondViewport=True,
+                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **params)["data"]))
+        return path
+
+    def close(self) -> None:
+        if getattr(self, "socket", None):
+            self.socket.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the report's browser tests need it")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
+    session = Browser(binary)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    return write_report(synthetic_data(), tmp_path_factory.mktemp("report") / "report.html")
+
+
+def test_report_opens_without_errors_and_screenshot(browser: Browser, report: Path) -> None:
+    browser.open(report)
+    assert browser.problems() == []
+    assert browser.evaluate("document.documentElement.dataset.ready") == "true"
+    assert browser.evaluate("document.querySelectorAll('#plot-deletion svg path').length") == 3
+    assert "Prediction" in browser.evaluate("document.getElementById('readout').textContent")
+    shot = browser.screenshot(report.with_name("report.png"))
+    print(f"\nscreenshot of the synthetic report: {shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_views_are_radiological_and_labelled(browser: Browser, tmp_path: Path) -> None:
+    """Channel c is bright on the patient's Right / Anterior / Superior half of axis c; the views
+    must show the patient's right on the viewer's left (axial, coronal), anterior on the left
+    (sagittal) and anterior / superior at the top."""
+    shape = (24, 28, 20)
+    index = np.indices(shape)
+    image = np.stack([10.0 + 90.0 * (index[axis] >= shape[axis] // 2) for axis in range(3)], axis=-1)
+    data = ReportData(case_id="orientation", image=image.astype(np.float32), channel_names=["R", "A", "S"],
+                      spacing=(1.0, 1.0, 1.0), segmentation=np.zeros(shape, np.uint8), meshes={})
+    browser.open(write_report(data, tmp_path / "orientation.html"))
+    browser.click("#overlay-prediction")  # only the image, no colours
+
+    def brighter(view: str, channel: int) -> dict[str, bool]:
+        browser.evaluate(f"(() => {{ const s = document.getElementById('modality'); s.value = '{channel}';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        halves = browser.evaluate(
+            "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => {"
+            f" const c = document.getElementById('view-{view}'), w = c.width, h = c.height;"
+            " const d = c.getContext('2d').getImageData(0, 0, w, h).data, s = [0, 0, 0, 0];"
+            " for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) { const g = d[4 * (y * w + x)];"
+            "   s[x < w / 2 ? 0 : 1] += g; s[y < h / 2 ? 2 : 3] += g; }"
+            " r(s); })))")
+        left, right, top, bottom = halves
+        return {"left": left > 1.5 * right, "right": right > 1.5 * left, "top": top > 1.5 * bottom, "bottom": bottom > 1.5 * top}
+
+    assert brighter("axial", 0)["left"] and brighter("coronal", 0)["left"]  # patient Right
+    assert brighter("axial", 1)["top"] and brighter("sagittal", 1)["left"]  # Anterior
+    assert brighter("coronal", 2)["top"] and brighter("sagittal", 2)["top"]  # Superior
+    assert browser.problems() == []
+
+
+def test_axial_slider_moves_the_caption(browser: Browser, report: Path) -> None:
+    data = synthetic_data()
+    browser.open(report)
+    first = browser.evaluate("document.getElementById('caption').textContent")
+    assert first in data.slice_captions
+    browser.evaluate("(() => { const s = document.getElementById('slider-axial'); s.value = '2';"
+                     " s.dispatchEvent(new Event('input', {bubbles: true})); })()")
+    offset_z = browser.evaluate("JSON.parse(document.getElementById('report-data').textContent).offset[2]")
+    expected = data.slice_captions[offset_z + 2]
+    assert browser.wait_for(f"document.getElementById('caption').textContent === {json.dumps(expected)}", 10)
+    assert expected != first
+    assert browser.problems() == []
+
+
+def test_click_on_a_view_moves_the_crosshair(browser: Browser, report: Path) -> None:
+    browser.open(report)
+    before = browser.evaluate("document.getElementById('slider-coronal').value")
+    x, y = browser.center_of("#view-axial")
+    browser.mouse("mousePressed", x, y - 100)
+    browser.mouse("mouseReleased", x, y - 100, buttons=0)
+    # the axial view's vertical screen axis is anterior (top) -> posterior: clicking above the
+    # centre moves the coronal plane forward, to a higher index 1
+    after = browser.wait_for(f"document.getElementById('slider-coronal').value !== '{before}'"
+                             " && document.getElementById('slider-coronal').value", 10)
+    assert int(after) > int(before)
+    assert browser.problems() == []
+
+
+def test_overlay_toggles_change_the_view(browser: Browser, report: Path) -> None:
+    browser.open(report)
+    with_prediction = browser.canvas_digest("view-axial")
+    browser.click("#overlay-prediction")
+    assert browser.evaluate("document.getElementById('overlay-prediction').checked") is False
+    without = browser.canvas_digest("view-axial")
+    browser.click("#overlay-grad-cam")
+    with_cam = browser.canvas_digest("view-axial")
+    browser.click("#overlay-grad-cam")
+    browser.click("#overlay-prediction")
+    assert len({with_prediction, without, with_cam}) == 3
+    assert browser.canvas_digest("view-axial") == with_prediction  # toggling back restores the view
+    assert browser.problems() == []
+
+
+def test_3d_view_rotates_and_hides_surfaces(browser: Browser, report: Path) -> None:
+    browser.open(report)
+    browser.evaluate("document.getElementById('view3d').scrollIntoView({block: 'center'})")
+    start = browser.canvas_digest("view3d")
+    browser.drag("#view3d", 80, 30)
+    rotated = browser.canvas_digest("view3d")
+    browser.click("#mesh-brain")
+    hidden = browser.canvas_digest("view3d")
+    assert len({start, rotated, hidden}) == 3
+    browser.click("#reset3d")
+    browser.click("#mesh-brain")
+    assert browser.canvas_digest("view3d") == start
+    assert browser.problems() == []
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_case_opens_in_the_browser(browser: Browser, real_data: Path, tmp_path: Path) -> None:
+    """A full BraTS case (ground truth as prediction, a blurred mask as Grad-CAM): size and errors."""
+    from scipy import ndimage
+
+    from jaxseg.data.brats import case_from_path, load_case
+
+    image, classes, props = load_case(case_from_path(real_data / "brats2018" / "Brats18_2013_11_1"))
+    cam = ndimage.gaussian_filter((classes > 0).astype(np.float32), 6)
+    data = ReportData(case_id="Brats18_2013_11_1", image=image, channel_names=["flair", "t1", "t1ce", "t2"],
+                      spacing=props.spacing, segmentation=classes, ground_truth=classes,
+                      maps={"Grad-CAM": cam / cam.max()},
+                      slice_captions=[f"slice {k}" for k in range(image.shape[2])])
+    path = write_report(data, tmp_path / "real.html")
+    size = path.stat().st_size
+    print(f"\nreport of a 240x240x155 case: {size / 1e6:.1f} MB")
+    assert size < 30_000_000
+    browser.open(path)
+    assert browser.problems() == []
+    print(f"screenshot: {browser.screenshot(tmp_path / 'real.png')}")
