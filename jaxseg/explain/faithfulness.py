@@ -1,0 +1,143 @@
+"""Deletion and insertion curves (Petsiuk et al. 2018): does a saliency map point at what the
+model uses?
+
+Pixels are ranked by saliency (most salient first; ties broken at random by ``key``). For each
+fraction ``f`` in ``linspace(0, 1, steps)``:
+
+- **deletion** sets the top ``round(f * pixels)`` pixels of every channel to the baseline (0, the
+  background value after normalisation); a faithful map makes the tumor score fall fast, so a
+  *low* area under the curve is good;
+- **insertion** starts from the all-baseline image and reveals the top pixels; a faithful map
+  makes the score rise fast, so a *high* area is good.
+
+Recorded per step: the **tumor score**, the mean probability of the target channel over the
+pixels the model predicts positive on the unperturbed image (the whole image if it predicts
+none), and the **Dice** of the perturbed prediction against the unperturbed one (1 when both
+are empty). Curves are means over the batch; AUCs are trapezoids over ``f`` in [0, 1]. The same
+curves for a random ranking (:func:`random_ranking`) are the baseline a map has to beat.
+
+Every (ranking, step) pair runs in one ``jax.vmap`` (or ``jax.lax.map`` over ``chunk`` pairs at a
+time when memory asks for it): ``2 * steps * 2 * B`` images per call.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxseg.explain.gradcam import channel_index, masked_mean, output_kind, target_probability
+
+CURVES = ("deletion_score", "insertion_score", "deletion_dice", "insertion_dice")
+
+
+def random_ranking(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A saliency map ``shape`` (``(B, *spatial)``) float32 of uniform noise: ranking pixels by it
+    is a uniformly random order, the baseline of :func:`faithfulness`."""
+    return jax.random.uniform(key, shape, jnp.float32)
+
+
+def pixel_ranks(saliency: jax.Array, key: jax.Array) -> jax.Array:
+    """Rank of each pixel per sample, 0 = most salient: ``(B, *spatial)`` int32.
+
+    Ties (a map that is 0 outside the brain) are broken by a random order from ``key``, not by
+    raster order, which would delete the top rows first.
+    """
+    batch = saliency.shape[0]
+    flat = saliency.reshape(batch, -1).astype(jnp.float32)
+    noise = jax.random.uniform(key, flat.shape)
+    order = jnp.lexsort((noise, -flat), axis=-1)  # the last key is the primary one
+    ranks = jnp.argsort(order, axis=-1).astype(jnp.int32)
+    return ranks.reshape(saliency.shape)
+
+
+def dice(pred: jax.Array, ref: jax.Array) -> jax.Array:
+    """Per-sample Dice ``(B,)`` of two ``(B, *spatial)`` bool masks; 1 when both are empty."""
+    axes = tuple(range(1, pred.ndim))
+    overlap = (pred & ref).sum(axis=axes).astype(jnp.float32)
+    sizes = (pred.sum(axis=axes) + ref.sum(axis=axes)).astype(jnp.float32)
+    return jnp.where(sizes > 0, 2.0 * overlap / jnp.maximum(sizes, 1.0), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "target_kind", "steps", "chunk"))
+def _curves(graphdef, params, batch_stats, images, saliencies, key, index, baseline, *,
+            target_kind, steps, chunk):
+    """``(rankings, steps, 4 curves, B)`` float32 for ``saliencies (R, B, *spatial)``."""
+    model = nnx.merge(graphdef, params, batch_stats)
+
+    def target_of(x):
+        logits, _ = model(x, train=False)
+        return target_probability(logits, target_kind, index)
+
+    _, reference = target_of(images)  # (B, *spatial) bool: what the model segments unperturbed
+    keys = jax.random.split(key, saliencies.shape[0])
+    ranks = jax.vmap(pixel_ranks)(saliencies, keys)  # (R, B, *spatial)
+    fractions = jnp.linspace(0.0, 1.0, steps)
+    counts = jnp.round(fractions * np.prod(images.shape[1:-1])).astype(jnp.int32)
+    batch = images.shape[0]
+
+    def one(rank_and_count):
+        rank, count = rank_and_count
+        top = (rank < count)[..., None]  # (B, *spatial, 1): the same pixels in every channel
+        deleted = jnp.where(top, baseline, images)
+        inserted = jnp.where(top, images, baseline)
+        # Batch norm runs in inference mode, so both perturbations share one forward pass.
+        prob, pred = target_of(jnp.concatenate([deleted, inserted]))
+        scores = masked_mean(prob, jnp.concatenate([reference, reference]))
+        dices = dice(pred, jnp.concatenate([reference, reference]))
+        return jnp.stack([scores[:batch], scores[batch:], dices[:batch], dices[batch:]])
+
+    n_rank = saliencies.shape[0]
+    pairs = (jnp.repeat(ranks, steps, axis=0), jnp.tile(counts, n_rank))
+    out = jax.lax.map(one, pairs, batch_size=chunk) if chunk else jax.vmap(one)(pairs)
+    return out.reshape(n_rank, steps, len(CURVES), batch)
+
+
+def faithfulness(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
+                 saliency: Any, key: jax.Array, *, steps: int = 21, channel: int | str = "WT",
+                 target_kind: str | None = None, baseline: float = 0.0,
+                 chunk: int | None = None) -> dict[str, Any]:
+    """Deletion and insertion curves of a saliency map and of a random ranking.
+
+    Args:
+      graphdef, params, batch_stats: the model (as for :func:`jaxseg.explain.gradcam.gradcam`).
+      images: ``(B, *spatial, C)`` float32.
+      saliency: ``(B, *spatial)`` float, larger = more important (a Grad-CAM map, say).
+      key: PRNG key for the random ranking and for breaking ties; the result is a pure function
+        of the inputs and the key.
+      steps: number of fractions, ``linspace(0, 1, steps)``.
+      channel: the target channel of the tumor score: a region name or an output index (as
+        :class:`~jaxseg.explain.gradcam.Target`'s ``channel``).
+      target_kind: ``'wt'``, ``'regions'`` or ``'classes'``; None infers it from the logits.
+      baseline: the value deleted pixels take, in every channel.
+      chunk: evaluate at most this many (ranking, step) pairs at once; None = all in one vmap.
+    Returns:
+      ``fractions`` ``(steps,)`` float32 numpy; for the map and (prefixed ``random_``) for the
+      random ranking, the curves ``deletion_score``, ``insertion_score``, ``deletion_dice``,
+      ``insertion_dice`` ``(steps,)`` float32 numpy (batch means) and their ``<curve>_auc``
+      Python floats.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    images = jnp.asarray(images, jnp.float32)
+    saliency = jnp.asarray(saliency, jnp.float32)
+    if saliency.shape != images.shape[:-1]:
+        raise ValueError(f"saliency has shape {saliency.shape}; the images need {images.shape[:-1]}")
+    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    index = channel_index(channel, kind)
+    rank_key, random_key = jax.random.split(key)
+    saliencies = jnp.stack([saliency, random_ranking(random_key, saliency.shape)])
+    curves = _curves(graphdef, params, batch_stats, images, saliencies, rank_key, jnp.int32(index),
+                     jnp.float32(baseline), target_kind=kind, steps=int(steps),
+                     chunk=None if chunk is None else int(chunk))
+    curves = np.asarray(curves).mean(axis=-1)  # (2, steps, 4)
+    fractions = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+    result: dict[str, Any] = {"fractions": fractions}
+    for prefix, per_ranking in zip(("", "random_"), curves):
+        for name, curve in zip(CURVES, per_ranking.T):
+            result[prefix + name] = curve.astype(np.float32)
+            result[f"{prefix}{name}_auc"] = float(np.trapezoid(curve.astype(np.float64), fractions))
+    return result
