@@ -100,6 +100,27 @@ def evaluate(
 
 @app.command()
 @_user_errors
+def explain(
+    path: Path = typer.Argument(..., help="a NIfTI volume or a case folder"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+                                              help="a run folder; default: the model of `jaxseg demo`"),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o",
+                             help="report.html, or a folder for every map, the JSON summary and the report"),
+    layer: Optional[str] = typer.Option(None, help="Grad-CAM layer: enc0..encN, decN..dec0 (default dec0)"),
+    target: str = typer.Option("mean", help="Grad-CAM score: mean, predicted, or REGION / predicted:REGION"),
+    mc_samples: int = typer.Option(20, min=1, help="MC-dropout passes"),
+    seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
+) -> None:
+    """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
+    from jaxseg.explain.run import ExplainSettings, explain as run
+    result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
+                                                        seed=seed), say=_say)
+    typer.echo(result.summary["caption"])
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+@_user_errors
 def phantom(
     out: Path = typer.Option(..., "--out", "-o", help="folder to write cases into"),
     cases: int = typer.Option(8, "--cases", "-n", min=1, help="how many cases"),

@@ -37,3 +37,18 @@ def smoke_run(tmp_path_factory):
     from jaxseg.train import loop
     cfg = config_lib.load("demo", config_lib.SMOKE_OVERRIDES)
     return loop.train(cfg, tmp_path_factory.mktemp("smoke_run"), quiet=True).workdir
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium page per test module (skips without chromium)."""
+    from tests.browser import Browser, chromium_binary
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the report's browser tests need it")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
+    session = Browser(binary)
+    yield session
+    session.close()
+
+

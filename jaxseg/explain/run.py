@@ -1,0 +1,236 @@
+"""`jaxseg explain`: one case in; segmentation, probabilities, Grad-CAM, MC-dropout uncertainty,
+deletion/insertion faithfulness and captions out, as NIfTI maps in the input's geometry, a JSON
+summary and a self-contained HTML report.
+
+Every map is computed on the model's own preprocessed slices by the pure functions of
+``jaxseg.explain`` and restored to the canonical volume with the same recorded geometry that
+prediction uses, so all maps overlay the input exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxseg.data import brats, nifti, preprocess
+from jaxseg.errors import JaxsegError
+from jaxseg.explain import captions as captions_lib
+from jaxseg.explain.faithfulness import faithfulness
+from jaxseg.explain.gradcam import gradcam_volume
+from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.files import write_text
+from jaxseg.infer.predict import Predictor, probabilities_to_classes
+
+# Where `jaxseg demo` leaves its model; explain falls back to it without --checkpoint.
+DEMO_RUN = Path("demo_output") / "run"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings:
+    layer: str | None = None  # None: dec0, the last decoder block (sharpest tumor localisation)
+    target: str = "mean"  # Grad-CAM score: mean | predicted[:REGION] | REGION (see gradcam.Target)
+    mc_samples: int = 20
+    faithfulness_slices: int = 8  # the slices with the largest predicted tumor
+    faithfulness_steps: int = 21
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclasses.dataclass
+class ExplainResult:
+    case_id: str
+    report: Path | None
+    files: dict[str, Path]
+    summary: dict[str, Any]
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, say: Callable[[str], None]) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if (DEMO_RUN / "config.toml").is_file():
+        say(f"no --checkpoint given: using the model trained by `jaxseg demo` in {DEMO_RUN.absolute()}")
+        return DEMO_RUN
+    raise JaxsegError("no --checkpoint given and no demo model at demo_output/run; run `jaxseg demo` "
+                      "first or pass --checkpoint RUN_FOLDER")
+
+
+def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | Path = "report.html",
+            settings: ExplainSettings = ExplainSettings(),
+            say: Callable[[str], None] = lambda message: None) -> ExplainResult:
+    """Explain one case (a NIfTI file or a case folder).
+
+    ``out`` ending in ``.html`` writes only the report there; any other ``out`` is a folder that
+    receives every file: ``<case>_seg.nii.gz``, ``_prob``, ``_gradcam``, ``_mc_mean``,
+    ``_mc_variance``, ``_mc_entropy`` (NIfTI, the input's geometry), ``<case>_explain.json`` and
+    ``<case>_report.html``.
+    """
+    started = time.perf_counter()
+
+    def step(message: str) -> None:
+        say(f"[{time.perf_counter() - started:5.1f} s] {message}")
+
+    path, out = Path(path), Path(out)
+    if not path.exists():
+        raise JaxsegError(f"{path}: no such file or folder")
+    run = resolve_checkpoint(checkpoint, say)
+    predictor = Predictor(run, settings.batch_size)
+    cfg, kind = predictor.cfg, predictor.cfg.data.target
+    case = brats.case_from_path(path)
+    image, truth, props = brats.load_case(case, predictor.modalities)
+    step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
+         f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
+         f"{', with ground truth' if truth is not None else ''}")
+
+    prepared = preprocess.prepare_volume(image, None, cfg.data)
+    geometry, brain = prepared.geometry, preprocess.brain_mask(image)
+    zs = np.flatnonzero(prepared.brain_slices)
+    slices = prepared.slices[zs]
+
+    def to_volume(per_slice: np.ndarray) -> np.ndarray:
+        """(len(zs), S, S[, K]) maps of the brain slices -> canonical (X, Y, Z[, K]), 0 off-brain."""
+        full = np.zeros((len(prepared.slices), *per_slice.shape[1:]), np.float32)
+        full[zs] = per_slice
+        restored = preprocess.restore_slices(full, geometry, order=1).astype(np.float32)
+        return restored * (brain if restored.ndim == 3 else brain[..., None])
+
+    probs = to_volume(predictor.slice_probabilities(slices))
+    classes = probabilities_to_classes(probs, kind) * brain
+    step("segmented")
+
+    layer = settings.layer or _default_layer(predictor)
+    cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
+                                   layer, settings.target, target_kind=kind, batch_size=predictor.batch_size))
+    step(f"Grad-CAM of layer {layer} ({settings.target}) on {len(zs)} slices")
+
+    key = jax.random.PRNGKey(settings.seed)
+    mc = None
+    if cfg.model.dropout > 0 and settings.mc_samples > 1:
+        mc = _mc_volume(predictor, slices, jax.random.fold_in(key, 1), settings.mc_samples, kind, to_volume)
+        step(f"MC dropout: {settings.mc_samples} passes")
+    else:
+        step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
+
+    curves = _faithfulness(predictor, slices, probs, cam, zs, geometry, jax.random.fold_in(key, 2), settings, kind)
+    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+
+    regions = captions_lib.regions_for_target(kind)
+    uncertainty = None if mc is None else mc["entropy_wt"]
+    volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    step("captions")
+
+    summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
+                       slice_captions, curves, mc is not None)
+    files: dict[str, Path] = {}
+    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
+    if not out.name.endswith(".html"):
+        files = _write_maps(out, case, props, classes, probs, cam, mc, kind)
+        files["summary"] = out / f"{case.case_id}_explain.json"
+        summary["files"] = {k: str(v) for k, v in files.items()}
+        write_text(files["summary"], json.dumps(summary, indent=2))
+    _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
+                  volume_caption, slice_captions, curves, summary)
+    step(f"report written to {report_path}")
+    return ExplainResult(case.case_id, report_path, files, summary)
+
+
+def _default_layer(predictor: Predictor) -> str:
+    # On held-out phantoms dec0 put all its Grad-CAM mass inside the tumor; encoder layers
+    # 7-60 % (tests/explain/test_gradcam.py).
+    names = predictor.model().activation_names
+    return "dec0" if "dec0" in names else names[-1]
+
+
+def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int, kind: str,
+               to_volume: Callable) -> dict[str, np.ndarray]:
+    """MC-dropout statistics of every slice, in chunks of the predictor's batch size."""
+    parts: dict[str, list[np.ndarray]] = {}
+    size = predictor.batch_size
+    for i, start in enumerate(range(0, len(slices), size)):
+        chunk = slices[start:start + size]
+        pad = size - len(chunk)  # one compiled program for every chunk
+        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
+        stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats, padded,
+                           jax.random.fold_in(key, i), n, kind)
+        for name, value in stats.items():
+            parts.setdefault(name, []).append(np.asarray(value)[: size - pad])
+    mc = {name: to_volume(np.concatenate(values)) for name, values in parts.items()}
+    # The whole-tumor view of uncertainty, for captions and the report: channel 0 is WT for
+    # sigmoid targets; a softmax model's entropy is over all classes already.
+    mc["entropy_wt"] = mc["entropy"][..., 0] if mc["entropy"].ndim == 4 else mc["entropy"]
+    mc["variance_wt"] = mc["variance"][..., 0]
+    return mc
+
+
+def _faithfulness(predictor: Predictor, slices: np.ndarray, probs: np.ndarray, cam: np.ndarray,
+                  zs: np.ndarray, geometry: preprocess.SliceGeometry, key: jax.Array,
+                  settings: ExplainSettings, kind: str) -> dict[str, Any] | None:
+    """Deletion/insertion on the slices with the largest predicted tumor, in model space."""
+    wt = probs[..., 0] if kind != "classes" else 1 - probs[..., 0]
+    area = (wt > 0.5).sum(axis=(0, 1))[zs]
+    order = np.argsort(-area, kind="stable")[: settings.faithfulness_slices]
+    order = order[area[order] > 0]
+    if not len(order):
+        return None
+    cam_slices = preprocess.to_slices(cam[..., zs[order]], geometry, order=1)
+    return faithfulness(predictor.graphdef, predictor.params, predictor.batch_stats, slices[order],
+                        cam_slices, key, steps=settings.faithfulness_steps, channel="WT", target_kind=kind)
+
+
+def _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption, slice_captions,
+             curves, with_mc) -> dict[str, Any]:
+    volumes = {"predicted": brats.tumor_volumes_ml(classes, props.spacing)}
+    if truth is not None:
+        volumes["ground_truth"] = brats.tumor_volumes_ml(truth, props.spacing)
+    aucs = {k: round(float(v), 4) for k, v in (curves or {}).items() if k.endswith("_auc")}
+    return {
+        "case": case.case_id, "input": str(case.folder), "checkpoint": str(Path(run).absolute()),
+        "model": {"name": predictor.cfg.model.name, "features": list(predictor.cfg.model.features),
+                  "target": predictor.cfg.data.target, "modalities": list(predictor.modalities),
+                  "dropout": predictor.cfg.model.dropout},
+        "settings": {**dataclasses.asdict(settings), "layer": layer, "mc_dropout": with_mc},
+        "volumes_ml": volumes, "caption": volume_caption.text, "side": volume_caption.side,
+        "slice_captions": slice_captions, "faithfulness_auc": aucs,
+    }
+
+
+def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, classes, probs, cam, mc,
+                kind: str) -> dict[str, Path]:
+    labels = classes if kind == "wt" else brats.from_internal(classes, case.naming)
+    files = {"segmentation": out / f"{case.case_id}_seg.nii.gz", "probabilities": out / f"{case.case_id}_prob.nii.gz",
+             "gradcam": out / f"{case.case_id}_gradcam.nii.gz"}
+    nifti.write_volume(labels.astype(np.uint8), props, files["segmentation"], dtype=np.uint8)
+    nifti.write_volume(probs, props, files["probabilities"], dtype=np.float32)
+    nifti.write_volume(cam, props, files["gradcam"], dtype=np.float32)
+    if mc is not None:
+        for name in ("mean", "variance", "entropy"):
+            files[f"mc_{name}"] = out / f"{case.case_id}_mc_{name}.nii.gz"
+            nifti.write_volume(mc[name], props, files[f"mc_{name}"], dtype=np.float32)
+    return files
+
+
+def _write_report(path, case, image, predictor, props, classes, truth, probs, cam, mc, kind, volume_caption,
+                  slice_captions, curves, summary) -> None:
+    from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
+    maps = {"Grad-CAM": cam}
+    if mc is not None:
+        maps["MC variance"] = mc["variance_wt"]
+        maps["Entropy"] = mc["entropy_wt"]
+    if kind == "classes":
+        maps["P(WT)"] = 1 - probs[..., 0]
+        maps["P(TC)"] = probs[..., 1] + probs[..., 3]
+        maps["P(ET)"] = probs[..., 3]
+    else:
+        for i, region in enumerate(captions_lib.regions_for_target(kind)):
+            maps[f"P({region})"] = probs[..., i]
+    settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
+    write_report(ReportData(
+        case_id=case.case_id, image=image, channel_names=list(predictor.modalities),
+        spacing=tuple(float(s) for s in props.spacing), segmentation=classes.astype(np.uint8),
+        ground_truth=truth, maps=maps, slice_captions=slice_captions, volume_caption=volume_caption.text,
+        curves=curves_from_faithfulness(curves) if curves else {}, settings=settings), path)
