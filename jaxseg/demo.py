@@ -1,7 +1,8 @@
 """`jaxseg demo`: the whole product on built-in synthetic data, no download.
 
 Phantoms -> a short training run -> predictions for the held-out test cases -> evaluation
-against their ground truth; prints where every result is.
+against their ground truth -> an explain report of one held-out case; prints where every
+result is.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     """Run the demo into ``out``; returns the paths of what it made. ``smoke`` shrinks every size
     so the plumbing is checked in seconds (the numbers then mean nothing)."""
     from jaxseg.evaluate import evaluate_folders
+    from jaxseg.explain.run import ExplainSettings, explain
     from jaxseg.infer.predict import predict
     from jaxseg.train.loop import train
 
     out = Path(out).absolute()
     cfg = config_lib.load("demo", config_lib.SMOKE_OVERRIDES if smoke else ())
     run = out / "run"
-    say(f"[1/3] training `{cfg.name}` on {cfg.data.phantom_cases} synthetic cases in {run}")
+    say(f"[1/4] training `{cfg.name}` on {cfg.data.phantom_cases} synthetic cases in {run}")
     started = time.perf_counter()
     result = train(cfg, run)
     say(f"      {result.steps} steps in {time.perf_counter() - started:.0f} s; "
@@ -32,18 +34,23 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     splits = split.load_manifest(run / "splits.json")
     held_out = splits["test"] or splits["val"]
     predictions = out / "predictions"
-    say(f"[2/3] predicting {len(held_out)} held-out case{'s' if len(held_out) != 1 else ''} into {predictions}")
+    say(f"[2/4] predicting {len(held_out)} held-out case{'s' if len(held_out) != 1 else ''} into {predictions}")
     for case_id in held_out:
         predict(run / "phantoms" / case_id, run, predictions)
 
     evaluation = out / "evaluation"
-    say(f"[3/3] evaluating against the phantoms' ground truth into {evaluation}")
+    say(f"[3/4] evaluating against the phantoms' ground truth into {evaluation}")
     summary = evaluate_folders(predictions, run / "phantoms", evaluation)
     from rich.console import Console
     Console(stderr=True).print(summary.render())
 
+    report = out / "report.html"
+    say(f"[4/4] explaining {held_out[0]}: Grad-CAM, MC dropout, faithfulness, captions")
+    explain(run / "phantoms" / held_out[0], run, report,
+            ExplainSettings(mc_samples=4) if smoke else ExplainSettings())
+
     made = {"run": run, "metrics": run / "metrics.csv", "predictions": predictions,
-            "evaluation": evaluation / "summary.csv"}
+            "evaluation": evaluation / "summary.csv", "report": report}
     say("done. Results:")
     for name, path in made.items():
         say(f"  {name:12s} {path}")
