@@ -66,8 +66,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
 
     ``out`` ending in ``.html`` writes only the report there; any other ``out`` is a folder that
     receives every file: ``<case>_seg.nii.gz``, ``_prob``, ``_gradcam``, ``_mc_mean``,
-    ``_mc_variance``, ``_mc_entropy`` (NIfTI, the input's geometry), ``<case>_explain.json`` and
-    ``<case>_report.html``.
+    ``_mc_variance``, ``_mc_entropy``, ``_mc_mutual_information`` (NIfTI, the input's geometry),
+    ``<case>_explain.json`` and ``<case>_report.html``.
     """
     started = time.perf_counter()
 
@@ -208,7 +208,7 @@ def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, clas
     nifti.write_volume(probs, props, files["probabilities"], dtype=np.float32)
     nifti.write_volume(cam, props, files["gradcam"], dtype=np.float32)
     if mc is not None:
-        for name in ("mean", "variance", "entropy"):
+        for name in ("mean", "variance", "entropy", "mutual_information"):
             files[f"mc_{name}"] = out / f"{case.case_id}_mc_{name}.nii.gz"
             nifti.write_volume(mc[name], props, files[f"mc_{name}"], dtype=np.float32)
     return files
@@ -218,6 +218,8 @@ def _write_report(path, case, image, predictor, props, classes, truth, probs, ca
                   slice_captions, curves, summary) -> None:
     from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
     maps = {"Grad-CAM": cam}
+    if truth is not None:  # the map restricted to the annotated tumor
+        maps["Grad-CAM x GT"] = cam * (truth > 0)
     if mc is not None:
         maps["MC variance"] = mc["variance_wt"]
         maps["Entropy"] = mc["entropy_wt"]

@@ -27,7 +27,8 @@ def case(tmp_path_factory):
 def test_explain_writes_every_map_in_the_input_geometry(smoke_run, case, tmp_path):
     result = explain(case, smoke_run, tmp_path / "out", QUICK)
     flair = nib.load(case / "Phantom_21_000_flair.nii.gz")
-    expected = {"segmentation", "probabilities", "gradcam", "mc_mean", "mc_variance", "mc_entropy", "summary"}
+    expected = {"segmentation", "probabilities", "gradcam", "mc_mean", "mc_variance", "mc_entropy",
+                "mc_mutual_information", "summary"}
     assert set(result.files) == expected
     for name, path in result.files.items():
         if name == "summary":
@@ -43,6 +44,7 @@ def test_explain_writes_every_map_in_the_input_geometry(smoke_run, case, tmp_pat
     assert summary["caption"] and summary["settings"]["layer"] == "dec0"
     assert set(summary["volumes_ml"]) == {"predicted", "ground_truth"}
     html = result.report.read_text()
+    assert "Grad-CAM x GT" in html
     assert "Phantom_21_000" in html and "http://" not in html and "https://" not in html
 
 
