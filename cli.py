@@ -74,10 +74,12 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
     batch_size: int = typer.Option(16, help="slices per forward pass"),
+    min_component_ml: float = typer.Option(0.0, min=0.0, help="remove tumor components smaller than this (mL)"),
 ) -> None:
     """Segment volumes; write labels in each input's own geometry and label convention."""
     from jaxseg.infer.predict import predict as run
     for p in run(path, checkpoint, out, probabilities=probabilities, batch_size=batch_size,
+                 min_component_ml=min_component_ml,
                  progress=lambda case: _say(f"predicting {case}")):
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
         typer.echo(f"{p.case_id}: {p.segmentation}  ({volumes})")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from scipy import ndimage
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
@@ -77,6 +78,26 @@ def _make_forward(graphdef: nnx.GraphDef, target_kind: str) -> Callable:
     return forward
 
 
+def remove_small_components(classes: np.ndarray, spacing: tuple[float, ...], min_ml: float) -> np.ndarray:
+    """Zero every 26-connected whole-tumor component smaller than ``min_ml`` millilitres.
+
+    ``classes`` (X, Y, Z) uint8 internal classes; returns a copy. Small isolated blobs are the
+    false positives that BraTS 2023 lesion-wise scores punish hardest (each counts as a lesion
+    with Dice 0 and HD95 374).
+    """
+    if min_ml <= 0:
+        return classes
+    labels, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return classes
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    small = np.bincount(labels.ravel()) * voxel_ml < min_ml
+    small[0] = False
+    out = classes.copy()
+    out[small[labels]] = 0
+    return out
+
+
 def probabilities_to_classes(probs: np.ndarray, target_kind: str) -> np.ndarray:
     """(…, K) probabilities -> (…) uint8 internal classes (threshold 0.5, or argmax for softmax)."""
     if target_kind == "classes":
@@ -93,13 +114,15 @@ class Prediction:
 
 
 def predict(path: str | Path, checkpoint: str | Path, out: str | Path, *, probabilities: bool = False,
-            batch_size: int = 16, progress: Callable[[str], None] | None = None) -> list[Prediction]:
+            batch_size: int = 16, min_component_ml: float = 0.0,
+            progress: Callable[[str], None] | None = None) -> list[Prediction]:
     """Segment a volume, a case folder, or a folder of cases.
 
     A single case writes ``out`` (a ``.nii.gz`` path, or ``<out>/<case>.nii.gz`` when ``out`` is
     a folder); several cases write ``<out>/<case>.nii.gz`` each. ``probabilities`` also writes
     ``<name>_prob.nii.gz`` (X, Y, Z, K) float32. Labels follow the input's convention (0,1,2,4 for
-    2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model.
+    2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model. ``min_component_ml`` > 0
+    removes tumor components smaller than that (:func:`remove_small_components`).
     """
     path, out = Path(path), Path(out)
     if not path.exists():
@@ -115,6 +138,7 @@ def predict(path: str | Path, checkpoint: str | Path, out: str | Path, *, probab
             progress(case.case_id)
         image, _, props = brats.load_case(case, predictor.modalities)
         probs, classes = predictor.predict_image(image)
+        classes = remove_small_components(classes, props.spacing, min_component_ml)
         target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
         labels = brats.from_internal(classes, case.naming) if predictor.cfg.data.target != "wt" else classes
         nifti.write_volume(labels.astype(np.uint8), props, target, dtype=np.uint8)

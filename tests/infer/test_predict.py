@@ -61,3 +61,17 @@ def test_predict_on_2023_naming_writes_2023_labels(smoke_run, real_data, tmp_pat
     assert result.segmentation.name == "BraTS-GLI-00001-000.nii.gz"
     labels = set(np.unique(np.asarray(nib.load(result.segmentation).dataobj)).tolist())
     assert labels <= {0, 1, 2, 3}
+
+
+def test_remove_small_components_keeps_only_large_tumor():
+    from jaxseg.infer.predict import remove_small_components
+    classes = np.zeros((20, 20, 20), np.uint8)
+    classes[2:10, 2:10, 2:10] = 2  # 512 voxels = 0.512 mL at 1 mm
+    classes[4:6, 4:6, 4:6] = 3
+    classes[15:17, 15:17, 15:17] = 1  # 8 voxels: a speck
+    out = remove_small_components(classes, (1.0, 1.0, 1.0), min_ml=0.1)
+    assert out[15:17, 15:17, 15:17].max() == 0
+    np.testing.assert_array_equal(out[:12, :12, :12], classes[:12, :12, :12])
+    # at 2 mm the speck is 64 mm^3 = 0.064 mL: still removed at 0.1 mL, kept at 0.05 mL
+    assert remove_small_components(classes, (2.0, 2.0, 2.0), 0.05)[15, 15, 15] == 1
+    assert remove_small_components(classes, (1.0, 1.0, 1.0), 0.0) is classes
