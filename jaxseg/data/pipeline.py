@@ -30,7 +30,7 @@ import json
 import threading
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import jax
@@ -106,6 +106,56 @@ def load_prepared(case: brats.Case, modalities: Sequence[str], cfg: DataConfig,
     return prepared, tumor_fraction
 
 
+class VolumeCache:
+    """A thread-safe LRU of prepared volumes, one per process.
+
+    ``get(key, load)`` returns the cached value or calls ``load()`` once, however many threads
+    ask at the same time (the others wait, then share it). It pickles empty, so a spawned grain
+    worker starts with its own cache. ``misses`` counts loads (for tests).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._reset()
+
+    def _reset(self) -> None:
+        self._items: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[int, threading.Lock] = {}
+        self.misses = 0
+
+    def __getstate__(self) -> dict:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.capacity = state["capacity"]
+        self._reset()
+
+    def keys(self) -> tuple[int, ...]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return tuple(self._items)
+
+    def get(self, key: int, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            value = load()
+            with self._lock:
+                self.misses += 1
+                self._items[key] = value
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+            return value
+
+
 class SliceSource:
     """grain ``RandomAccessDataSource`` of prepared axial slices; picklable for worker processes.
 
@@ -134,21 +184,7 @@ class SliceSource:
             raise ValueError(f"valid has {len(self._valid)} entries for an index of {len(self._index)}")
         if len(self._index) and not (0 <= self._index[:, 0].min() and self._index[:, 0].max() < len(self._cases)):
             raise ValueError("slice index refers to a case that is not in the case list")
-        self._init_cache()
-
-    def _init_cache(self) -> None:
-        self._cache: collections.OrderedDict[int, preprocess.PreparedVolume] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self._case_locks: dict[int, threading.Lock] = {}
-        self.volumes_prepared = 0  # how many times a volume was loaded: cache misses, for tests
-
-    # Locks and cached volumes stay in their process: a spawned worker starts with an empty cache.
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock", "_case_locks")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._init_cache()
+        self._volumes = VolumeCache(data_cfg.cache_volumes)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -168,28 +204,17 @@ class SliceSource:
     @property
     def cached_cases(self) -> tuple[int, ...]:
         """Case indices whose prepared volume is cached, least recently used first."""
-        with self._lock:
-            return tuple(self._cache)
+        return self._volumes.keys()
+
+    @property
+    def volumes_prepared(self) -> int:
+        """How many times a volume was loaded (cache misses)."""
+        return self._volumes.misses
 
     def volume(self, case_index: int) -> preprocess.PreparedVolume:
         """The prepared volume of ``cases[case_index]``, from the LRU cache or loaded now."""
-        with self._lock:
-            if case_index in self._cache:
-                self._cache.move_to_end(case_index)
-                return self._cache[case_index]
-            case_lock = self._case_locks.setdefault(case_index, threading.Lock())
-        with case_lock:  # one thread prepares a volume; the others asking for it wait, then share it
-            with self._lock:
-                if case_index in self._cache:
-                    self._cache.move_to_end(case_index)
-                    return self._cache[case_index]
-            prepared, _ = load_prepared(self._cases[case_index], self._modalities, self._cfg, self._cache_dir)
-            with self._lock:
-                self.volumes_prepared += 1
-                self._cache[case_index] = prepared
-                while len(self._cache) > self._cfg.cache_volumes:
-                    self._cache.popitem(last=False)
-            return prepared
+        return self._volumes.get(case_index, lambda: load_prepared(
+            self._cases[case_index], self._modalities, self._cfg, self._cache_dir)[0])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         case_index, z = (int(v) for v in self._index[i])
@@ -237,6 +262,45 @@ class Augment(grain.transforms.RandomMap):
             arrays = [np.rot90(x, turns, axes=(0, 1)) for x in arrays]
         image, target, classes = (np.ascontiguousarray(x) for x in arrays)
         return {**element, "image": image, "target": target, "classes": classes}
+
+
+class GlobalBatchSampler:
+    """One global order for every process, each process reading its own rows of each batch.
+
+    grain's DataLoader, sharded over P processes, asks process ``p`` for sampler index
+    ``i * P + p``. This wrapper maps that read to global position
+    ``(i // b) * P * b + p * b + i % b`` (``b`` = the per-process batch) of one unsharded
+    sampler, so process ``p`` holds rows ``p*b .. p*b + b - 1`` of every global batch: the global
+    batch, row for row and with the same per-record augmentation keys, is the one a single
+    process would see. N hosts therefore train exactly like one, dropout masks included.
+    A top-level class, so spawned workers can unpickle it.
+    """
+
+    def __init__(self, sampler: grain.samplers.IndexSampler, local_batch: int, process_count: int):
+        self._sampler = sampler
+        self._local_batch = local_batch
+        self._processes = process_count
+
+    def __repr__(self) -> str:  # grain compares it when an iterator state is restored
+        return f"GlobalBatchSampler({self._sampler!r}, local_batch={self._local_batch}, processes={self._processes})"
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        local, process = divmod(index, self._processes)
+        block, row = divmod(local, self._local_batch)
+        position = (block * self._processes + process) * self._local_batch + row
+        metadata = self._sampler[position]
+        return grain.RecordMetadata(index=index, record_key=metadata.record_key, rng=metadata.rng)
+
+
+def make_sampler(num_records: int, *, train: bool, seed: int, local_batch: int) -> GlobalBatchSampler:
+    """The sampler of every jaxseg loader: shuffled endless epochs for training, one ordered pass
+    for validation, in one global order read as per-process rows (:class:`GlobalBatchSampler`)."""
+    base = grain.samplers.IndexSampler(num_records=num_records, shard_options=grain.sharding.NoSharding(),
+                                       shuffle=train, num_epochs=None if train else 1, seed=seed)
+    return GlobalBatchSampler(base, local_batch, jax.process_count())
 
 
 def build_slice_index(cases: Sequence[brats.Case], modalities: Sequence[str], data_cfg: DataConfig,
@@ -344,13 +408,8 @@ def make_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: 
     elif len(index) < global_batch:
         raise JaxsegError(f"train.batch_size = {global_batch} is larger than the {len(index)} training slices")
     source = SliceSource(cases, modalities, cfg.data, index, valid, cache_dir)
-    # One global order for every process: the sampler is not sharded, the DataLoader is. Process p
-    # reads global positions p, p + P, p + 2P, ... (grain's DataLoader reads sampler index
-    # i * P + p), so each global batch holds the same slices, with the same per-record
-    # augmentation keys, as in a one-process run: N hosts train exactly like one.
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=grain.sharding.NoSharding(),
-                                          shuffle=train, num_epochs=None if train else 1, seed=seed)
+    sampler = make_sampler(len(source), train=train, seed=seed, local_batch=local_batch)
     operations: list = []
     augment = Augment(cfg.data.augment)
     if train and augment.active:

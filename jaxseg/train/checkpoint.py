@@ -26,11 +26,18 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 2):
         self.workdir = Path(workdir).absolute()
+        # Both managers save the same step at the end of an epoch. In a multi-process run orbax
+        # names its sync barriers after the step, so without distinct prefixes the two saves
+        # wait at one barrier and the processes deadlock ("Barrier _async_write_complete.N is
+        # already ongoing").
         self.last = ocp.CheckpointManager(
-            self.workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="last")))
         self.best = ocp.CheckpointManager(
-            self.workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+            self.workdir / "best", options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
 
     def save(self, state: TrainState, data_iterator: Any, meta: dict[str, Any], *, best: bool) -> None:
         """Save the full state at its step; also as the best model when ``best``."""

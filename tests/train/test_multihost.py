@@ -39,7 +39,8 @@ def test_two_processes_get_the_same_loss_as_one(tmp_path):
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("the two-process run did not finish in 5 minutes")
+            tails = "\n---\n".join(q.communicate()[0][-3000:] for q in procs)
+            pytest.fail(f"the two-process run did not finish in 5 minutes; worker logs:\n{tails}")
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     two = [json.loads(o.read_text()) for o in outs]
     assert [r["processes"] for r in two] == [2, 2] and two[0]["devices"] == 2

@@ -1,0 +1,396 @@
+"""The 3D half of the grain pipeline: cases -> brain-box volumes -> PatchSource -> RandomPatch -> batches.
+
+Why it looks the way it does:
+
+- **Whole volumes, cropped to the brain.** A 3D model sees voxels at their own spacing: no
+  resampling, only normalisation (``data.normalize``) and a crop to the brain's bounding box
+  (``data.crop``), recorded in a :class:`VolumeBox` that :func:`restore_box` undoes exactly.
+- **One record per (case, draw).** Records are ``samples_per_case`` draws of every case; the
+  grain sampler shuffles them, so a batch mixes cases and an epoch visits each case equally often.
+- **Where a patch goes is decided by grain's per-record generator.** :class:`PatchSource` returns
+  the cached volume *by reference* (no copy) and :class:`RandomPatch`, a ``RandomMap``, places and
+  cuts the patch with ``Philox(seed + position)``, the generator grain derives from the record's
+  *global* position in the sampler's order. So (a) placement is the same for any number of
+  workers, threads or JAX processes, and resumes exactly from a checkpointed iterator; (b) the
+  same (case, draw) record gets a new patch in every epoch (a generator seeded by the record
+  index alone would cut the same ``samples_per_case`` patches forever). Whole volumes never cross
+  a process boundary: grain runs the source and the operations of a worker in that worker's
+  process, and only batched patches go through its queue. The price: a volume stays alive while
+  a reference waits in the read-ahead buffer (at most ``2 * batch`` of them), even if the LRU
+  evicted it.
+- **Lazy volumes, bounded cache, optional store on disk**, as in :mod:`jaxseg.data.pipeline`:
+  ``data.cache_volumes`` prepared volumes per process; with ``cache_dir`` each prepared volume is
+  saved as ``.npy`` + JSON and memory-mapped afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxseg.config import Config, DataConfig, canonical_modalities
+from jaxseg.data import brats, preprocess
+from jaxseg.data.pipeline import (READ_THREADS, _allow_worker_processes, _beside, _case_signature, _check_batch,
+                                  _digest, VolumeCache, device_batches, make_mesh,
+                                  make_sampler)
+from jaxseg.errors import JaxsegError
+from jaxseg.files import atomic_path, write_text
+
+__all__ = ["VolumeBox", "PreparedVolume3D", "PatchSpec", "brain_box", "restore_box", "prepare_volume_3d",
+           "load_prepared_volume", "patch_range", "place_patch", "cut_patch", "patch_index", "PatchSource",
+           "RandomPatch", "make_patch_loader", "device_batches", "make_mesh"]
+
+PATCH_MODES = ("center", "tumor")
+PATCH_MULTIPLE = 8  # a 3D U-Net halves a patch three times; 8 | P keeps every level whole
+BRAIN_CANDIDATES = 64  # random voxels tried per brain-centred draw; brain fills ~1/2 of its box
+
+
+@dataclass(frozen=True)
+class VolumeBox:
+    """Where a prepared volume sits in its canonical volume: voxels ``start:stop`` per axis.
+
+    start, stop: ``(3,)`` ints, half-open, inside ``volume_shape`` (the canonical ``(X, Y, Z)``).
+    """
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+    volume_shape: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form, read back by :meth:`from_dict`."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VolumeBox":
+        return cls(*(tuple(int(v) for v in d[k]) for k in ("start", "stop", "volume_shape")))
+
+
+@dataclass(frozen=True)
+class PreparedVolume3D:
+    """One case ready for patches.
+
+    image: ``(X', Y', Z', C)`` float32, normalised, cropped to ``box``; classes: ``(X', Y', Z')``
+    uint8 internal classes or None; box: where the crop came from; tumor_voxels: ``(T, 3)`` int32
+    coordinates (in the crop) of the voxels with class > 0, for tumor-centred patches.
+    """
+
+    image: np.ndarray
+    classes: np.ndarray | None
+    box: VolumeBox
+    tumor_voxels: np.ndarray
+
+
+def brain_box(mask: np.ndarray, crop: str) -> VolumeBox:
+    """The tight 3D bounding box of ``mask (X, Y, Z)`` bool; the whole volume for ``crop='none'`` or
+    an empty mask. No margin: nothing is resampled, so the edge needs no context voxels."""
+    shape = tuple(int(n) for n in mask.shape)
+    if crop == "none" or not mask.any():
+        return VolumeBox((0, 0, 0), shape, shape)
+    if crop != "brain_bbox":
+        raise JaxsegError(f"data.crop: unknown method {crop!r}")
+    axes = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    return VolumeBox(tuple(int(a[0]) for a in axes), tuple(int(a[-1]) + 1 for a in axes), shape)
+
+
+def restore_box(pred: np.ndarray, box: VolumeBox, fill: float = 0) -> np.ndarray:
+    """Put ``pred (X', Y', Z', ...)`` (shaped like the prepared volume) back into the canonical grid:
+    ``(X, Y, Z, ...)`` of ``pred``'s dtype, ``fill`` outside the box."""
+    pred = np.asarray(pred)
+    if pred.shape[:3] != box.shape:
+        raise ValueError(f"prediction of shape {pred.shape} does not match the box {box.shape}")
+    out = np.full(box.volume_shape + pred.shape[3:], fill, dtype=pred.dtype)
+    out[tuple(slice(a, b) for a, b in zip(box.start, box.stop))] = pred
+    return out
+
+
+def prepare_volume_3d(image: np.ndarray, classes: np.ndarray | None, data_cfg: DataConfig) -> PreparedVolume3D:
+    """Normalise and crop one canonical volume: ``image (X, Y, Z, C)``, ``classes (X, Y, Z)`` uint8 or None."""
+    if image.ndim != 4:
+        raise JaxsegError(f"image of shape {image.shape}: expected (X, Y, Z, C)")
+    if classes is not None and classes.shape != image.shape[:3]:
+        raise JaxsegError(f"labels of shape {classes.shape} do not match the image {image.shape[:3]}")
+    mask = preprocess.brain_mask(image)
+    box = brain_box(mask, data_cfg.crop)
+    inside = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
+    # The box holds every brain voxel, so its statistics are the volume's and the normalised
+    # volume is 0 outside it: normalising the box alone is the whole-volume result, cheaper.
+    normalized = preprocess.normalize(image[inside], mask[inside], data_cfg.normalize)
+    cropped = None if classes is None else np.ascontiguousarray(classes[inside], dtype=np.uint8)
+    tumor = (np.zeros((0, 3), np.int32) if cropped is None
+             else np.argwhere(cropped > 0).astype(np.int32))
+    return PreparedVolume3D(image=normalized, classes=cropped, box=box, tumor_voxels=tumor)
+
+
+def _store_stem(cache_dir: str | Path, case: brats.Case, modalities: Sequence[str], cfg: DataConfig) -> Path:
+    key = _digest(["volume3d", 1, _case_signature(case, modalities), cfg.normalize, cfg.crop])
+    return Path(cache_dir) / "volumes3d" / f"{case.case_id}-{key[:16]}"
+
+
+_STORED_ARRAYS = (("image", ".image.npy"), ("classes", ".classes.npy"), ("tumor_voxels", ".tumor.npy"))
+
+
+def load_prepared_volume(case: brats.Case, modalities: Sequence[str], data_cfg: DataConfig,
+                         cache_dir: str | Path | None = None) -> PreparedVolume3D:
+    """The :class:`PreparedVolume3D` of a labelled case: from the store in ``cache_dir`` (memory-mapped,
+    read-only arrays) when present, else loaded, prepared and, with ``cache_dir``, stored.
+    Raises JaxsegError for a case without segmentation (patches need labels)."""
+    stem = None if cache_dir is None else _store_stem(cache_dir, case, modalities, data_cfg)
+    if stem is not None:
+        try:
+            box = VolumeBox.from_dict(json.loads(_beside(stem, ".json").read_text())["box"])
+            arrays = {name: np.load(_beside(stem, suffix), mmap_mode="r") for name, suffix in _STORED_ARRAYS}
+            if arrays["image"].shape[:3] != box.shape or arrays["classes"].shape != box.shape:
+                raise ValueError("stored arrays do not match their box")
+            return PreparedVolume3D(box=box, **arrays)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent, partial or from another version: prepare it again
+    image, classes, _ = brats.load_case(case, modalities)
+    if classes is None:
+        raise JaxsegError(f"{case.folder}: case {case.case_id} has no segmentation; training and validation need one")
+    prepared = prepare_volume_3d(image, classes, data_cfg)
+    if stem is not None:
+        for name, suffix in _STORED_ARRAYS:  # arrays first, the JSON last: a store without its JSON is never read
+            with atomic_path(_beside(stem, suffix)) as tmp:
+                np.save(tmp, getattr(prepared, name))
+        write_text(_beside(stem, ".json"), json.dumps({"box": prepared.box.as_dict()}))
+    return prepared
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """How patches are placed: ``size`` P (a positive multiple of 8), ``mode`` ``'center'`` or
+    ``'tumor'``, and for ``'tumor'`` the probability of centring a patch on a tumor voxel."""
+
+    size: int
+    mode: str = "tumor"
+    tumor_probability: float = 0.67
+
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) \
+                or self.size < PATCH_MULTIPLE or self.size % PATCH_MULTIPLE:
+            raise JaxsegError(f"data.patch_size must be a positive multiple of {PATCH_MULTIPLE} (a 3D U-Net "
+                              f"halves it three times); got {self.size!r}")
+        if self.mode not in PATCH_MODES:
+            raise JaxsegError(f"data.patch_mode must be one of {', '.join(PATCH_MODES)}; got {self.mode!r}")
+        if isinstance(self.tumor_probability, bool) or not 0 <= self.tumor_probability <= 1:
+            raise JaxsegError(f"data.tumor_probability must be in [0, 1]; got {self.tumor_probability!r}")
+
+
+def patch_range(shape: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``, ``(3,)`` int64 each: the patch origins that keep a ``size``-cube inside the volume
+    of ``shape`` zero-padded (evenly on both sides) to at least ``size`` per axis; inclusive."""
+    n = np.asarray(shape[:3], dtype=np.int64)
+    lo = -(np.maximum(size - n, 0) // 2)
+    return lo, lo + np.maximum(n, size) - size
+
+
+def place_patch(volume: PreparedVolume3D, spec: PatchSpec, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """``(origin (3,) int64, centred on tumor)``: the patch's first voxel in the prepared volume.
+
+    ``'center'``: the middle of :func:`patch_range` (the centre crop). ``'tumor'``: with probability
+    ``tumor_probability`` (and a case with tumor) the centre is a random tumor voxel, else a random
+    brain voxel (the first brain voxel among ``BRAIN_CANDIDATES`` uniform ones; the box centre if
+    none is); then clipped into :func:`patch_range`. The number of random draws is fixed, so the
+    generator's later use (flips) does not depend on the outcome.
+    """
+    shape = volume.image.shape[:3]
+    lo, hi = patch_range(shape, spec.size)
+    if spec.mode == "center":
+        return lo + (hi - lo) // 2, False
+    wants_tumor = rng.random() < spec.tumor_probability
+    tumor_pick = int(rng.integers(max(len(volume.tumor_voxels), 1)))
+    candidates = rng.integers(0, shape, size=(BRAIN_CANDIDATES, 3))
+    on_tumor = bool(wants_tumor and len(volume.tumor_voxels))
+    if on_tumor:
+        centre = np.asarray(volume.tumor_voxels[tumor_pick], dtype=np.int64)
+    else:
+        brain = np.flatnonzero(np.any(volume.image[tuple(candidates.T)] != 0, axis=-1))
+        centre = candidates[brain[0]] if len(brain) else np.asarray(shape, np.int64) // 2
+    return np.clip(centre - spec.size // 2, lo, hi), on_tumor
+
+
+def cut_patch(array: np.ndarray, origin: Sequence[int], size: int) -> np.ndarray:
+    """A fresh ``(size, size, size, ...)`` copy of ``array[o:o + size]`` per axis (array may be a memmap);
+    zero where the cube leaves the array (negative origins included)."""
+    out = np.zeros((size,) * 3 + array.shape[3:], dtype=array.dtype)
+    src, dst = [], []
+    for o, n in zip((int(v) for v in origin), array.shape[:3]):
+        a, b = max(o, 0), max(min(o + size, n), max(o, 0))
+        src.append(slice(a, b))
+        dst.append(slice(a - o, b - o))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def patch_index(num_cases: int, samples_per_case: int) -> np.ndarray:
+    """``(num_cases * samples_per_case, 2)`` int64 records ``(case_index, draw)``, case by case."""
+    if isinstance(samples_per_case, bool) or samples_per_case < 1:
+        raise JaxsegError(f"data.samples_per_case must be at least 1; got {samples_per_case!r}")
+    cases, draws = np.meshgrid(np.arange(num_cases), np.arange(samples_per_case), indexing="ij")
+    return np.stack([cases.ravel(), draws.ravel()], axis=1).astype(np.int64)
+
+
+class PatchSource:
+    """grain ``RandomAccessDataSource`` of prepared volumes, one record per (case, draw); picklable.
+
+    Args:
+      cases: the cases (``brats.Case``) that ``index`` refers to by position.
+      modalities: canonical modality names, the channel order.
+      data_cfg: the data config (target, normalize, crop, ``cache_volumes``).
+      spec: the patch placement; part of the content named by ``repr`` (a resumed iterator with
+        other patches is refused), used by the :class:`RandomPatch` built from it.
+      index: ``(N, 2)`` ints ``(case_index, draw)``, e.g. :func:`patch_index`.
+      valid: ``(N,)`` bool, False for padding records (validation); default all True.
+      cache_dir: where prepared volumes are stored (see :func:`load_prepared_volume`); None = off.
+    Items: ``'volume'`` the cached :class:`PreparedVolume3D` itself (shared and read-only: do not
+    modify; :class:`RandomPatch` cuts copies from it), ``'case' int32``, ``'valid' bool``.
+    """
+
+    def __init__(self, cases: Sequence[brats.Case], modalities: Sequence[str], data_cfg: DataConfig,
+                 spec: PatchSpec, index: np.ndarray | Sequence[tuple[int, int]],
+                 valid: np.ndarray | None = None, cache_dir: str | Path | None = None):
+        self._cases = tuple(cases)
+        self._modalities = tuple(modalities)
+        self._cfg = data_cfg
+        self.spec = spec
+        self._cache_dir = None if cache_dir is None else str(cache_dir)
+        self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+        self._valid = (np.ones(len(self._index), dtype=bool) if valid is None
+                       else np.asarray(valid, dtype=bool).reshape(-1))
+        if len(self._valid) != len(self._index):
+            raise ValueError(f"valid has {len(self._valid)} entries for an index of {len(self._index)}")
+        if len(self._index) and not (0 <= self._index[:, 0].min() and self._index[:, 0].max() < len(self._cases)):
+            raise ValueError("patch index refers to a case that is not in the case list")
+        self._volumes = VolumeCache(data_cfg.cache_volumes)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        # grain checks a restored iterator against this: name the content, never an address,
+        # the cache size or where the data sits.
+        c, s = self._cfg, self.spec
+        h = hashlib.sha256()
+        h.update(json.dumps([k.case_id for k in self._cases]).encode())
+        h.update(repr((self._modalities, c.target, c.normalize, c.crop, s.size, s.mode, s.tumor_probability)).encode())
+        h.update(self._index.tobytes())
+        h.update(self._valid.tobytes())
+        return f"PatchSource(cases={len(self._cases)}, records={len(self)}, content={h.hexdigest()[:16]})"
+
+    @property
+    def cached_cases(self) -> tuple[int, ...]:
+        """Case indices whose prepared volume is cached, least recently used first."""
+        return self._volumes.keys()
+
+    @property
+    def volumes_prepared(self) -> int:
+        """How many times a volume was loaded (cache misses)."""
+        return self._volumes.misses
+
+    def volume(self, case_index: int) -> PreparedVolume3D:
+        """The prepared volume of ``cases[case_index]``, from the LRU cache or loaded now (read-only)."""
+        def load() -> PreparedVolume3D:
+            prepared = load_prepared_volume(self._cases[case_index], self._modalities, self._cfg, self._cache_dir)
+            for array in (prepared.image, prepared.classes, prepared.tumor_voxels):
+                if array.flags.writeable:
+                    array.flags.writeable = False  # shared by every item of this case: guard the cache
+            return prepared
+        return self._volumes.get(case_index, load)
+
+    def __getitem__(self, i: int) -> dict:
+        case_index = int(self._index[i, 0])
+        return {"volume": self.volume(case_index), "case": np.int32(case_index), "valid": np.bool_(self._valid[i])}
+
+
+class RandomPatch(grain.transforms.RandomMap):
+    """Cut one patch from a :class:`PatchSource` item, placed by :func:`place_patch`, then optionally
+    flipped on each axis with probability 1/2 (image, target and classes alike).
+
+    Output: ``'image' (P, P, P, C) float32``, ``'target' (P, P, P, K) float32``
+    (``brats.make_target``), ``'classes' (P, P, P) uint8``, ``'case' int32``, ``'origin' (3,) int32``
+    (the patch's first voxel in the canonical volume: box start + placement; negative or past the
+    volume where the patch is zero padding; flips do not change it), ``'valid' bool``.
+    """
+
+    def __init__(self, spec: PatchSpec, target: str, flip: bool = False):
+        self.spec, self.target, self.flip = spec, target, flip
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        volume: PreparedVolume3D = element["volume"]
+        origin, _ = place_patch(volume, self.spec, rng)
+        flips = rng.random(3) < 0.5  # drawn whatever the setting, so the setting shifts nothing else
+        image = cut_patch(volume.image, origin, self.spec.size)
+        classes = cut_patch(volume.classes, origin, self.spec.size)
+        if self.flip:
+            axes = tuple(int(a) for a in np.flatnonzero(flips))
+            if axes:
+                image = np.ascontiguousarray(np.flip(image, axes))
+                classes = np.ascontiguousarray(np.flip(classes, axes))
+        return {"image": image, "target": brats.make_target(classes, self.target), "classes": classes,
+                "case": element["case"], "origin": (np.asarray(volume.box.start) + origin).astype(np.int32),
+                "valid": element["valid"]}
+
+
+def make_patch_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: int, patch_size: int,
+                      mode: str = "tumor", tumor_probability: float = 0.67, samples_per_case: int = 4,
+                      mesh: Mesh | None = None, cache_dir: str | Path | None = None) -> grain.DataLoader:
+    """A grain DataLoader of this process's share of the 3D patch batches.
+
+    Training: the ``(case, draw)`` records shuffled, endless epochs (each a new order and new
+    placements), flips on all three axes when ``data.augment.flip`` (rot90 and intensity settings
+    are 2D-only and ignored here); sharded by JAX process so N processes see the global batches of
+    one. Validation: every record once in order, padded to whole global batches (``valid`` marks the
+    real rows), no flips. Per-process batch = ``train.batch_size / jax.process_count()``.
+    Batches: dict of numpy ``'image' (B, P, P, P, C) float32``, ``'target' (B, P, P, P, K) float32``,
+    ``'classes' (B, P, P, P) uint8``, ``'case' (B,) int32``, ``'origin' (B, 3) int32``, ``'valid' (B,) bool``;
+    put them on devices with ``pipeline.device_batches``.
+
+    Args:
+      patch_size, mode, tumor_probability: a :class:`PatchSpec` (JaxsegError naming the setting).
+      samples_per_case: records per case per epoch (at least 1).
+      mesh: the mesh the batches go to; ``train.batch_size`` must divide over its ``'data'`` axis.
+      cache_dir: folder for the prepared-volume store; None = no disk cache.
+    The iterator's ``get_state()`` / ``set_state()`` (JSON bytes) resume at the identical batch.
+    """
+    spec = PatchSpec(patch_size, mode, tumor_probability)
+    index = patch_index(len(cases), samples_per_case)
+    n_devices = mesh.shape["data"] if mesh is not None else jax.device_count()
+    _check_batch(cfg.train.batch_size, n_devices)
+    if not 0 <= seed < 2 ** 32:
+        raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
+    if not len(index):
+        raise JaxsegError(f"data: no {'training' if train else 'validation'} cases for 3D patches")
+    global_batch = cfg.train.batch_size
+    local_batch = global_batch // jax.process_count()
+    valid = np.ones(len(index), dtype=bool)
+    if not train:
+        pad = -len(index) % global_batch
+        index = np.concatenate([index, np.repeat(index[-1:], pad, axis=0)])
+        valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
+    elif len(index) < global_batch:
+        raise JaxsegError(f"train.batch_size = {global_batch} is larger than the {len(index)} patch records "
+                          f"({len(cases)} cases x samples_per_case {samples_per_case})")
+    source = PatchSource(cases, canonical_modalities(cfg), cfg.data, spec, index, valid, cache_dir)
+    # One global order for every process, as in pipeline.make_loader; each record's placement
+    # generator is keyed by its global position, so N hosts cut the patches of one.
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    sampler = make_sampler(len(source), train=train, seed=seed, local_batch=local_batch)
+    operations = [RandomPatch(spec, cfg.data.target, flip=train and cfg.data.augment.flip),
+                  grain.transforms.Batch(batch_size=local_batch, drop_remainder=train)]
+    if cfg.data.workers > 0:
+        _allow_worker_processes()
+    return grain.DataLoader(
+        data_source=source, sampler=sampler, operations=operations, shard_options=shard,
+        worker_count=cfg.data.workers,
+        read_options=grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=2 * local_batch))
