@@ -44,6 +44,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                            process_id: int | None = None) -> None:
     """Join a multi-host run (``jax.distributed.initialize``); arguments not given come from the
     environment (cluster auto-detection on TPU/SLURM, or JAX_COORDINATOR_ADDRESS and friends)."""
+    # CPU hosts need a collectives backend across processes; the setting only concerns the CPU
+    # client, so GPU and TPU runs are unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
 

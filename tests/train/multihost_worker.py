@@ -20,7 +20,6 @@ def main() -> None:
     overrides = sys.argv[6:]
     from jaxseg import config as config_lib
     from jaxseg.train import loop
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     loop.initialize_distributed(f"127.0.0.1:{port}", int(num_processes), int(process_id))
     cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, *overrides])
     result = loop.train(cfg, workdir, quiet=True)
