@@ -24,7 +24,6 @@ Why it looks the way it does:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +36,8 @@ from jax.sharding import Mesh
 
 from jaxseg.config import Config, DataConfig, canonical_modalities
 from jaxseg.data import brats, preprocess
-from jaxseg.data.pipeline import (READ_THREADS, _allow_worker_processes, _beside, _case_signature, _check_batch,
-                                  _digest, VolumeCache, device_batches, make_mesh,
-                                  make_sampler)
+from jaxseg.data.pipeline import (CaseIndexedSource, _beside, _case_signature, _check_batch, _digest,
+                                  build_loader, device_batches, make_mesh, padded_index)
 from jaxseg.errors import JaxsegError
 from jaxseg.files import atomic_path, write_text
 
@@ -241,7 +239,7 @@ def patch_index(num_cases: int, samples_per_case: int) -> np.ndarray:
     return np.stack([cases.ravel(), draws.ravel()], axis=1).astype(np.int64)
 
 
-class PatchSource:
+class PatchSource(CaseIndexedSource):
     """grain ``RandomAccessDataSource`` of prepared volumes, one record per (case, draw); picklable.
 
     Args:
@@ -260,43 +258,12 @@ class PatchSource:
     def __init__(self, cases: Sequence[brats.Case], modalities: Sequence[str], data_cfg: DataConfig,
                  spec: PatchSpec, index: np.ndarray | Sequence[tuple[int, int]],
                  valid: np.ndarray | None = None, cache_dir: str | Path | None = None):
-        self._cases = tuple(cases)
-        self._modalities = tuple(modalities)
-        self._cfg = data_cfg
+        super().__init__(cases, modalities, data_cfg, index, valid, cache_dir)
         self.spec = spec
-        self._cache_dir = None if cache_dir is None else str(cache_dir)
-        self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
-        self._valid = (np.ones(len(self._index), dtype=bool) if valid is None
-                       else np.asarray(valid, dtype=bool).reshape(-1))
-        if len(self._valid) != len(self._index):
-            raise ValueError(f"valid has {len(self._valid)} entries for an index of {len(self._index)}")
-        if len(self._index) and not (0 <= self._index[:, 0].min() and self._index[:, 0].max() < len(self._cases)):
-            raise ValueError("patch index refers to a case that is not in the case list")
-        self._volumes = VolumeCache(data_cfg.cache_volumes)
 
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __repr__(self) -> str:
-        # grain checks a restored iterator against this: name the content, never an address,
-        # the cache size or where the data sits.
+    def _content_settings(self) -> tuple:
         c, s = self._cfg, self.spec
-        h = hashlib.sha256()
-        h.update(json.dumps([k.case_id for k in self._cases]).encode())
-        h.update(repr((self._modalities, c.target, c.normalize, c.crop, s.size, s.mode, s.tumor_probability)).encode())
-        h.update(self._index.tobytes())
-        h.update(self._valid.tobytes())
-        return f"PatchSource(cases={len(self._cases)}, records={len(self)}, content={h.hexdigest()[:16]})"
-
-    @property
-    def cached_cases(self) -> tuple[int, ...]:
-        """Case indices whose prepared volume is cached, least recently used first."""
-        return self._volumes.keys()
-
-    @property
-    def volumes_prepared(self) -> int:
-        """How many times a volume was loaded (cache misses)."""
-        return self._volumes.misses
+        return (c.target, c.normalize, c.crop, s.size, s.mode, s.tumor_probability)
 
     def volume(self, case_index: int) -> PreparedVolume3D:
         """The prepared volume of ``cases[case_index]``, from the LRU cache or loaded now (read-only)."""
@@ -371,26 +338,10 @@ def make_patch_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, 
         raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
     if not len(index):
         raise JaxsegError(f"data: no {'training' if train else 'validation'} cases for 3D patches")
-    global_batch = cfg.train.batch_size
-    local_batch = global_batch // jax.process_count()
-    valid = np.ones(len(index), dtype=bool)
-    if not train:
-        pad = -len(index) % global_batch
-        index = np.concatenate([index, np.repeat(index[-1:], pad, axis=0)])
-        valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
-    elif len(index) < global_batch:
-        raise JaxsegError(f"train.batch_size = {global_batch} is larger than the {len(index)} patch records "
-                          f"({len(cases)} cases x samples_per_case {samples_per_case})")
+    index, valid = padded_index(index, cfg.train.batch_size, train,
+                                f"patch records ({len(cases)} cases x samples_per_case {samples_per_case})")
     source = PatchSource(cases, canonical_modalities(cfg), cfg.data, spec, index, valid, cache_dir)
-    # One global order for every process, as in pipeline.make_loader; each record's placement
-    # generator is keyed by its global position, so N hosts cut the patches of one.
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    sampler = make_sampler(len(source), train=train, seed=seed, local_batch=local_batch)
-    operations = [RandomPatch(spec, cfg.data.target, flip=train and cfg.data.augment.flip),
-                  grain.transforms.Batch(batch_size=local_batch, drop_remainder=train)]
-    if cfg.data.workers > 0:
-        _allow_worker_processes()
-    return grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations, shard_options=shard,
-        worker_count=cfg.data.workers,
-        read_options=grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=2 * local_batch))
+    # Each record's placement generator is keyed by its global position, so N hosts cut the
+    # patches of one (see pipeline.GlobalBatchSampler).
+    return build_loader(source, [RandomPatch(spec, cfg.data.target, flip=train and cfg.data.augment.flip)],
+                        train=train, seed=seed, global_batch=cfg.train.batch_size, workers=cfg.data.workers)

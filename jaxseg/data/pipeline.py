@@ -156,18 +156,13 @@ class VolumeCache:
             return value
 
 
-class SliceSource:
-    """grain ``RandomAccessDataSource`` of prepared axial slices; picklable for worker processes.
+class CaseIndexedSource:
+    """What the 2D and 3D sources share: cases, an ``(N, 2)`` index whose first column is the
+    case position, a ``valid`` mask for padding records, and a per-process :class:`VolumeCache`.
 
-    Args:
-      cases: the cases (``brats.Case``) that ``index`` refers to by position.
-      modalities: canonical modality names, the channel order.
-      data_cfg: the data config (target, preprocessing, ``cache_volumes``).
-      index: ``(N, 2)`` ints ``(case_index, z)``, e.g. from :func:`build_slice_index`.
-      valid: ``(N,)`` bool, False for padding entries (validation); default all True.
-      cache_dir: where prepared volumes are stored on disk (see :func:`load_prepared`); None = off.
-    Items: ``'image' (S, S, C) float32``, ``'target' (S, S, K) float32``, ``'classes' (S, S) uint8``,
-    ``'case' int32``, ``'z' int32``, ``'valid' bool``.
+    ``__repr__`` names the content (case ids, index, mask and ``_content_settings()``), never an
+    address, the cache size or where the data sits: grain compares it when an iterator state is
+    restored, and a run must resume after its dataset folder moved.
     """
 
     def __init__(self, cases: Sequence[brats.Case], modalities: Sequence[str], data_cfg: DataConfig,
@@ -183,23 +178,22 @@ class SliceSource:
         if len(self._valid) != len(self._index):
             raise ValueError(f"valid has {len(self._valid)} entries for an index of {len(self._index)}")
         if len(self._index) and not (0 <= self._index[:, 0].min() and self._index[:, 0].max() < len(self._cases)):
-            raise ValueError("slice index refers to a case that is not in the case list")
+            raise ValueError("the index refers to a case that is not in the case list")
         self._volumes = VolumeCache(data_cfg.cache_volumes)
+
+    def _content_settings(self) -> tuple:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __repr__(self) -> str:
-        # grain validates a restored iterator against this string: it must name the content
-        # (case ids, slices, preprocessing), not an address, the cache size or where the data sits
-        # (a run resumes after the dataset folder moved).
-        c = self._cfg
         h = hashlib.sha256()
         h.update(json.dumps([k.case_id for k in self._cases]).encode())
-        h.update(repr((self._modalities, c.target, c.image_size, c.normalize, c.crop, c.fit)).encode())
+        h.update(repr((self._modalities, *self._content_settings())).encode())
         h.update(self._index.tobytes())
         h.update(self._valid.tobytes())
-        return f"SliceSource(cases={len(self._cases)}, slices={len(self)}, content={h.hexdigest()[:16]})"
+        return f"{type(self).__name__}(cases={len(self._cases)}, records={len(self)}, content={h.hexdigest()[:16]})"
 
     @property
     def cached_cases(self) -> tuple[int, ...]:
@@ -210,6 +204,25 @@ class SliceSource:
     def volumes_prepared(self) -> int:
         """How many times a volume was loaded (cache misses)."""
         return self._volumes.misses
+
+
+class SliceSource(CaseIndexedSource):
+    """grain ``RandomAccessDataSource`` of prepared axial slices; picklable for worker processes.
+
+    Args:
+      cases: the cases (``brats.Case``) that ``index`` refers to by position.
+      modalities: canonical modality names, the channel order.
+      data_cfg: the data config (target, preprocessing, ``cache_volumes``).
+      index: ``(N, 2)`` ints ``(case_index, z)``, e.g. from :func:`build_slice_index`.
+      valid: ``(N,)`` bool, False for padding entries (validation); default all True.
+      cache_dir: where prepared volumes are stored on disk (see :func:`load_prepared`); None = off.
+    Items: ``'image' (S, S, C) float32``, ``'target' (S, S, K) float32``, ``'classes' (S, S) uint8``,
+    ``'case' int32``, ``'z' int32``, ``'valid' bool``.
+    """
+
+    def _content_settings(self) -> tuple:
+        c = self._cfg
+        return (c.target, c.image_size, c.normalize, c.crop, c.fit)
 
     def volume(self, case_index: int) -> preprocess.PreparedVolume:
         """The prepared volume of ``cases[case_index]``, from the LRU cache or loaded now."""
@@ -398,28 +411,39 @@ def make_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: 
     if not len(index):
         raise JaxsegError(f"data: no {'training' if train else 'validation'} slices in {len(cases)} cases "
                           "(check data.min_tumor_pixels, data.min_tumor_fraction, data.empty_slice_fraction)")
-    global_batch = cfg.train.batch_size
-    local_batch = global_batch // jax.process_count()
+    index, valid = padded_index(index, cfg.train.batch_size, train, "training slices")
+    source = SliceSource(cases, modalities, cfg.data, index, valid, cache_dir)
+    augment = Augment(cfg.data.augment)
+    return build_loader(source, [augment] if train and augment.active else [], train=train, seed=seed,
+                        global_batch=cfg.train.batch_size, workers=cfg.data.workers)
+
+
+def padded_index(index: np.ndarray, global_batch: int, train: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, valid)``: validation repeats the last record up to whole global batches (marked
+    not valid) so every host runs the same number of batches; training needs one full batch."""
     valid = np.ones(len(index), dtype=bool)
     if not train:
         pad = -len(index) % global_batch
         index = np.concatenate([index, np.repeat(index[-1:], pad, axis=0)])
         valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
     elif len(index) < global_batch:
-        raise JaxsegError(f"train.batch_size = {global_batch} is larger than the {len(index)} training slices")
-    source = SliceSource(cases, modalities, cfg.data, index, valid, cache_dir)
+        raise JaxsegError(f"train.batch_size = {global_batch} is larger than the {len(index)} {what}")
+    return index, valid
+
+
+def build_loader(source: CaseIndexedSource, operations: list, *, train: bool, seed: int, global_batch: int,
+                 workers: int) -> grain.DataLoader:
+    """The grain DataLoader every jaxseg loader ends with: one global order read as per-process
+    rows (:func:`make_sampler`), ``operations`` then batching to the per-process batch."""
+    local_batch = global_batch // jax.process_count()
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     sampler = make_sampler(len(source), train=train, seed=seed, local_batch=local_batch)
-    operations: list = []
-    augment = Augment(cfg.data.augment)
-    if train and augment.active:
-        operations.append(augment)
-    operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=train))
-    if cfg.data.workers > 0:
+    operations = [*operations, grain.transforms.Batch(batch_size=local_batch, drop_remainder=train)]
+    if workers > 0:
         _allow_worker_processes()
     return grain.DataLoader(
         data_source=source, sampler=sampler, operations=operations, shard_options=shard,
-        worker_count=cfg.data.workers,
+        worker_count=workers,
         read_options=grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=2 * local_batch))
 
 
