@@ -66,10 +66,12 @@ class Target:
 
 def parse_target(spec: Target | str) -> Target:
     """A :class:`Target`, or a string ``'<score>'`` / ``'<score>:<channel>'`` such as
-    ``'predicted:TC'`` or ``'mean:2'``."""
+    ``'predicted:TC'`` or ``'mean:2'``; a bare region name (``'ET'``) means ``'mean:ET'``."""
     if isinstance(spec, Target):
         return spec
     score, _, channel = str(spec).partition(":")
+    if not channel and score.upper() in REGIONS:
+        return Target("mean", score.upper())
     if not channel:
         return Target(score)
     return Target(score, int(channel) if channel.lstrip("-").isdigit() else channel.upper())

@@ -21,7 +21,7 @@ from jaxseg.data import brats, nifti, preprocess
 from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions as captions_lib
 from jaxseg.explain.faithfulness import faithfulness
-from jaxseg.explain.gradcam import gradcam_volume
+from jaxseg.explain.gradcam import gradcam_volume, parse_target
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.files import write_text
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
@@ -75,6 +75,10 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         say(f"[{time.perf_counter() - started:5.1f} s] {message}")
 
     path, out = Path(path), Path(out)
+    try:
+        parse_target(settings.target)
+    except ValueError as e:
+        raise JaxsegError(f"--target {settings.target!r}: {e} (e.g. mean, predicted, ET, predicted:TC)") from None
     if not path.exists():
         raise JaxsegError(f"{path}: no such file or folder")
     run = resolve_checkpoint(checkpoint, say)
@@ -103,6 +107,9 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     step("segmented")
 
     layer = settings.layer or _default_layer(predictor)
+    names = predictor.model().activation_names
+    if layer not in names:
+        raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
     cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
                                    layer, settings.target, target_kind=kind, batch_size=predictor.batch_size))
     step(f"Grad-CAM of layer {layer} ({settings.target}) on {len(zs)} slices")

@@ -99,3 +99,16 @@ def test_explained_report_opens_in_chromium(smoke_run, case, tmp_path, browser):
     shot = browser.screenshot(tmp_path / "explain.png")
     print(f"\nscreenshot of an explain report: {shot}")
     assert shot.stat().st_size > 20_000
+
+
+def test_target_strings(smoke_run, case, tmp_path):
+    from jaxseg.explain.gradcam import Target, parse_target
+    assert parse_target("ET") == Target("mean", "ET") and parse_target("predicted:tc") == Target("predicted", "TC")
+    with pytest.raises(JaxsegError, match="--target 'tumour'"):
+        explain(case, smoke_run, tmp_path / "r.html", ExplainSettings(target="tumour"))
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_unknown_layer_is_one_clear_error(smoke_run, case, tmp_path):
+    with pytest.raises(JaxsegError, match="--layer 'dec9': this model has no such layer .*enc0, enc1, dec0"):
+        explain(case, smoke_run, tmp_path / "r.html", ExplainSettings(layer="dec9"))
