@@ -35,6 +35,10 @@ def _user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as e:  # the system's word on a path: permission denied, disk full, ...
+            where = f"{e.filename}: " if e.filename else ""
+            typer.secho(f"error: {where}{e.strerror or e}", err=True, fg="red")
+            raise typer.Exit(EXIT_USER_ERROR) from None
     return wrapper
 
 

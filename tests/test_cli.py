@@ -86,3 +86,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "Broken_1_flair.nii.gz" in proc.stdout + proc.stderr
+
+
+def test_an_unwritable_output_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("phantom", "--out", blocker / "sub", "--cases", 1, "--shape", 16, 16, 16)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
