@@ -51,9 +51,6 @@ class RunCheckpoints:
             self.best.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
-    def latest_step(self) -> int | None:
-        return self.last.latest_step()
-
     def restore_latest(self, target: TrainState, data_iterator: Any
                        ) -> tuple[TrainState, dict[str, Any]] | None:
         """Restore the newest full checkpoint into ``target``'s shapes and shardings, and the

@@ -62,8 +62,8 @@ def prepare_cases(cfg: Config, workdir: Path) -> list[brats.Case]:
     return brats.find_cases(root, config_lib.canonical_modalities(cfg))
 
 
-def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, quiet: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, quiet: bool = False
+          ) -> TrainResult:
     """Train ``cfg`` in ``workdir``, resuming from its newest checkpoint if there is one.
 
     ``max_steps`` stops early after that global step (checkpointing first), as an interruption
@@ -169,15 +169,15 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                 record.update(_prefixed("val", scores, region_names))
                 val_dice = float(np.mean(scores["dice"]))
                 record["val_dice"] = val_dice
-            improved = val_dice is None or val_dice > meta["best_dice"]
+            # The best model is chosen by validation Dice, so only a validated epoch can replace
+            # it; a run without a validation split keeps its newest epoch as "best".
+            improved = val_dice > meta["best_dice"] if val_dice is not None else val_loader is None
             if improved and val_dice is not None:
                 meta["best_dice"] = val_dice
             if t.schedule == "plateau" and val_dice is not None:
                 state = _plateau(state, meta, improved, t)
             history.append(record)
             logger.epoch(record, history)
-            if on_epoch is not None:
-                on_epoch(record)
             meta.update(epoch=epoch + 1, step_in_epoch=0, history=history)
             ckpts.save(state, train_iter, meta, best=improved)
             if max_steps is not None and step >= max_steps:

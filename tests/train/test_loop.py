@@ -115,3 +115,12 @@ def test_reduce_on_plateau_scales_the_learning_rate_after_patience():
         state = loop._plateau(state, meta, improved, t)
         scales.append(float(state.lr_scale))
     assert scales == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_only_a_validated_epoch_can_become_the_best_model(tmp_path):
+    """Validation every 2nd epoch: epoch 3 is not validated and must not replace epoch 2's best."""
+    cfg = smoke("train.epochs=3", "train.steps_per_epoch=2", "train.val_every_epochs=2")
+    result = loop.train(cfg, tmp_path / "run", quiet=True)
+    assert [("val_dice" in h) for h in result.history] == [False, True, False]
+    best_steps = sorted(int(p.name) for p in (result.workdir / "best").iterdir() if p.name.isdigit())
+    assert best_steps == [4]  # the end of epoch 2
