@@ -52,8 +52,8 @@ def main() -> int:
     suffix = f"_min{args.min_component_ml:g}ml" if args.min_component_ml else ""
     predictions = args.workdir / f"val_predictions{suffix}"
     started = time.perf_counter()
-    for case_id in val_cases:
-        predict(args.data / case_id, args.workdir, predictions, min_component_ml=args.min_component_ml)
+    predict([args.data / case_id for case_id in val_cases], args.workdir, predictions,
+            min_component_ml=args.min_component_ml)
     predict_seconds = time.perf_counter() - started
     summary = evaluate_folders(predictions, args.data, args.workdir / f"val_evaluation{suffix}")
 

@@ -35,8 +35,7 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     held_out = splits["test"] or splits["val"]
     predictions = out / "predictions"
     say(f"[2/4] predicting {len(held_out)} held-out case{'s' if len(held_out) != 1 else ''} into {predictions}")
-    for case_id in held_out:
-        predict(run / "phantoms" / case_id, run, predictions)
+    predict([run / "phantoms" / case_id for case_id in held_out], run, predictions)
 
     evaluation = out / "evaluation"
     say(f"[3/4] evaluating against the phantoms' ground truth into {evaluation}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -113,10 +113,12 @@ class Prediction:
     volumes_ml: dict[str, float]
 
 
-def predict(path: str | Path, checkpoint: str | Path, out: str | Path, *, probabilities: bool = False,
+def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out: str | Path, *,
+            probabilities: bool = False,
             batch_size: int = 16, min_component_ml: float = 0.0,
             progress: Callable[[str], None] | None = None) -> list[Prediction]:
-    """Segment a volume, a case folder, or a folder of cases.
+    """Segment a volume, a case folder, a folder of cases, or a list of any of these (the model
+    is restored and compiled once for all of them).
 
     A single case writes ``out`` (a ``.nii.gz`` path, or ``<out>/<case>.nii.gz`` when ``out`` is
     a folder); several cases write ``<out>/<case>.nii.gz`` each. ``probabilities`` also writes
@@ -124,14 +126,15 @@ def predict(path: str | Path, checkpoint: str | Path, out: str | Path, *, probab
     2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model. ``min_component_ml`` > 0
     removes tumor components smaller than that (:func:`remove_small_components`).
     """
-    path, out = Path(path), Path(out)
-    if not path.exists():
-        raise JaxsegError(f"{path}: no such file or folder")
-    cases = _cases_at(path)
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    out = Path(out)
+    for p in paths:
+        if not p.exists():
+            raise JaxsegError(f"{p}: no such file or folder")
+    cases = [case for p in paths for case in _cases_at(p)]
     predictor = Predictor(checkpoint, batch_size)
-    several = len(cases) > 1
-    if several and out.name.endswith((".nii", ".nii.gz")):
-        raise JaxsegError(f"{out}: {path} holds {len(cases)} cases; --out must be a folder")
+    if len(cases) > 1 and out.name.endswith((".nii", ".nii.gz")):
+        raise JaxsegError(f"{out}: {', '.join(map(str, paths))} hold {len(cases)} cases; --out must be a folder")
     results = []
     for case in cases:
         if progress is not None:
