@@ -176,6 +176,8 @@ def case_from_path(path: str | Path, *, modality: str = "flair") -> Case:
         stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
         return Case(case_id=stem, folder=path.parent, naming="brats2021",
                     images={canonical_modality(modality): path}, seg=None)
+    if path.name.startswith("."):  # as in find_cases: hidden files (half-written temporaries) are no case
+        raise file_error(path, "a hidden file (half-written, or not meant to be read); give a visible case file")
     case_id, naming, _ = parsed
     siblings = [p for p in path.parent.iterdir() if p.is_file()]
     return next(c for c in _group(siblings) if c.case_id == case_id and c.naming == naming)

@@ -182,9 +182,9 @@ def read_volume(path: str | Path, *, check_finite: bool = True) -> tuple[np.ndar
     img, path = _load(path)
     data = _stored_data(img, path)
     props = _properties(img, path, data.shape)
+    if check_finite:  # before the float32 cast, which would turn a huge finite float64 into Inf
+        _check_finite(data, path)
     arr = to_canonical(data.astype(np.float32, copy=False), props)
-    if check_finite:
-        _check_finite(arr, path)
     return np.ascontiguousarray(arr), props
 
 

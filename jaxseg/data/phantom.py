@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.data import brats
 from jaxseg.errors import JaxsegError, file_error
 from jaxseg.files import atomic_path
 
@@ -146,7 +147,7 @@ def write_phantoms(out: str | Path, cases: int, seed: int, shape: Sequence[int] 
         images, classes = make_phantom(case_seed(seed, i), shape, spacing)
         name = case_id(seed, i)
         folder = out / name
-        labels = np.where(classes == 3, 4, classes).astype(np.uint8)  # BraTS 2021: ET is 4
+        labels = brats.from_internal(classes, "brats2021").astype(np.uint8)  # ET is 4 in 2021 files
         volumes = {m: images[m].astype(np.int16) for m in MODALITIES} | {"seg": labels}
         for suffix, volume in volumes.items():
             if orientation == "LPS":

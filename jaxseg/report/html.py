@@ -381,21 +381,29 @@ def _volume_table(data: ReportData) -> str:
     return f'<table class="data" id="volume-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _verdict(kind: str, auc_saliency: float | None, auc_random: float | None) -> str:
+    """Whether the saliency ranking beats the random one: deletion wants the lower AUC,
+    insertion the higher; a tie is not a win, and a missing or non-finite AUC gives no verdict."""
+    if auc_saliency is None or auc_random is None or not (math.isfinite(auc_saliency) and math.isfinite(auc_random)):
+        return "no verdict (an AUC is missing)"
+    better = auc_saliency < auc_random if kind == "deletion" else auc_saliency > auc_random
+    return "saliency beats random" if better else "saliency does not beat random"
+
+
 def _curve_cards(payload: Mapping[str, Any]) -> str:
     notes = {"deletion": ("Deletion", "most salient voxels removed first; lower AUC = more faithful"),
              "insertion": ("Insertion", "most salient voxels restored first; higher AUC = more faithful")}
     cards = []
     for kind, curve in payload["curves"].items():
         title, note = notes[kind]
-        better = (curve["auc_saliency"] < curve["auc_random"]) == (kind == "deletion")
-        verdict = "saliency beats random" if better else "saliency does not beat random"
+        verdict = _verdict(kind, curve["auc_saliency"], curve["auc_random"])
         cards.append(
             f'<div class="plot-card"><h3>{title} curve</h3><p class="muted">{note}</p>'
             f'<div class="plot" id="plot-{kind}"></div>'
             f'<table class="data auc" id="auc-{kind}"><tr><th>Ranking</th><th>AUC</th></tr>'
             f'<tr><td><span class="swatch line-saliency"></span>Saliency</td><td class="num">{_fmt(curve["auc_saliency"], 3)}</td></tr>'
             f'<tr><td><span class="swatch line-random"></span>Random</td><td class="num">{_fmt(curve["auc_random"], 3)}</td></tr>'
-            f'</table><p class="verdict {"good" if better else "bad"}">{verdict}</p></div>')
+            f'</table><p class="verdict {"good" if verdict == "saliency beats random" else "bad"}">{verdict}</p></div>')
     return "".join(cards) or '<p class="muted">No deletion / insertion curves were computed.</p>'
 
 

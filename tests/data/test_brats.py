@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from jaxseg.data.brats import (MODALITIES, MODALITY_ALIASES, REGIONS, Case, case_from_path, find_cases,
+from jaxseg.data.brats import (MODALITIES, MODALITY_ALIASES, Case, case_from_path, find_cases,
                                from_internal, label_values, load_case, make_target, parse_name, region_masks,
                                targets_to_classes, to_internal, tumor_volumes_ml)
 from jaxseg.data.inspect import inspect_dataset, render_table
@@ -113,8 +113,7 @@ def test_make_target_by_hand() -> None:
     for target, k in (("wt", 1), ("regions", 3), ("classes", 4)):
         out = make_target(np.zeros((2, 5, 6), np.uint8), target)
         assert out.shape == (2, 5, 6, k) and out.dtype == np.float32
-    assert REGIONS == ("WT", "TC", "ET")
-    np.testing.assert_array_equal(region_masks(CLASSES), make_target(CLASSES, "regions").astype(bool))
+    np.testing.assert_array_equal(region_masks(CLASSES), np.array([[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool))
     with pytest.raises(JaxsegError, match="data.target"):
         make_target(CLASSES, "tc")
 
@@ -186,3 +185,10 @@ def test_real_brats2023_example(real_data: Path) -> None:
     assert list(case.images) == list(MODALITIES)
     assert case.images["t1ce"].name == "BraTS-GLI-00001-000-t1c.nii.gz"
     assert case_from_path(case.images["flair"]) == case
+
+
+def test_a_hidden_case_file_is_one_clear_error(tmp_path):
+    hidden = tmp_path / ".Case_1_flair.nii.gz"
+    hidden.write_bytes(b"x")
+    with pytest.raises(JaxsegError, match="hidden file"):
+        case_from_path(hidden)

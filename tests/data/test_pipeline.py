@@ -71,7 +71,8 @@ def test_slice_index_cache(cases, tmp_path, monkeypatch):
     # a new seed needs a new index, but the prepared volumes stored beside the first one serve it
     other_seed = pipeline.build_slice_index(cases, mods, cfg.data, 4, True, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("slice_index_train_*.json"))) == 2
-    assert len(other_seed) == len(first)
+    assert len(other_seed) == len(first)  # the same share of empty slices ...
+    assert not np.array_equal(other_seed, first)  # ... but other ones: the seed is used
     monkeypatch.undo()
     changed = pipeline.build_slice_index(cases, mods, _cfg("data.image_size=16").data, 3, True, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("slice_index_train_*.json"))) == 3 and len(changed)

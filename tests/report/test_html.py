@@ -114,13 +114,6 @@ def test_embedded_volumes_decode_to_the_inputs(page: str) -> None:
     assert brain["name"] == "Brain" and vertices.max(axis=0)[2] <= SHAPE[2] * 2.0  # mm, not voxels
 
 
-def test_radiological_labels_and_orientation_in_viewer() -> None:
-    """The viewer's screen -> voxel maps put the patient's right (high index 0) on the left."""
-    js = report_html._asset("viewer.js")
-    assert "labels: ['R', 'L', 'A', 'P']" in js and "voxel: (u, v, p) => [X - 1 - u, Y - 1 - v, p[2]]" in js
-    assert "labels: ['R', 'L', 'S', 'I']" in js and "labels: ['A', 'P', 'S', 'I']" in js
-
-
 def test_flat_faithfulness_result_is_accepted() -> None:
     """The dict of jaxseg.explain.faithfulness.faithfulness goes into ReportData.curves as it is."""
     f = np.linspace(0, 1, 5, dtype=np.float32)
@@ -230,3 +223,17 @@ def test_inconsistent_data_is_refused_with_one_line(change, message: str) -> Non
     with pytest.raises(JaxsegError, match=re.escape(message)) as error:
         render_report(data)
     assert str(error.value).startswith("report of Synthetic_001: ") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind, saliency, random, expected", [
+    ("deletion", 0.1, 0.5, "saliency beats random"),
+    ("deletion", 0.5, 0.1, "saliency does not beat random"),
+    ("insertion", 0.9, 0.5, "saliency beats random"),
+    ("insertion", 0.5, 0.5, "saliency does not beat random"),  # a tie is not a win
+    ("deletion", 0.5, 0.5, "saliency does not beat random"),
+    ("insertion", float("nan"), 0.5, "no verdict (an AUC is missing)"),
+    ("deletion", None, 0.5, "no verdict (an AUC is missing)"),
+])
+def test_faithfulness_verdict(kind, saliency, random, expected):
+    from jaxseg.report.html import _verdict
+    assert _verdict(kind, saliency, random) == expected
