@@ -91,11 +91,6 @@ def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
-def regions_for_target(target: str) -> tuple[str, ...]:
-    """The regions a model of ``config.data.target`` predicts: ``'wt'`` -> ('WT',), else WT, TC, ET."""
-    return ("WT",) if target == "wt" else REGIONS
-
-
 def describe_volume(classes: np.ndarray, affine: np.ndarray, brain: np.ndarray,
                     saliency: np.ndarray | None = None, uncertainty: np.ndarray | None = None,
                     regions: tuple[str, ...] = REGIONS, *, uncertainty_threshold: float = UNCERTAIN_NATS
@@ -422,4 +417,4 @@ def _check(classes, affine, brain, saliency, uncertainty, regions):
     return classes.astype(np.uint8, copy=False), affine, brain, regions == REGIONS
 
 
-__all__ = ["VolumeCaption", "describe_volume", "describe_slices", "spacing_from_affine", "regions_for_target"]
+__all__ = ["VolumeCaption", "describe_volume", "describe_slices", "spacing_from_affine"]

@@ -24,6 +24,7 @@ from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume, parse_target
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.files import write_text
+from jaxseg.train import metrics as M
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
 
 # Where `jaxseg demo` leaves its model; explain falls back to it without --checkpoint.
@@ -125,7 +126,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     curves = _faithfulness(predictor, slices, probs, cam, zs, geometry, jax.random.fold_in(key, 2), settings, kind)
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
 
-    regions = captions_lib.regions_for_target(kind)
+    regions = M.region_names(kind)
     uncertainty = None if mc is None else mc["entropy_wt"]
     volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
     slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
@@ -235,7 +236,7 @@ def _write_report(path, case, image, predictor, props, classes, truth, probs, ca
         maps["P(TC)"] = probs[..., 1] + probs[..., 3]
         maps["P(ET)"] = probs[..., 3]
     else:
-        for i, region in enumerate(captions_lib.regions_for_target(kind)):
+        for i, region in enumerate(M.region_names(kind)):
             maps[f"P({region})"] = probs[..., i]
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(

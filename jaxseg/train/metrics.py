@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-REGIONS = ("WT", "TC", "ET")
+from jaxseg.data.brats import REGIONS  # one definition, with the other BraTS conventions
 # HD95 when exactly one of the masks is empty: the diagonal of the 240 x 240 x 155 BraTS volume
 # at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm, the largest distance a BraTS case can have.
 EMPTY_HD95 = 373.13

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from jaxseg.data.brats import case_from_path, load_case
 from jaxseg.data.phantom import write_phantoms
-from jaxseg.explain.captions import (_saliency_stats, describe_slices, describe_volume, regions_for_target,
+from jaxseg.train import metrics as M
+from jaxseg.explain.captions import (_saliency_stats, describe_slices, describe_volume,
                                      spacing_from_affine)
 
 SHAPE = (41, 49, 37)  # odd: the brain's centre is a voxel centre
@@ -156,7 +157,7 @@ def test_sub_regions_and_their_volumes():
 
 
 def test_whole_tumor_model_lists_no_sub_regions():
-    assert regions_for_target("wt") == ("WT",) and regions_for_target("regions") == ("WT", "TC", "ET")
+    assert M.region_names("wt") == ("WT",) and M.region_names("regions") == ("WT", "TC", "ET")
     wt_map = _block(CENTRE, (6, 5, 5), label=1)  # a WT model's 1 means tumor, not NCR
     caption = describe_volume(wt_map, AFFINE_2MM, _brain(), regions=("WT",))
     assert set(caption.volumes_ml) == {"WT"} and "necrotic" not in caption.text
