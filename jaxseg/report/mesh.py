@@ -116,10 +116,13 @@ def report_meshes(image: np.ndarray, segmentation: np.ndarray, spacing: Sequence
       surfaces: name -> internal classes of each tumor surface.
       brain: ``(X, Y, Z)`` bool brain mask if already computed (default: :func:`brain_mask`).
     Returns:
-      ``{'Brain': (V, F), 'ED': ..., 'NCR': ..., 'ET': ...}`` in that order; classes with no voxel
-      are left out.
+      ``{'Brain': (V, F), 'ED': ..., 'NCR': ..., 'ET': ...}`` in that order; a surface with no
+      voxel (an empty brain mask too) is left out, so the page never draws an empty scene.
     """
-    meshes = {"Brain": surface_mesh(brain_mask(image) if brain is None else brain, spacing, step)}
+    meshes = {}
+    brain = brain_mask(image) if brain is None else brain
+    if brain.any():
+        meshes["Brain"] = surface_mesh(brain, spacing, step)
     segmentation = np.asarray(segmentation)
     for name, classes in surfaces.items():
         mask = np.isin(segmentation, classes)

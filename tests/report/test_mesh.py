@@ -89,3 +89,13 @@ def test_report_meshes_has_the_brain_and_present_classes() -> None:
     assert list(meshes) == ["Brain", "ED", "ET"]  # no NCR voxel, no NCR surface
     brain_vertices = meshes["Brain"][0]
     assert np.abs(np.linalg.norm(brain_vertices - np.array([15, 22, 20]), axis=1) - 12).max() < 2 * max(SPACING)
+
+
+def test_report_meshes_leave_out_empty_surfaces():
+    from jaxseg.report.mesh import report_meshes
+    image = np.zeros((12, 12, 12, 1), np.float32)
+    segmentation = np.zeros((12, 12, 12), np.uint8)
+    assert report_meshes(image, segmentation, (1.0, 1.0, 1.0)) == {}
+    image[3:9, 3:9, 3:9] = 1
+    segmentation[5:7, 5:7, 5:7] = 2
+    assert list(report_meshes(image, segmentation, (1.0, 1.0, 1.0))) == ["Brain", "ED"]
