@@ -3,8 +3,10 @@
 Why it looks the way it does:
 
 - **A slice index first.** Which axial slices a model trains on depends on the labels
-  (``keep_slices``), so :func:`build_slice_index` loads each case once and lists ``(case, z)``
-  pairs; the grain sampler then shuffles *slices* across cases.
+  (``keep_slices``), so :func:`build_slice_index` prepares every case and lists ``(case, z)``
+  pairs; the grain sampler then shuffles *slices* across cases. With a ``cache_dir`` (the
+  training loop always gives one, ``<workdir>/cache``) those prepared volumes are stored and
+  every later read is a memory map; without one a volume is decoded again when a slice needs it.
 - **Lazy volumes, bounded cache.** :class:`SliceSource` prepares a volume the first time one of
   its slices is asked for and keeps ``data.cache_volumes`` prepared volumes per process (grain
   workers each hold their own). grain reads with several threads, so the cache is locked and a
@@ -16,6 +18,8 @@ Why it looks the way it does:
 - **Checkpointable order.** grain's iterator state is a few integers plus ``repr(sampler)`` and
   ``repr(source)``, checked on restore; :class:`SliceSource` has a content-derived ``repr``, so a
   changed dataset or preprocessing is refused rather than silently resumed.
+- **One global order on every host.** :class:`GlobalBatchSampler` gives process ``p`` its own
+  contiguous rows of each global batch of one shuffled order, so N hosts train like one.
 - **Validation sees every slice exactly once, on every host.** The validation index is padded
   to a multiple of the global batch (repeating its last entry) and each element carries
   ``valid``; all hosts get the same number of full batches, and metrics ignore padded rows.
