@@ -50,14 +50,41 @@ class DataConfig:
     test_cases: tuple[str, ...] = ()
     cache_volumes: int = 4  # preprocessed volumes kept per worker
     workers: int = 0  # grain worker processes (0 = in the main process)
+    # 2D sources beside BraTS NIfTI cases: figshare_mat (MATLAB v7.3 `cjdata` slices, split by PID)
+    # or image_folder (PNG/TIFF images with `<name><mask_suffix>` masks, as in the LGG set).
+    format: str = "brats"  # brats | figshare_mat | image_folder
+    mask_suffix: str = "_mask"  # image_folder: the mask of x.png is x_mask.png
+    # 3D models train on patches of the brain-box volume (data/patches.py).
+    patch_size: int = 128  # cube edge in voxels; a multiple of 2**depth of the 3D U-Net
+    patch_mode: str = "tumor"  # center (the centre crop) | tumor (tumor-biased random patches)
+    tumor_probability: float = 0.67  # tumor mode: share of patches centred on a tumor voxel
+    samples_per_case: int = 4  # patches per training case per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "unet"
-    features: tuple[int, ...] = (32, 64, 128, 256, 512)  # channels per level; len = depth + 1
+    name: str = "unet"  # unet | attention_unet | resunet34 | transunet | unet3d
+    # U-Net family: channels per level, len = depth + 1. resunet34: the encoder's widths
+    # (stem, stage 1..4), five entries; ResNet-34 is [64, 64, 128, 256, 512].
+    features: tuple[int, ...] = (32, 64, 128, 256, 512)
     dropout: float = 0.0  # before the bottleneck's second conv and in each decoder block
+    encoder_depths: tuple[int, ...] = (3, 4, 6, 3)  # resunet34: residual blocks per stage
+    decoder_features: tuple[int, ...] = (256, 128, 64, 32, 16)  # resunet34: decoder block widths
+    input_mode: str = "channels"  # resunet34: channels (any count) | pseudo_rgb (1 channel copied 3x)
+    transformer_layers: int = 4  # transunet: encoder blocks on the bottleneck tokens
+    transformer_heads: int = 8
+    transformer_dim: int = 256  # token width
+    transformer_mlp_dim: int = 1024
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Whole-volume inference of 3D models (sliding windows) and test-time augmentation."""
+    overlap: float = 0.5  # share of a window's edge overlapping its neighbour, in [0, 1)
+    blend: str = "gaussian"  # gaussian (centre-weighted, sigma = window / 8) | constant
+    window_batch: int = 2  # windows per forward pass
+    tta_flips: bool = False  # average the probabilities over flips of every spatial axis
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
     @property
     def out_channels(self) -> int:
@@ -102,7 +130,11 @@ _CHOICES = {
     ("data", "normalize"): ("zscore_minmax", "slice_zscore", "channel_minmax"),
     ("data", "crop"): ("brain_bbox", "none"),
     ("data", "fit"): ("resize", "crop_pad"),
-    ("model", "name"): ("unet",),
+    ("data", "format"): ("brats", "figshare_mat", "image_folder"),
+    ("data", "patch_mode"): ("center", "tumor"),
+    ("model", "name"): ("unet", "attention_unet", "resunet34", "transunet", "unet3d"),
+    ("model", "input_mode"): ("channels", "pseudo_rgb"),
+    ("infer", "blend"): ("gaussian", "constant"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "warmup_cosine", "plateau"),
     ("train", "loss"): ("bce", "dice", "bce_dice", "dice_focal", "ce_dice"),
@@ -232,9 +264,38 @@ def _validate(cfg: Config, source: str) -> None:
     canonical = [_MODALITY_ALIASES[x] for x in d.modalities]
     if len(set(canonical)) != len(canonical):
         raise bad("data.modalities", f"names a modality twice: {d.modalities}")
-    if d.image_size < 16 or d.image_size % 2 ** (len(m.features) - 1):
+    if m.name == "resunet34":
+        if len(m.features) != 5 or len(m.encoder_depths) != 4 or len(m.decoder_features) != 5:
+            raise bad("model", "resunet34 needs five features (stem, stages 1-4), four encoder_depths "
+                      f"and five decoder_features; got {m.features}, {m.encoder_depths}, {m.decoder_features}")
+        if min(m.encoder_depths) < 1 or min(m.decoder_features) < 1:
+            raise bad("model", "resunet34 encoder_depths and decoder_features must be positive")
+        if d.image_size < 32:
+            raise bad("data.image_size", f"must be at least 32 for resunet34 (five stride-2 stages); got {d.image_size}")
+    elif d.image_size < 16 or d.image_size % 2 ** (len(m.features) - 1):
         raise bad("data.image_size", f"must be at least 16 and divisible by {2 ** (len(m.features) - 1)} "
                   f"(the U-Net halves it {len(m.features) - 1} times); got {d.image_size}")
+    if m.input_mode == "pseudo_rgb" and len(d.modalities) != 1:
+        raise bad("model.input_mode", f"pseudo_rgb copies one channel three times; data.modalities has {len(d.modalities)}")
+    if m.name == "unet3d" and (d.patch_size < 8 or d.patch_size % 2 ** (len(m.features) - 1)):
+        raise bad("data.patch_size", f"must be divisible by {2 ** (len(m.features) - 1)} (the 3D U-Net halves "
+                  f"it {len(m.features) - 1} times); got {d.patch_size}")
+    if not 0 <= d.tumor_probability <= 1:
+        raise bad("data.tumor_probability", f"must be in [0, 1]; got {d.tumor_probability}")
+    if d.samples_per_case < 1:
+        raise bad("data.samples_per_case", f"must be at least 1; got {d.samples_per_case}")
+    if m.name == "transunet":
+        for key in ("transformer_layers", "transformer_heads", "transformer_dim", "transformer_mlp_dim"):
+            if getattr(m, key) < 1:
+                raise bad(f"model.{key}", f"must be at least 1; got {getattr(m, key)}")
+        if m.transformer_dim % m.transformer_heads:
+            raise bad("model.transformer_dim", f"must be divisible by transformer_heads ({m.transformer_heads}); "
+                      f"got {m.transformer_dim}")
+    i = cfg.infer
+    if not 0 <= i.overlap < 1:
+        raise bad("infer.overlap", f"must be in [0, 1); got {i.overlap}")
+    if i.window_batch < 1:
+        raise bad("infer.window_batch", f"must be at least 1; got {i.window_batch}")
     if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1) > 1e-6 or d.split[0] <= 0:
         raise bad("data.split", f"must be three non-negative train/val/test ratios summing to 1; got {d.split}")
     if len(d.phantom_shape) != 3 or min(d.phantom_shape) < 16:
@@ -280,9 +341,24 @@ SMOKE_OVERRIDES = (
 )
 
 
+# What each model needs beyond SMOKE_OVERRIDES to be tiny.
+SMOKE_MODEL_OVERRIDES = {
+    "resunet34": ("model.features=[4, 4, 8, 8, 16]", "model.encoder_depths=[1, 1, 1, 1]",
+                  "model.decoder_features=[8, 8, 4, 4, 4]"),
+    "transunet": ("model.transformer_layers=1", "model.transformer_heads=2", "model.transformer_dim=16",
+                  "model.transformer_mlp_dim=32"),
+    "unet3d": ("data.patch_size=16", "data.samples_per_case=1", "train.batch_size=2"),
+}
+
+
+def smoke_overrides(model_name: str = "unet") -> tuple[str, ...]:
+    """The ``key=value`` overrides that make a config of ``model_name`` smoke-sized."""
+    return SMOKE_OVERRIDES + SMOKE_MODEL_OVERRIDES.get(model_name, ())
+
+
 def smoke(cfg: Config) -> Config:
     """``cfg`` at smoke size."""
-    return load_from_dict(to_dict(cfg), SMOKE_OVERRIDES)
+    return load_from_dict(to_dict(cfg), smoke_overrides(cfg.model.name))
 
 
 def canonical_modalities(cfg: Config) -> tuple[str, ...]:
@@ -308,7 +384,7 @@ def dumps(cfg: Config) -> str:
         for k, v in subtables.items():
             table(f"{name}.{k}", v)
 
-    for section in ("data", "model", "train"):
+    for section in ("data", "model", "train", "infer"):
         table(section, raw[section])
     return "\n".join(lines) + "\n"
 

@@ -23,7 +23,7 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     from jaxseg.train.loop import train
 
     out = Path(out).absolute()
-    cfg = config_lib.load("demo", config_lib.SMOKE_OVERRIDES if smoke else ())
+    cfg = config_lib.load("demo", config_lib.smoke_overrides() if smoke else ())
     run = out / "run"
     say(f"[1/4] training `{cfg.name}` on {cfg.data.phantom_cases} synthetic cases in {run}")
     started = time.perf_counter()

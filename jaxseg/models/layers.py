@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxseg.models.conv import Conv
+
 # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (Flax keeps `momentum` of the old average). The
 # U-Nets we compare against are PyTorch models, so running statistics follow the same recurrence.
 BATCH_NORM_MOMENTUM = 0.9
@@ -94,12 +96,12 @@ class ConvBlock(nnx.Module):
                  dropout_index: int = 0, spatial_dims: int = 2, kernel_size: int = 3,
                  dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         kernel = (kernel_size,) * spatial_dims
-        self.conv1 = nnx.Conv(in_features, out_features, kernel, padding="SAME", use_bias=False,
-                              dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(in_features, out_features, kernel, padding="SAME", use_bias=False,
+                          dtype=dtype, rngs=rngs)
         self.norm1 = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM,
                                    epsilon=BATCH_NORM_EPSILON, dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(out_features, out_features, kernel, padding="SAME", use_bias=False,
-                              dtype=dtype, rngs=rngs)
+        self.conv2 = Conv(out_features, out_features, kernel, padding="SAME", use_bias=False,
+                          dtype=dtype, rngs=rngs)
         self.norm2 = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM,
                                    epsilon=BATCH_NORM_EPSILON, dtype=dtype, rngs=rngs)
         self.dropout_rate = dropout

@@ -1,7 +1,21 @@
-"""Models by name: the one place that turns a config into a network."""
+"""Models by name: the one place that turns a config into a network.
+
+Every model follows one interface, so the train step, inference and explanations never ask
+which model they hold:
+
+- ``model(x, *, train, dropout_key=None, perturb=None) -> (logits, activations)`` with ``x``
+  ``(B, *spatial, in_channels)`` channel-last (2 spatial axes, or 3 for ``unet3d``), logits
+  ``(B, *spatial, out_channels)`` float32 and ``activations`` a dict of named intermediates.
+- ``model.activation_names``: the keys of ``activations`` in forward order; ``perturb[name]`` is
+  added to that activation (zero-valued perturbations make Grad-CAM a ``jax.grad``).
+- dropout only with an explicit ``dropout_key`` (Monte-Carlo dropout at inference).
+- optional ``model.explanation_maps``: names of activations that are maps in their own right
+  (attention-gate coefficients, attention rollout), shown beside Grad-CAM.
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +28,23 @@ from jaxseg.models.unet import UNet
 # The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
 TINY_FEATURES = (4, 8)
 
-MODELS = {"unet": UNet}
+
+def _unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    return UNet(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
+                dtype=dtype, rngs=rngs)
+
+
+# name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
+BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet}
+MODELS = BUILDERS  # the known names
+
+# Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).
+VOLUME_MODELS = frozenset({"unet3d"})
+
+
+def spatial_dims(cfg: Config) -> int:
+    """2 for slice models, 3 for volume models."""
+    return 3 if cfg.model.name in VOLUME_MODELS else 2
 
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
@@ -23,12 +53,11 @@ def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
     float32). Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
     """
     try:
-        model_class = MODELS[cfg.model.name]
+        builder = BUILDERS[cfg.model.name]
     except KeyError:
-        raise JaxsegError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(MODELS)})") from None
+        raise JaxsegError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(BUILDERS)})") from None
     dtype = jnp.bfloat16 if cfg.train.bf16 else jnp.float32
-    return model_class(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
-                       dtype=dtype, rngs=rngs)
+    return builder(cfg, dtype, rngs)
 
 
 def count_params(model: nnx.Module) -> int:

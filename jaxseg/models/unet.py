@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxseg.models.conv import Conv, ConvTranspose
 from jaxseg.models.layers import ConvBlock, add_perturbation, check_perturb_names, max_pool
 
 
@@ -58,14 +59,14 @@ class UNet(nnx.Module):
                       dropout=dropout if i == d else 0.0, dropout_index=i, dtype=dtype, rngs=rngs)
             for i in range(d + 1)])
         self.upsamplers = nnx.List([
-            nnx.ConvTranspose(features[i + 1], features[i], (2, 2), strides=(2, 2), padding="VALID",
+            ConvTranspose(features[i + 1], features[i], (2, 2), strides=(2, 2), padding="VALID",
                               dtype=dtype, rngs=rngs)
             for i in range(d)])
         self.decoders = nnx.List([
             ConvBlock(2 * features[i], features[i], dropout=dropout, dropout_index=i, dtype=dtype,
                       rngs=rngs)
             for i in range(d)])
-        self.head = nnx.Conv(features[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
+        self.head = Conv(features[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
 
     @property
     def activation_names(self) -> tuple[str, ...]:
