@@ -82,12 +82,8 @@ def find_records(root: str | Path, fmt: str, mask_suffix: str = "_mask", require
         if root.is_file():
             records = [Record(case_id=root.stem, subject=root.stem, image=root, mask=None, format=fmt)]
         else:
-            records = []
-            for image, mask in image_folder.find_pairs(root, mask_suffix, require_masks):
-                relative = image.relative_to(root)
-                subject = relative.parent.as_posix() if relative.parent != Path(".") else relative.stem
-                records.append(Record(case_id=relative.with_suffix("").as_posix(), subject=subject,
-                                      image=image, mask=mask, format=fmt))
+            records = [folder_record(root, image, mask)
+                       for image, mask in image_folder.find_pairs(root, mask_suffix, require_masks)]
     else:
         raise JaxsegError(f"data.format {fmt!r} is not a 2D format ({', '.join(FORMATS_2D)})")
     seen: dict[str, Record] = {}
@@ -97,6 +93,15 @@ def find_records(root: str | Path, fmt: str, mask_suffix: str = "_mask", require
                                            "file names must be unique")
         seen[record.case_id] = record
     return sorted(records, key=lambda r: r.case_id)
+
+
+def folder_record(root: Path, image: Path, mask: Path | None) -> Record:
+    """The record of an image under an image-folder root: case id = its path under ``root``
+    without extension; subject = its folder (an image directly in ``root`` is its own subject)."""
+    relative = image.relative_to(root)
+    subject = relative.parent.as_posix() if relative.parent != Path(".") else relative.stem
+    return Record(case_id=relative.with_suffix("").as_posix(), subject=subject, image=image, mask=mask,
+                  format="image_folder")
 
 
 def load_record(record: Record, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -118,8 +123,15 @@ def subjects_of(records: Sequence[Record]) -> dict[str, str]:
 
 
 def is_2d_input(path: str | Path) -> bool:
-    """A file jaxseg reads as one 2D slice (``.mat``, ``.png``, ``.tif``, ``.tiff``)."""
-    return Path(path).suffix.lower() in (".mat", *image_folder.IMAGE_SUFFIXES)
+    """A file jaxseg reads as one 2D slice (``.mat``, ``.png``, ``.tif``, ``.tiff``), or a folder
+    of such files (and no NIfTI)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            return detect_format(path) != "brats"
+        except JaxsegError:
+            return False
+    return path.suffix.lower() in (".mat", *image_folder.IMAGE_SUFFIXES)
 
 
 def to_volume(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
