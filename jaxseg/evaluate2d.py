@@ -105,7 +105,8 @@ def evaluate_slices(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Pa
         record = refs[case_id]
         pred, ref = image_folder.read_mask(path).astype(bool), reference_mask(record).astype(bool)
         if pred.shape != ref.shape:
-            raise file_error(path, f"is {pred.shape[0]}x{pred.shape[1]} but slice {case_id} is {ref.shape[0]}x{ref.shape[1]}")
+            raise file_error(path, f"is {pred.shape[0]}x{pred.shape[1]} but slice {case_id} is "
+                                   f"{ref.shape[0]}x{ref.shape[1]}")
         tp, fp, fn = int((pred & ref).sum()), int((pred & ~ref).sum()), int((~pred & ref).sum())
         totals = pooled.setdefault(record.subject, np.zeros(3, np.int64))
         totals += (tp, fp, fn)

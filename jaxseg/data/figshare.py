@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxseg.data.brats import label_values
 from jaxseg.errors import JaxsegError, file_error
 
 TUMOR_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
@@ -65,7 +66,7 @@ def decode_pid(codes: np.ndarray, path: Path | str = "PID") -> str:
     codes = np.asarray(codes)
     if codes.dtype.kind == "S":  # a PID written as an HDF5 byte string rather than a char array
         text = b"".join(codes.ravel().tolist()).decode("utf-8", "replace")
-    elif codes.dtype.kind in "ui" and codes.size:
+    elif codes.dtype.kind in "ui" and codes.size and 0 <= codes.min() and codes.max() < 0x110000:
         text = "".join(chr(int(c)) for c in codes.ravel())
     else:
         raise file_error(path, f"cjdata.PID is not a MATLAB char array (dtype {codes.dtype}, shape {codes.shape})")
@@ -92,10 +93,14 @@ def _group(f, path: Path):
 
 def _label(value: np.ndarray, path: Path) -> int:
     value = np.asarray(value).ravel()
-    if value.size != 1 or not np.isfinite(value[0]) or int(value[0]) != value[0] or int(value[0]) not in TUMOR_LABELS:
+    try:
+        number = float(value[0]) if value.size == 1 else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number not in TUMOR_LABELS:
         raise file_error(path, f"cjdata.label is {value.tolist()}; expected one of 1 (meningioma), "
                                "2 (glioma), 3 (pituitary)")
-    return int(value[0])
+    return int(number)
 
 
 def read_slice(path: str | Path) -> FigshareSlice:
@@ -122,9 +127,9 @@ def read_slice(path: str | Path) -> FigshareSlice:
     image = image.astype(np.float32)
     if not np.isfinite(image).all():
         raise file_error(path, f"cjdata.image has {int(np.count_nonzero(~np.isfinite(image)))} NaN or Inf pixels")
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1}:
-        raise file_error(path, f"cjdata.tumorMask has values {values[:8].tolist()}; expected 0 and 1")
+    values = label_values(mask)
+    if not set(values) <= {0, 1}:
+        raise file_error(path, f"cjdata.tumorMask has values {list(values[:8])}; expected 0 and 1")
     return FigshareSlice(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask.astype(np.uint8)),
                          label=label, pid=pid)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxseg.data.brats import label_values
 from jaxseg.errors import JaxsegError, file_error
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -89,7 +90,8 @@ def read_mask(path: str | Path) -> np.ndarray:
         if not _channels_equal(array):
             raise file_error(path, "is a colour mask (its channels differ); expected a binary mask, one channel")
     mask = array[..., 0]
-    values = set(np.unique(mask).tolist())
+    # label_values (bincount) is fast for integers; a float mask must not round 0.5 to 0
+    values = set(label_values(mask)) if mask.dtype.kind in "ub" else set(np.unique(mask).tolist())
     if not (values <= {0, 255} or values <= {0, 1}):
         shown = sorted(values)[:8]
         raise file_error(path, f"mask values {shown}{' ...' if len(values) > 8 else ''} are not binary "
@@ -137,8 +139,8 @@ def find_pairs(root: str | Path, mask_suffix: str = "_mask", require_masks: bool
         unpaired = sorted(images[k] for k in images if k not in masks)
         if unpaired:
             p = unpaired[0]
-            raise file_error(p, f"has no mask {p.stem}{mask_suffix}{p.suffix} ({len(unpaired)} image(s) without a mask; "
-                                "check data.mask_suffix)")
+            raise file_error(p, f"has no mask {p.stem}{mask_suffix}{p.suffix} ({len(unpaired)} image(s) "
+                                "without a mask; check data.mask_suffix)")
     return sorted(((images[k], masks.get(k)) for k in images), key=lambda pair: str(pair[0]))
 
 

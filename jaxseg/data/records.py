@@ -6,7 +6,7 @@ A :class:`Record` is one labelled 2D slice and plays the part of a BraTS case in
 | ``data.format`` | files | case_id | subject |
 |---|---|---|---|
 | ``figshare_mat`` | ``<n>.mat`` (MATLAB v7.3, ``cjdata``) | ``<n>`` | ``cjdata.PID`` |
-| ``image_folder`` | ``<stem>.png/.tif`` + ``<stem><mask_suffix>.<ext>`` | path under the root, no extension | the folder |
+| ``image_folder`` | ``<stem>.png/.tif``, ``<stem><mask_suffix>.<ext>`` | path under root, no suffix | folder |
 
 :func:`load_record` returns ``image (H, W, C)`` float32 and ``mask (H, W)`` uint8 0/1 in the
 file's (row, column) order.
