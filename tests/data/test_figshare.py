@@ -139,3 +139,17 @@ def test_2d_formats_refuse_regions_and_classes():
             config_lib.load("figshare_resunet34", [f"data.target={target}", f"train.loss={loss}"])
     with pytest.raises(JaxsegError, match="figshare_mat slices have one channel"):
         config_lib.load("figshare_resunet34", ['data.modalities=["t1ce", "flair"]', "model.input_mode=channels"])
+
+
+def test_cli_inspect_of_a_figshare_folder(tmp_path):
+    from typer.testing import CliRunner
+    import cli
+    image, mask = tumor_slice((32, 24), (10, 10), 4)
+    write_figshare_mat(tmp_path / "1.mat", image, mask, 1, "A")
+    result = CliRunner().invoke(cli.app, ["data", "inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "figshare_mat dataset" in result.output and "meningioma" in result.output
+    (tmp_path / "2.mat").write_bytes(b"\x89HDF\r\n")  # a truncated download
+    result = CliRunner().invoke(cli.app, ["data", "inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "2.mat:notaMATLABv7.3" in "".join(result.output.split())  # wrapped
+    assert "Traceback" not in result.output

@@ -119,3 +119,21 @@ def test_predict_on_an_image_folder_mirrors_its_patient_folders(lgg_run, tmp_pat
     for p in predictions:
         assert p.segmentation == tmp_path / "pred" / f"{p.case_id}.png"
         assert iio.imread(p.segmentation).shape == (48, 48)
+
+
+def test_cli_predict_and_evaluate_on_an_image_folder(lgg_run, tmp_path):
+    from typer.testing import CliRunner
+    import cli
+    root, _, result = lgg_run
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["predict", str(root), "--checkpoint", str(result.workdir), "--out", str(tmp_path / "p")])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli.app, ["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(root), "--out",
+                                  str(tmp_path / "e")])
+    assert out.exit_code == 0, out.output
+    assert "Evaluation of 12 slice(s) of 4 patient(s)" in out.output
+    rows = (tmp_path / "e" / "per_slice.csv").read_text().splitlines()
+    assert rows[0].startswith("case,patient,dice") and len(rows) == 13
+    out = runner.invoke(cli.app, ["predict", str(root), "--checkpoint", str(result.workdir), "--out",
+                                  str(tmp_path / "q"), "--min-component-ml", "1"])
+    assert out.exit_code == 2 and "2D slices have none" in out.output
