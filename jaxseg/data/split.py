@@ -96,15 +96,15 @@ def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = (0.7, 0.15, 0
         by_subject.setdefault(subject_of(c), []).append(c)
 
     fixed: dict[str, set[str]] = {}
+    known = set(ids)
+    named_subjects = set(by_subject) if subjects is not None else set()
     for name, listed in (("val", val_cases), ("test", test_cases)):
         listed = [str(c) for c in listed]
-        named_subjects = set(by_subject) if subjects is not None else set()
-        unknown = sorted(set(listed) - set(ids) - named_subjects)
+        unknown = sorted(set(listed) - known - named_subjects)
         if unknown:
             raise JaxsegError(f"split: data.{name}_cases names cases that are not in the dataset: "
                               f"{', '.join(unknown)}")
         if listed:
-            known = set(ids)
             fixed[name] = {subject_of(c) if c in known else c for c in listed}
     both = fixed.get("val", set()) & fixed.get("test", set())
     if both:

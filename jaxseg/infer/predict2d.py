@@ -67,7 +67,7 @@ def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities
         raise JaxsegError(f"{predictor.run}: 2D slices are predicted as binary tumor masks; this run's "
                           f"data.target is {cfg.data.target!r}")
     found = [r for p in paths for r in records_at(Path(p), cfg.data.mask_suffix)]
-    if len(found) > 1 and out.suffix.lower() == ".png":
+    if len(found) > 1 and out.name.lower().endswith((".png", ".tif", ".tiff", ".nii", ".nii.gz")):
         raise JaxsegError(f"{out}: the inputs hold {len(found)} slices; --out must be a folder")
     channels = len(predictor.modalities)
     results = []
