@@ -73,7 +73,8 @@ def train(
 @app.command()
 @_user_errors
 def predict(
-    path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, or a folder of cases"),
+    path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, a folder of cases, or 2D slices "
+                                          "(.mat, .png, .tif files or folders)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a run folder made by `jaxseg train`"),
     out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
@@ -86,7 +87,7 @@ def predict(
                  min_component_ml=min_component_ml,
                  progress=lambda case: _say(f"predicting {case}")):
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
-        typer.echo(f"{p.case_id}: {p.segmentation}  ({volumes})")
+        typer.echo(f"{p.case_id}: {p.segmentation}" + (f"  ({volumes})" if volumes else ""))
 
 
 @app.command()
@@ -101,7 +102,7 @@ def evaluate(
     from jaxseg.evaluate import evaluate_folders
     summary = evaluate_folders(pred, ref, out)
     Console().print(summary.render())
-    _say(f"per-case results in {out / 'per_case.csv'}, summary in {out / 'summary.csv'}")
+    _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}")
 
 
 @app.command()
@@ -141,13 +142,17 @@ def phantom(
 
 @data_app.command("inspect")
 @_user_errors
-def data_inspect(root: Path = typer.Argument(..., help="a dataset folder")) -> None:
-    """Table of the cases in a folder: modalities, geometry, labels, tumor volumes, problems."""
+def data_inspect(
+    root: Path = typer.Argument(..., help="a dataset folder"),
+    format: str = typer.Option("auto", "--format", help="auto | brats | figshare_mat | image_folder"),
+    mask_suffix: str = typer.Option("_mask", help="image_folder: the mask of x.png is x<suffix>.png"),
+) -> None:
+    """Table of the cases (BraTS) or patients (2D slices) in a folder: geometry, labels, problems."""
     from rich.console import Console
-    from jaxseg.data.inspect import inspect_dataset, render_table
-    reports = inspect_dataset(root)
-    Console(width=200).print(render_table(reports))
-    if any(r.problems for r in reports):
+    from jaxseg.data.inspect2d import inspect_folder
+    table, problems = inspect_folder(root, format, mask_suffix)
+    Console(width=200).print(table)
+    if problems:
         raise typer.Exit(1)
 
 

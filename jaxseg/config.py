@@ -280,6 +280,20 @@ def _validate(cfg: Config, source: str) -> None:
     if m.name == "unet3d" and (d.patch_size < 8 or d.patch_size % 2 ** (len(m.features) - 1)):
         raise bad("data.patch_size", f"must be divisible by {2 ** (len(m.features) - 1)} (the 3D U-Net halves "
                   f"it {len(m.features) - 1} times); got {d.patch_size}")
+    if d.format != "brats":  # 2D slices (data/records.py) with binary tumor masks
+        if d.target != "wt":
+            raise bad("data.target", f"must be \"wt\" for data.format = {d.format!r}: its masks are binary "
+                      f"tumor masks, with no sub-regions; got {d.target!r}")
+        if m.name == "unet3d":
+            raise bad("model.name", f"unet3d needs volumes; data.format = {d.format!r} gives 2D slices")
+        if d.format == "figshare_mat" and len(d.modalities) != 1:
+            raise bad("data.modalities", f"figshare_mat slices have one channel (T1 contrast-enhanced): list one "
+                      f"modality, e.g. [\"t1ce\"]; got {list(d.modalities)}")
+        if not d.mask_suffix:
+            raise bad("data.mask_suffix", "must not be empty (the mask of x.png is x<mask_suffix>.png)")
+        if d.min_tumor_fraction > 0:
+            raise bad("data.min_tumor_fraction", "filters volumes; for 2D slices use data.min_tumor_pixels "
+                      "and data.empty_slice_fraction")
     if not 0 <= d.tumor_probability <= 1:
         raise bad("data.tumor_probability", f"must be in [0, 1]; got {d.tumor_probability}")
     if d.samples_per_case < 1:

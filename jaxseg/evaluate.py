@@ -201,7 +201,12 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | P
     Raises:
       JaxsegError: no predictions, predictions without references, unreadable files, labels
         outside the BraTS conventions, or a prediction whose grid differs from its reference.
+
+    A ``pred_dir`` of PNG masks (2D slices) is scored by :func:`jaxseg.evaluate2d.evaluate_slices`.
     """
+    from jaxseg import evaluate2d  # noqa: PLC0415 (it imports this module)
+    if evaluate2d.holds_2d_predictions(pred_dir):  # PNG masks of 2D slices: per slice and per patient
+        return evaluate2d.evaluate_slices(pred_dir, ref_dir, out_dir)
     pairs = find_pairs(pred_dir, ref_dir)
     per_case: list[dict] = []
     for case, pred_path, ref_path in pairs:

@@ -331,6 +331,9 @@ def build_slice_index(cases: Sequence[brats.Case], modalities: Sequence[str], da
     by a hash of the case files (path, size, mtime) and the settings that decide it, and so are
     the prepared volumes (:func:`load_prepared`), ready for the loaders.
     """
+    if data_cfg.format != "brats":  # 2D slice records (figshare .mat, image folders)
+        from jaxseg.data import slices2d
+        return slices2d.build_record_index(cases, modalities, data_cfg, seed, train, cache_dir)
     cache_file = None
     if cache_dir is not None:
         d = data_cfg
@@ -404,6 +407,10 @@ def make_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: 
         (default: all devices). Raises JaxsegError otherwise.
     The iterator's ``get_state()`` / ``set_state()`` (JSON bytes) resume at the identical batch.
     """
+    if cfg.data.format != "brats":  # 2D slice records (figshare .mat, image folders)
+        from jaxseg.data import slices2d
+        return slices2d.make_record_loader(cfg, cases, train=train, seed=seed, index=index, mesh=mesh,
+                                           cache_dir=cache_dir)
     n_devices = mesh.shape["data"] if mesh is not None else jax.device_count()
     _check_batch(cfg.train.batch_size, n_devices)
     if not 0 <= seed < 2 ** 32:

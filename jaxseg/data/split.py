@@ -21,7 +21,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -58,7 +58,8 @@ def split_counts(n: int, ratios: Sequence[float]) -> tuple[int, int, int]:
 
 
 def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-                val_cases: Sequence[str] = (), test_cases: Sequence[str] = ()) -> dict[str, list[str]]:
+                val_cases: Sequence[str] = (), test_cases: Sequence[str] = (),
+                subjects: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Split case ids into ``{'train', 'val', 'test'}`` lists, keeping each subject in one split.
 
     Args:
@@ -70,6 +71,9 @@ def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = (0.7, 0.15, 0
             whole subject along (all its timepoints). The splits that are not fixed get their
             counts from their ratio applied to all subjects, as far as subjects remain; train
             gets the rest.
+        subjects: case id -> subject, when the subject is not in the id (2D slices: the figshare
+            PID, an image folder's name); default :func:`subject_id`. With it, val_cases and
+            test_cases may also name subjects.
 
     Returns:
         ``{'train': [...], 'val': [...], 'test': [...]}``, each a sorted list of case ids; their
@@ -86,24 +90,27 @@ def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = (0.7, 0.15, 0
     if duplicates:
         raise JaxsegError(f"split: case ids appear more than once: {', '.join(duplicates)}")
     ratios = _check_ratios(ratios)
-    subjects: dict[str, list[str]] = {}
+    subject_of = (lambda c: str(subjects[c])) if subjects is not None else subject_id
+    by_subject: dict[str, list[str]] = {}
     for c in ids:
-        subjects.setdefault(subject_id(c), []).append(c)
+        by_subject.setdefault(subject_of(c), []).append(c)
 
     fixed: dict[str, set[str]] = {}
+    known = set(ids)
+    named_subjects = set(by_subject) if subjects is not None else set()
     for name, listed in (("val", val_cases), ("test", test_cases)):
         listed = [str(c) for c in listed]
-        unknown = sorted(set(listed) - set(ids))
+        unknown = sorted(set(listed) - known - named_subjects)
         if unknown:
             raise JaxsegError(f"split: data.{name}_cases names cases that are not in the dataset: "
                               f"{', '.join(unknown)}")
         if listed:
-            fixed[name] = {subject_id(c) for c in listed}
+            fixed[name] = {subject_of(c) if c in known else c for c in listed}
     both = fixed.get("val", set()) & fixed.get("test", set())
     if both:
         raise JaxsegError(f"split: subjects fixed to both val and test: {', '.join(sorted(both))}")
 
-    order = sorted(subjects)
+    order = sorted(by_subject)
     shuffled = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
     taken = set().union(*fixed.values()) if fixed else set()
     free = [s for s in shuffled if s not in taken]
@@ -118,7 +125,7 @@ def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = (0.7, 0.15, 0
             count = max(0, min(targets[name], len(free) - 1))  # leave at least one for train
             chosen[name], free = free[:count], free[count:]
     chosen["train"] = free
-    return {name: sorted(c for s in chosen[name] for c in subjects[s]) for name in SPLITS}
+    return {name: sorted(c for s in chosen[name] for c in by_subject[s]) for name in SPLITS}
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, nifti, pipeline, preprocess
+from jaxseg.data import brats, nifti, pipeline, preprocess, records
 from jaxseg.errors import JaxsegError
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
@@ -125,12 +125,20 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out
     ``<name>_prob.nii.gz`` (X, Y, Z, K) float32. Labels follow the input's convention (0,1,2,4 for
     2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model. ``min_component_ml`` > 0
     removes tumor components smaller than that (:func:`remove_small_components`).
+    2D slices (``.mat``, ``.png``, ``.tif`` files or folders of them, or any input of a run trained
+    on a 2D ``data.format``) go to :func:`jaxseg.infer.predict2d.predict_slices`: PNG masks.
     """
     paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
     out = Path(out)
     for p in paths:
         if not p.exists():
             raise JaxsegError(f"{p}: no such file or folder")
+    if load_run_config(find_run(checkpoint)).data.format != "brats" or any(map(records.is_2d_input, paths)):
+        if min_component_ml > 0:
+            raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
+        from jaxseg.infer.predict2d import predict_slices
+        return predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
+                              progress=progress)
     cases = [case for p in paths for case in _cases_at(p)]
     predictor = Predictor(checkpoint, batch_size)
     if len(cases) > 1 and out.name.endswith((".nii", ".nii.gz")):

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, phantom, pipeline, split
+from jaxseg.data import brats, phantom, pipeline, records, split
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 from jaxseg.train import log as log_lib
@@ -51,8 +51,14 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                process_id=process_id)
 
 
-def prepare_cases(cfg: Config, workdir: Path) -> list[brats.Case]:
-    """The dataset's cases; with no ``data.root``, phantoms written once into the run folder."""
+def prepare_cases(cfg: Config, workdir: Path) -> list[brats.Case] | list[records.Record]:
+    """The dataset's cases; with no ``data.root``, phantoms written once into the run folder.
+    The 2D formats (``data.format`` figshare_mat, image_folder) give one record per slice."""
+    if cfg.data.format != "brats":
+        if not cfg.data.root:
+            raise JaxsegError(f"data.root: data.format = {cfg.data.format!r} needs a dataset folder "
+                              "(phantoms are BraTS volumes)")
+        return records.find_records(cfg.data.root, cfg.data.format, cfg.data.mask_suffix)
     if cfg.data.root:
         return brats.find_cases(cfg.data.root, config_lib.canonical_modalities(cfg))
     root = workdir / "phantoms"
@@ -83,7 +89,8 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     # --- input: cases -> subject-level split -> slice indices -> grain loaders.
     cases = prepare_cases(cfg, workdir)
     splits = split.split_cases([c.case_id for c in cases], cfg.data.split, cfg.data.split_seed,
-                               cfg.data.val_cases, cfg.data.test_cases)
+                               cfg.data.val_cases, cfg.data.test_cases,
+                               subjects=records.subjects_of(cases) if cfg.data.format != "brats" else None)
     if jax.process_index() == 0:
         split.save_manifest(splits, workdir / "splits.json", seed=cfg.data.split_seed,
                             ratios=list(cfg.data.split))

@@ -1,0 +1,92 @@
+"""Inference on 2D slices (figshare ``.mat``, PNG, TIFF): a mask PNG per slice, the input's size.
+
+The path of :mod:`jaxseg.infer.predict` for one-slice "volumes": read -> the run's preprocessing
+(crop, fit, per-slice normalisation) -> batched forward passes -> probabilities restored to the
+input's own (row, column) grid -> a 0/255 uint8 PNG mask (``--probabilities``: also
+``<name>_prob.npy``, float32 ``(H, W)``). Slices are batched across files, so a folder of
+thousands of slices runs at full batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxseg.data import preprocess, records
+from jaxseg.errors import JaxsegError, file_error
+from jaxseg.files import atomic_path
+
+
+def records_at(path: Path, mask_suffix: str) -> list[records.Record]:
+    """One record for a 2D file (``.mat``, ``.png``, ``.tif``); every slice under a folder."""
+    if path.is_file():
+        if not records.is_2d_input(path):
+            raise file_error(path, "not a 2D slice file (.mat, .png, .tif, .tiff)")
+        fmt = "figshare_mat" if path.suffix.lower() == ".mat" else "image_folder"
+        return [records.Record(case_id=path.stem, subject=path.stem, image=path, mask=None, format=fmt)]
+    fmt = records.detect_format(path)
+    if fmt == "brats":
+        raise file_error(path, "holds NIfTI volumes, not 2D slices")
+    found = records.find_records(path, fmt, mask_suffix, require_masks=False)
+    return [dataclasses.replace(r, mask=None) for r in found]  # masks are not read to predict
+
+
+def _target_path(out: Path, record: records.Record, single: bool) -> Path:
+    if single and out.suffix and not out.is_dir():
+        return out if out.suffix.lower() == ".png" else out.with_name(_stem(out) + ".png")
+    return out / f"{record.case_id}.png"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
+
+
+def write_mask_png(mask: np.ndarray, path: Path) -> None:
+    """``mask (H, W)`` bool/0-1 -> a 0/255 uint8 grayscale PNG, written atomically."""
+    import imageio.v3 as iio  # noqa: PLC0415
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, (np.asarray(mask) > 0).astype(np.uint8) * np.uint8(255), extension=".png")
+
+
+def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities: bool = False,
+                   progress: Callable[[str], None] | None = None) -> list:
+    """Segment every 2D slice at ``paths`` with ``predictor`` (a :class:`jaxseg.infer.predict.Predictor`).
+
+    One slice: ``out`` is the PNG (another extension is replaced by ``.png``, e.g. ``seg.nii.gz``
+    -> ``seg.png`` beside it); a folder ``out`` gets ``<out>/<case id>.png``. Several slices:
+    ``<out>/<case id>.png`` each (an image folder's case id keeps its patient folder).
+    Returns :class:`jaxseg.infer.predict.Prediction` records (``volumes_ml`` is empty: 2D slices
+    carry no pixel size).
+    """
+    from jaxseg.infer.predict import Prediction  # noqa: PLC0415 (predict.py dispatches here)
+    cfg = predictor.cfg
+    if cfg.data.target != "wt":
+        raise JaxsegError(f"{predictor.run}: 2D slices are predicted as binary tumor masks; this run's "
+                          f"data.target is {cfg.data.target!r}")
+    found = [r for p in paths for r in records_at(Path(p), cfg.data.mask_suffix)]
+    if len(found) > 1 and out.name.lower().endswith((".png", ".tif", ".tiff", ".nii", ".nii.gz")):
+        raise JaxsegError(f"{out}: the inputs hold {len(found)} slices; --out must be a folder")
+    channels = len(predictor.modalities)
+    results = []
+    for start in range(0, len(found), predictor.batch_size):
+        chunk = found[start:start + predictor.batch_size]
+        images = [records.load_record(r, channels)[0] for r in chunk]
+        prepared = [preprocess.prepare_volume(*records.to_volume(image, None), cfg.data) for image in images]
+        probs = predictor.slice_probabilities(np.concatenate([p.slices for p in prepared]))
+        for k, (record, image, prep) in enumerate(zip(chunk, images, prepared)):
+            if progress is not None:
+                progress(record.case_id)
+            restored = preprocess.restore_slices(probs[k:k + 1], prep.geometry, order=1)[:, :, 0, 0]
+            restored *= np.any(image != 0, axis=-1)  # as for volumes: zero pixels are background
+            target = _target_path(out, record, len(found) == 1)
+            write_mask_png(restored > 0.5, target)
+            prob_path = None
+            if probabilities:
+                prob_path = target.with_name(target.stem + "_prob.npy")
+                with atomic_path(prob_path) as tmp:
+                    np.save(tmp, restored.astype(np.float32))
+            results.append(Prediction(record.case_id, target, prob_path, {}))
+    return results
