@@ -87,8 +87,6 @@ class App:
         checkpoint = self.checkpoints.get(str(request.get("checkpoint")))
         if checkpoint is None:
             raise JaxsegError("choose a model from the list")
-        if any(j.active for j in session.jobs.values()):
-            raise JaxsegError("your previous job has not finished; wait for it before starting another")
         mc_samples = request.get("mc_samples", 10)
         if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or not 1 <= mc_samples <= MAX_MC_SAMPLES:
             raise JaxsegError(f"MC-dropout passes must be a whole number from 1 to {MAX_MC_SAMPLES}")
@@ -119,9 +117,12 @@ class App:
             result = explain(job.input, checkpoint.run, job.folder / "out", settings, say=job.say)
             return {**result.files, "report": result.report}, result.summary
 
-        job = jobs.new_job(session.folder / "jobs", f"{description} · model {checkpoint.run.name}", work)
-        job.input = prepare(job)  # copied now: later uploads do not change a queued job
-        session.jobs[job.id] = job
+        with session.lock:  # two clicks at once must not start two jobs
+            if any(j.active for j in session.jobs.values()):
+                raise JaxsegError("your previous job has not finished; wait for it before starting another")
+            job = jobs.new_job(session.folder / "jobs", f"{description} · model {checkpoint.run.name}", work)
+            job.input = prepare(job)  # copied now: later uploads do not change a queued job
+            session.jobs[job.id] = job
         self.runner.submit(job)
         return job
 

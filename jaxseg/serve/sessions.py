@@ -54,7 +54,7 @@ class Session:
     folder: Path
     uploads: dict[str, Upload] = dataclasses.field(default_factory=dict)
     jobs: dict = dataclasses.field(default_factory=dict)  # job id -> jobs.Job
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)  # uploads and job starts
 
 
 class SessionStore:

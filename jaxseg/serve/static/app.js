@@ -15,7 +15,8 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
-  const mb = (bytes) => (bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0) + ' MB';
+  const mb = (bytes) => (bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KB`
+    : `${(bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0)} MB`);
 
   async function api(method, path, body) {
     const options = { method, headers: {}, credentials: 'same-origin' };
@@ -60,8 +61,11 @@
       const row = el('div', { class: 'slot' + (needed ? ' needed' : ''), id: `slot-${slot}` });
       const head = el('div', { class: 'slot-head' });
       head.append(el('span', { class: 'slot-name' }, SLOT_NAMES[slot]), el('span', { class: 'badge' }, badge));
-      const input = el('input', { type: 'file', id: `file-${slot}`, accept: '.nii,.nii.gz,.gz' });
+      const u = info.uploads[slot];
+      const input = el('input', { type: 'file', id: `file-${slot}`, accept: '.nii,.nii.gz,.gz', class: 'file-input' });
       input.addEventListener('change', () => { if (input.files.length) upload(slot, input.files[0]); });
+      const picker = el('label', { class: 'file-button' }, u ? 'Replace file…' : 'Choose file…');
+      picker.append(input);
       const status = el('div', { class: 'slot-status', id: `status-${slot}` });
       const remove = el('button', { type: 'button', class: 'link', id: `remove-${slot}` }, 'remove');
       remove.addEventListener('click', async () => {
@@ -70,26 +74,27 @@
         input.value = '';
         renderSlots();
       });
-      const u = info.uploads[slot];
       if (u) {
         status.textContent = `✓ ${u.name} · ${u.shape.join('×')} voxels · ${u.spacing.join('×')} mm · ${mb(u.bytes)}` +
           (u.labels ? ` · ${u.labels === 'brats2023' ? 'labels 0,1,2,3' : 'labels 0,1,2,4'}` : '');
         status.classList.add('ok');
       }
       remove.hidden = !u;
-      row.append(head, input, status, remove);
+      row.append(head, picker, status, remove);
       box.append(row);
     }
     $('upload-limit').textContent = `NIfTI files (.nii or .nii.gz) of one case, up to ${mb(info.max_upload_bytes)} each.`;
     updateReadiness();
   }
 
-  function upload(slot, file) {
+  function upload(slot, file, finished) {
+    finished = finished || (() => {});
     const status = $(`status-${slot}`);
     status.className = 'slot-status';
     if (file.size > info.max_upload_bytes) {
       status.classList.add('error');
       status.textContent = `${file.name} is ${mb(file.size)}; this server accepts up to ${mb(info.max_upload_bytes)}.`;
+      finished();
       return;
     }
     const request = new XMLHttpRequest();
@@ -106,18 +111,46 @@
         renderSlots();
       } else {
         status.classList.add('error');
-        status.textContent = data.error || `the server answered ${request.status}`;
+        const kept = info.uploads[slot] ? ` (the earlier ${info.uploads[slot].name} is kept)` : '';
+        status.textContent = (data.error || `the server answered ${request.status}`) + kept;
         $(`file-${slot}`).value = '';
         updateReadiness();
       }
+      finished();
     };
     request.onerror = () => {
       status.classList.add('error');
       status.textContent = `${file.name}: the upload failed (the connection broke)`;
+      updateReadiness();
+      finished();
     };
     status.textContent = `uploading ${file.name}…`;
     request.send(file);
     updateReadiness(true);
+  }
+
+  // Several files at once: the slot of each from its BraTS suffix (the same names data/brats.py
+  // reads); one upload after another, so the server checks each against the ones before.
+  const SUFFIX_SLOTS = { flair: 'flair', t1: 't1', t1ce: 't1ce', t2: 't2', seg: 'seg',
+    t2f: 'flair', t1n: 't1', t1c: 't1ce', t2w: 't2' };
+  function slotOf(name) {
+    const match = /[_-]([a-z0-9]+)\.nii(\.gz)?$/i.exec(name);
+    return match ? SUFFIX_SLOTS[match[1].toLowerCase()] : undefined;
+  }
+
+  async function uploadMany(files) {
+    const unknown = [];
+    for (const file of files) {
+      const slot = slotOf(file.name);
+      if (!slot) { unknown.push(file.name); continue; }
+      await new Promise((done) => upload(slot, file, done));
+    }
+    const message = $('input-message');
+    if (unknown.length) {
+      message.textContent = `Could not tell the modality of ${unknown.join(', ')} from the name; ` +
+        'choose it in its slot below.';
+      message.classList.add('error');
+    }
   }
 
   // ----------------------------------------------------------------------------- dataset cases
@@ -205,6 +238,7 @@
     $('results').hidden = false;
     $('results').dataset.job = job.id;
     $('result-case').textContent = r.case;
+    $('result-source').textContent = job.description;
     $('result-caption').textContent = r.caption;
     const table = $('result-volumes');
     table.replaceChildren();
@@ -226,8 +260,22 @@
       item.append(link, el('span', { class: 'muted' }, ` ${f.name}`));
       list.append(item);
     }
-    $('report').src = r.report_url;
+    $('report').src = r.report_url;  // fitReport() sizes it once the report has laid itself out
     document.documentElement.dataset.result = job.id;
+  }
+
+  // The report is same-origin: make the iframe as tall as the report, so the page scrolls as one
+  // (its summary, faithfulness and volume cards sit below the views).
+  function fitReport() {
+    const frame = $('report');
+    let tries = 0;
+    const fit = () => {
+      const doc = frame.contentDocument;
+      if (!doc || !doc.documentElement) return;
+      frame.style.height = `${doc.documentElement.scrollHeight}px`;
+      if (doc.documentElement.dataset.ready !== 'true' && ++tries < 100) setTimeout(fit, 200);
+    };
+    fit();
   }
 
   // ----------------------------------------------------------------------------- start
@@ -253,6 +301,12 @@
     }
     $('case').addEventListener('change', () => updateReadiness());
     $('run').addEventListener('click', run);
+    $('file-many').addEventListener('change', (e) => {
+      const files = [...e.target.files];
+      e.target.value = '';
+      uploadMany(files);
+    });
+    $('report').addEventListener('load', fitReport);
     renderModel();
     const last = info.jobs[info.jobs.length - 1];  // a reload shows this session's latest job
     if (last) showJob(last);
