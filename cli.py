@@ -144,7 +144,7 @@ def phantom(
 def serve(
     checkpoint: List[Path] = typer.Option([], "--checkpoint",
                                           help="a run folder or a folder of runs (repeatable); default: the demo model"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (another than 127.0.0.1 exposes the app)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (any other than 127.0.0.1 exposes the app to the network)"),
     port: int = typer.Option(7860, min=0, max=65535, help="port (0: any free port)"),
     data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder whose cases the page lists"),
     workdir: Optional[Path] = typer.Option(None, "--workdir",

@@ -5,6 +5,7 @@ run as its only checkpoint and a 1 MB upload limit.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import threading
@@ -21,17 +22,27 @@ from jaxseg.serve.app import App, ServeSettings, make_server, url_of
 from tests.serve.conftest import SHAPE, Client
 
 
-@pytest.fixture(scope="module")
-def server(smoke_run, phantom_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("serve_work")
-    app = App(ServeSettings(port=0, checkpoints=(smoke_run,), data=phantom_root, workdir=workdir, max_upload_mb=1))
+@contextlib.contextmanager
+def running(settings: ServeSettings):
+    """The app served from a thread on 127.0.0.1; yields (app, base URL)."""
+    app = App(settings)
     httpd = make_server(app)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield app, url_of(httpd)
-    httpd.shutdown()
-    httpd.server_close()
-    app.close()
+    try:
+        yield app, url_of(httpd)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def server(smoke_run, phantom_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("serve_work")
+    with running(ServeSettings(port=0, checkpoints=(smoke_run,), data=phantom_root, workdir=workdir,
+                               max_upload_mb=1)) as served:
+        yield served
 
 
 @pytest.fixture
@@ -210,3 +221,43 @@ def test_checkpoint_discovery(smoke_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no demo_output/run here
     with pytest.raises(JaxsegError, match="run `jaxseg demo` first"):
         catalog.find_checkpoints([])
+
+
+@pytest.fixture(scope="module")
+def flair_run(tmp_path_factory) -> Path:
+    """A smoke-size whole-tumor model of FLAIR alone (the pediatric-BraTS setting)."""
+    from jaxseg import config as config_lib
+    from jaxseg.train import loop
+    cfg = config_lib.load("demo", (*config_lib.SMOKE_OVERRIDES, 'data.modalities=["flair"]', "data.target=wt"))
+    return loop.train(cfg, tmp_path_factory.mktemp("flair_run"), quiet=True).workdir
+
+
+def test_a_single_flair_volume_for_a_flair_model(flair_run, phantom_case, tmp_path):
+    """One plain NIfTI file (no BraTS name) is a whole case for a FLAIR-only model; the app's own
+    temporary folder is gone when it stops."""
+    with running(ServeSettings(port=0, checkpoints=(flair_run,))) as (app, base):
+        user = Client(base)
+        [checkpoint] = user.get("/api/info")[1]["checkpoints"]
+        assert checkpoint["modalities"] == ["flair"] and checkpoint["regions"] == ["WT"]
+        flair = (phantom_case / f"{phantom_case.name}_flair.nii.gz").read_bytes()
+        assert user.upload("flair", flair, "scan.nii.gz")[0] == 200
+        status, job = user.post_json("/api/jobs", {"checkpoint": "0", "mc_samples": 2, "target": "predicted"})
+        assert status == 202, job
+        job = wait_for_job(user, job["id"])
+        assert job["state"] == "done", job["error"]
+        assert set(job["result"]["volumes_ml"]) == {"predicted"}  # no seg uploaded: no ground truth
+        status, seg, _ = user.request("GET", f"/api/jobs/{job['id']}/files/segmentation")
+        labels = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(seg)).dataobj)
+        assert labels.shape == SHAPE and set(np.unique(labels)) <= {0, 1}  # a whole-tumor mask
+        workdir = app.workdir
+        assert workdir.is_dir()
+    assert not workdir.exists()
+
+
+def test_cli_serve_reports_a_bad_checkpoint_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+    result = CliRunner().invoke(cli.app, ["serve", "--checkpoint", str(tmp_path / "nowhere"), "--port", "0"])
+    assert result.exit_code == 2 and "no such checkpoint folder" in result.output
+    assert "Traceback" not in result.output
