@@ -167,6 +167,7 @@ def finished_upload_job(server, phantom_case):
     return user, wait_for_job(user, job["id"])
 
 
+@pytest.mark.slow
 def test_job_lifecycle(finished_upload_job, phantom_case):
     user, job = finished_upload_job
     assert job["state"] == "done", job["error"]
@@ -187,6 +188,7 @@ def test_job_lifecycle(finished_upload_job, phantom_case):
     assert user.get(f"/api/jobs/{job['id']}/files/nothing")[0] == 404
 
 
+@pytest.mark.slow
 def test_sessions_do_not_see_each_other(finished_upload_job, server):
     owner, job = finished_upload_job
     stranger = Client(server[1])
@@ -197,6 +199,7 @@ def test_sessions_do_not_see_each_other(finished_upload_job, server):
     assert [j["id"] for j in owner.get("/api/info")[1]["jobs"]] == [job["id"]]
 
 
+@pytest.mark.slow
 def test_a_dataset_case_from_the_menu(client, phantom_root):
     status, cases = client.get("/api/cases")
     assert status == 200 and [c["id"] for c in cases] == ["Phantom_5_000", "Phantom_5_001"]
@@ -232,6 +235,7 @@ def flair_run(tmp_path_factory) -> Path:
     return loop.train(cfg, tmp_path_factory.mktemp("flair_run"), quiet=True).workdir
 
 
+@pytest.mark.slow
 def test_a_single_flair_volume_for_a_flair_model(flair_run, phantom_case, tmp_path):
     """One plain NIfTI file (no BraTS name) is a whole case for a FLAIR-only model; the app's own
     temporary folder is gone when it stops."""

@@ -68,6 +68,7 @@ def text(browser: Browser, element_id: str, document: str = "document") -> str:
     return browser.evaluate(f"{document}.getElementById({json.dumps(element_id)}).textContent")
 
 
+@pytest.mark.slow
 def test_upload_run_browse_download(browser: Browser, app_url: str, phantom_case: Path, shots: Path, tmp_path: Path):
     browser.goto(app_url, "document.documentElement?.dataset.ready === 'true'")
     assert "missing: FLAIR, T1, T1ce (contrast), T2" in text(browser, "input-message")

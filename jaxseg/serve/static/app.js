@@ -40,6 +40,7 @@
       `${c.modalities.map((m) => SLOT_NAMES[m]).join(' + ')} · ` +
       (c.dropout > 0 ? `dropout ${c.dropout} (MC-dropout uncertainty available)` : 'no dropout (no MC-dropout uncertainty)') +
       ` · ${c.path}`;
+    $('mc-samples').disabled = !(c.dropout > 0);  // without dropout there is nothing to sample
     const target = $('target');
     const old = target.value;
     target.replaceChildren();
@@ -182,7 +183,7 @@
       if (!chosen) problem = 'Choose a case.';
       else if (missing.length) problem = `Case ${chosen.id} has no ${missing.join(', ')} image, which this model needs.`;
     }
-    message.textContent = problem || 'Ready.';
+    message.textContent = problem || (running ? 'A job of yours is running; the next can start when it ends.' : 'Ready.');
     message.classList.toggle('error', Boolean(problem));
     $('run').disabled = Boolean(problem) || Boolean(uploading) || running;
   }
