@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import threading
+import traceback
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -180,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(error))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as error:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(error).__name__}); see the server log")
 
     def _loopback_host(self) -> bool:
         host = (self.headers.get("Host") or "").strip()

@@ -265,3 +265,13 @@ def test_cli_serve_reports_a_bad_checkpoint_in_one_line(tmp_path):
     result = CliRunner().invoke(cli.app, ["serve", "--checkpoint", str(tmp_path / "nowhere"), "--port", "0"])
     assert result.exit_code == 2 and "no such checkpoint folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bug_answers_500_and_the_server_keeps_serving(server, client, monkeypatch, capsys):
+    app, _ = server
+    monkeypatch.setattr(app, "info", lambda session: 1 / 0)
+    status, answer = client.get("/api/info")
+    assert status == 500 and answer["error"] == "internal error (ZeroDivisionError); see the server log"
+    assert "ZeroDivisionError" in capsys.readouterr().err  # the traceback is in the server's log
+    monkeypatch.undo()
+    assert client.get("/api/info")[0] == 200
