@@ -75,11 +75,13 @@ class App:
         self.max_upload_bytes = int(settings.max_upload_mb * 1024 * 1024)
 
     def info(self, session: sessions.Session) -> dict[str, Any]:
+        with session.lock:  # another request of this session may be adding an upload or a job
+            uploads, session_jobs = dict(session.uploads), list(session.jobs.values())
         return {"checkpoints": [c.describe() for c in self.checkpoints.values()], "data": bool(self.cases),
                 "data_root": str(self.settings.data) if self.settings.data else None,
                 "max_upload_bytes": self.max_upload_bytes, "slots": list(sessions.SLOTS),
-                "uploads": {slot: u.describe() for slot, u in session.uploads.items()},
-                "jobs": [self.job_status(j) for j in sorted(session.jobs.values(), key=lambda j: j.created)]}
+                "uploads": {slot: u.describe() for slot, u in uploads.items()},
+                "jobs": [self.job_status(j) for j in sorted(session_jobs, key=lambda j: j.created)]}
 
     def start_job(self, session: sessions.Session, request: dict[str, Any]) -> jobs.Job:
         """Check a job request and queue it. Raises JaxsegError saying what is wrong."""
