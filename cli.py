@@ -140,6 +140,25 @@ def phantom(
     typer.echo(f"wrote {len(written)} cases to {out}")
 
 
+@app.command()
+@_user_errors
+def serve(
+    checkpoint: List[Path] = typer.Option([], "--checkpoint",
+                                          help="a run folder or a folder of runs (repeatable); default: the demo model"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (any other than 127.0.0.1 exposes the app to the network)"),
+    port: int = typer.Option(7860, min=0, max=65535, help="port (0: any free port)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder whose cases the page lists"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir",
+                                           help="uploads and results (default: a temporary folder removed at exit)"),
+    max_upload_mb: float = typer.Option(512.0, min=1.0, help="largest accepted upload, in MB"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every request"),
+) -> None:
+    """A local web app: upload a case or pick one of --data, segment and explain it, browse the report."""
+    from jaxseg.serve.app import ServeSettings, serve as run
+    run(ServeSettings(host=host, port=port, checkpoints=tuple(checkpoint), data=data, workdir=workdir,
+                      max_upload_mb=max_upload_mb, verbose=verbose), say=_say)
+
+
 @data_app.command("inspect")
 @_user_errors
 def data_inspect(

@@ -55,6 +55,7 @@ class Browser:
         self.next_id = 0
         self.loads = 0
         self.events: list[dict[str, Any]] = []
+        self.allowed_origins: tuple[str, ...] = ()  # e.g. the web app's http://127.0.0.1:PORT/
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
@@ -94,8 +95,32 @@ class Browser:
         self.wait_for(f"location.href === {json.dumps(url)} && (document.documentElement?.dataset.ready === 'true'"
                       " || document.getElementById('loading')?.classList.contains('error'))")
 
+    def goto(self, url: str, ready: str, timeout: float = 120) -> None:
+        """Load ``url`` (an app the test serves; its origin is allowed) and wait until ``ready`` is true."""
+        self.events.clear()
+        origin = "/".join(url.split("/")[:3]) + "/"
+        if origin not in self.allowed_origins:
+            self.allowed_origins += (origin,)
+        self.send("Page.navigate", url=url)
+        self.wait_for(f"location.href === {json.dumps(url)} && ({ready})", timeout)
+
+    def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose files in an ``<input type=file>`` as a user would (the page gets its change event)."""
+        root = self.send("DOM.getDocument", depth=0)["root"]["nodeId"]
+        node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        if not node:
+            raise RuntimeError(f"no element matches {selector}")
+        self.send("DOM.setFileInputFiles", nodeId=node, files=[str(Path(p).resolve()) for p in paths])
+
+    def allow_downloads(self, folder: Path) -> None:
+        """Save downloads into ``folder`` under their own names."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.send("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(folder.resolve()),
+                  eventsEnabled=True)
+
     def problems(self) -> list[str]:
-        """Console errors, uncaught exceptions, log errors and non-local requests seen so far."""
+        """Console errors, uncaught exceptions, log errors and requests to other than local schemes and
+        ``allowed_origins`` seen so far."""
         found = []
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
@@ -105,7 +130,8 @@ class Browser:
                 found.append("exception: " + params["exceptionDetails"].get("exception", {}).get("description", "?"))
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
                 found.append("log: " + params["entry"]["text"])
-            elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(LOCAL_SCHEMES):
+            elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(
+                    LOCAL_SCHEMES + self.allowed_origins):
                 found.append("network: " + params["request"]["url"])
         return found
 

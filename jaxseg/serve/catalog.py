@@ -1,0 +1,90 @@
+"""What the app offers: the checkpoints it knows and, with ``--data``, the cases of a dataset.
+
+Both are found once at start-up and handed to the page under short ids (a list index, a case
+id); a client names a checkpoint or a case by that id, never by a path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from jaxseg import config as config_lib
+from jaxseg.data import brats
+from jaxseg.errors import JaxsegError
+from jaxseg.explain.run import DEMO_RUN
+from jaxseg.train import metrics
+from jaxseg.train.checkpoint import find_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    run: Path
+    label: str
+    model: str
+    target: str  # wt | regions | classes
+    modalities: tuple[str, ...]  # canonical names, in the model's channel order
+    dropout: float
+
+    def describe(self) -> dict:
+        return {"id": self.id, "label": self.label, "model": self.model, "target": self.target,
+                "modalities": list(self.modalities), "regions": list(metrics.region_names(self.target)),
+                "dropout": self.dropout, "path": str(self.run)}
+
+
+def _runs_below(folder: Path, depth: int = 2) -> list[Path]:
+    """Run folders at ``folder`` or up to ``depth`` levels below it (a folder of runs)."""
+    try:
+        return [find_run(folder)]
+    except JaxsegError:
+        pass
+    if depth == 0 or not folder.is_dir():
+        return []
+    return [run for child in sorted(folder.iterdir()) if child.is_dir() and not child.name.startswith(".")
+            for run in _runs_below(child, depth - 1)]
+
+
+def find_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
+    """Every run folder given (or found up to two levels below a given folder); without paths,
+    the model `jaxseg demo` trained (demo_output/run), as `jaxseg explain` does.
+
+    Raises JaxsegError naming a path that holds no trained run, or when there is no model at all.
+    """
+    runs: list[tuple[Path, str]] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise JaxsegError(f"{path}: no such checkpoint folder")
+        found = _runs_below(path)
+        if not found:
+            find_run(path)  # raises the precise reason (no config.toml, no checkpoint yet)
+        runs += [(run, run.name) for run in found]
+    if not paths and (DEMO_RUN / "config.toml").is_file():
+        runs.append((find_run(DEMO_RUN), "demo model"))
+    if not runs:
+        raise JaxsegError("no checkpoint: pass --checkpoint RUN_FOLDER (a run of `jaxseg train`, or a folder "
+                          "of runs), or run `jaxseg demo` first to train the demo model")
+    checkpoints, seen = [], set()
+    for run, name in runs:
+        if run in seen:
+            continue
+        seen.add(run)
+        cfg = config_lib.load(run / "config.toml")
+        modalities = config_lib.canonical_modalities(cfg)
+        label = f"{name}: {cfg.model.name}, {cfg.data.target}, {' + '.join(modalities)}"
+        checkpoints.append(Checkpoint(str(len(checkpoints)), run, label, cfg.model.name, cfg.data.target,
+                                      modalities, float(cfg.model.dropout)))
+    return checkpoints
+
+
+def find_dataset_cases(root: str | Path | None) -> dict[str, brats.Case]:
+    """The cases under ``root`` (either BraTS naming, any folder depth) by case id; {} without root."""
+    if root is None:
+        return {}
+    return {case.case_id: case for case in brats.find_cases(root)}
+
+
+def describe_case(case: brats.Case) -> dict:
+    return {"id": case.case_id, "modalities": list(case.images), "seg": case.seg is not None,
+            "naming": case.naming}

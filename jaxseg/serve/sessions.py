@@ -1,0 +1,215 @@
+"""Per-browser sessions and their uploads, under the app's own working folder.
+
+A session is keyed by a random token kept in a cookie; its files live in a folder with a second,
+unrelated random name, so nothing a client sends (token, file name, slot) is ever joined to a
+path. Uploads are streamed to a temporary file, checked with the data layer's NIfTI readers and
+only then renamed to ``<slot>.nii`` or ``<slot>.nii.gz`` (by the gzip magic, which nibabel needs
+in the name). The client's file name is kept for display only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+import shutil
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from jaxseg.data import brats, nifti
+from jaxseg.errors import JaxsegError
+
+IMAGE_SLOTS = brats.MODALITIES  # flair, t1, t1ce, t2
+SLOTS = (*IMAGE_SLOTS, "seg")
+# A BraTS volume is 240 x 240 x 155 = 8.9 M voxels; this leaves room for 1 mm brains of any
+# usual size and stops a small gzip that unpacks to gigabytes before its voxels are read.
+MAX_VOXELS = 64_000_000
+CHUNK = 1 << 20
+NIFTI_HEADER = 352  # bytes before the voxels of a NIfTI-1 file; the magic sits at 344 (NIfTI-2: at 4)
+
+
+@dataclasses.dataclass
+class Upload:
+    """One checked upload. ``name`` is the client's file name, for display only."""
+
+    slot: str
+    name: str
+    path: Path
+    size: int
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    props: nifti.VolumeProperties
+    naming: str | None = None  # a seg's label convention: brats2021 (0,1,2,4) or brats2023 (0,1,2,3)
+
+    def describe(self) -> dict:
+        return {"slot": self.slot, "name": self.name, "bytes": self.size, "shape": list(self.shape),
+                "spacing": [round(s, 3) for s in self.spacing], "labels": self.naming}
+
+
+@dataclasses.dataclass
+class Session:
+    token: str
+    folder: Path
+    uploads: dict[str, Upload] = dataclasses.field(default_factory=dict)
+    jobs: dict = dataclasses.field(default_factory=dict)  # job id -> jobs.Job
+    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)  # uploads and job starts
+
+
+class SessionStore:
+    """Sessions by cookie token; each owns ``root/<random>/``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str | None) -> Session | None:
+        with self._lock:
+            return self._sessions.get(token) if token else None
+
+    def create(self) -> Session:
+        with self._lock:
+            token = secrets.token_urlsafe(24)
+            folder = self.root / secrets.token_hex(8)
+            folder.mkdir(parents=True)
+            session = Session(token, folder)
+            self._sessions[token] = session
+            return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def display_name(raw: str | None) -> str:
+    """The last component of a client's file name, printable and short; never used as a path."""
+    name = re.split(r"[\\/]", raw or "")[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:120].strip()
+    return name or "unnamed file"
+
+
+def save_upload(session: Session, slot: str, body: BinaryIO, length: int, name: str) -> Upload:
+    """Stream ``length`` bytes of ``body`` into the session, check it, and keep it as ``slot``.
+
+    Raises JaxsegError with one line naming the client's file (never the server's path) if the
+    file is not a readable 3D NIfTI volume, is too large once unpacked, has NaN voxels, is a seg
+    with labels of neither BraTS convention, or is not on the grid of the case's other uploads.
+    The previous upload of the slot is kept until the new one has passed every check.
+    """
+    if slot not in SLOTS:
+        raise JaxsegError(f"unknown upload slot {slot!r} (known: {', '.join(SLOTS)})")
+    uploads = session.folder / "uploads"
+    uploads.mkdir(exist_ok=True)
+    part = uploads / f".part-{secrets.token_hex(8)}"
+    try:
+        received, head = 0, b""
+        with part.open("wb") as out:
+            while received < length:
+                chunk = body.read(min(CHUNK, length - received))
+                if not chunk:
+                    break
+                head = head or chunk[:NIFTI_HEADER]
+                out.write(chunk)
+                received += len(chunk)
+        if received < length:
+            raise JaxsegError(f"{name}: the upload was cut short ({received} of {length} bytes arrived)")
+        suffix = ".nii.gz" if head[:2] == b"\x1f\x8b" else ".nii"
+        if suffix == ".nii" and not _nifti_magic(head):
+            raise JaxsegError(f"{name}: not a NIfTI file (neither a .nii volume nor a gzip-compressed .nii.gz)")
+        checked = part.with_name(part.name + suffix)
+        part.rename(checked)
+        part = checked
+        upload = _check(session, slot, part, name, received)
+        final = uploads / f"{slot}{suffix}"
+        with session.lock:
+            for old in uploads.glob(f"{slot}.nii*"):
+                old.unlink()
+            part.rename(final)
+            upload.path = final
+            upload.props = dataclasses.replace(upload.props, path=str(final))
+            session.uploads[slot] = upload
+        return upload
+    finally:
+        if part.exists():
+            part.unlink()
+
+
+def _nifti_magic(head: bytes) -> bool:
+    return head[344:348] == b"n+1\0" or head[4:8] == b"n+2\0"  # single-file NIfTI-1 / NIfTI-2
+
+
+def remove_upload(session: Session, slot: str) -> None:
+    with session.lock:
+        upload = session.uploads.pop(slot, None)
+        if upload is not None and upload.path.exists():
+            upload.path.unlink()
+
+
+def _check(session: Session, slot: str, path: Path, name: str, size: int) -> Upload:
+    def named(error: JaxsegError) -> JaxsegError:
+        # Messages of the data layer name the file: put the client's name where our path was.
+        text = str(error).replace(str(path), name)
+        for other in session.uploads.values():
+            text = text.replace(str(other.path), f"{other.name} ({other.slot})")
+        return JaxsegError(text)
+
+    try:
+        header = nifti.read_header(path)
+        voxels = int(np.prod(header.shape))
+        if voxels > MAX_VOXELS:
+            raise JaxsegError(f"{path}: {'x'.join(map(str, header.shape))} = {voxels:,} voxels is more than "
+                              f"this app accepts ({MAX_VOXELS:,})")
+        naming = None
+        if slot == "seg":
+            labels, props = nifti.read_label_volume(path)
+            naming = seg_naming(labels, path)
+        else:
+            _, props = nifti.read_volume(path)
+        for other in session.uploads.values():
+            if other.slot != slot and (problem := nifti.geometry_mismatch(props, other.props)):
+                raise JaxsegError(problem + "; the files of one case must share one grid")
+    except JaxsegError as error:
+        raise named(error) from None
+    return Upload(slot, name, path, size, tuple(props.canonical_shape), tuple(props.spacing), props, naming)
+
+
+def seg_naming(labels: np.ndarray, path: Path) -> str:
+    """Which BraTS label convention a segmentation uses: 4 present -> 2017-2021, 3 -> 2023+."""
+    values = set(brats.label_values(labels))
+    for naming in ("brats2021", "brats2023"):
+        if values <= set(brats.FILE_LABELS[naming]) and (values & {3, 4} or naming == "brats2021"):
+            return naming
+    raise JaxsegError(f"{path}: label values {sorted(values)} are neither BraTS 2017-2021 labels (0, 1, 2, 4) "
+                      "nor BraTS 2023 labels (0, 1, 2, 3)")
+
+
+def require(session: Session, modalities: tuple[str, ...]) -> dict[str, Upload]:
+    """The session's uploads; JaxsegError listing the modalities the model needs that are missing."""
+    with session.lock:
+        uploads = dict(session.uploads)
+    missing = [m for m in modalities if m not in uploads]
+    if missing:
+        raise JaxsegError(f"this model needs {', '.join(modalities)}; missing: {', '.join(missing)}")
+    return uploads
+
+
+def case_folder(session: Session, modalities: tuple[str, ...], target: Path) -> Path:
+    """Copy the uploads a model needs (and the seg) into ``target`` under BraTS names, so the
+    job keeps its inputs when the session uploads new files; return the first image file.
+
+    Raises JaxsegError listing the missing modalities.
+    """
+    uploads = require(session, modalities)
+    seg = uploads.get("seg")
+    naming = seg.naming if seg is not None else "brats2021"
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for slot in (*modalities, *(["seg"] if seg else [])):
+        upload = uploads[slot]
+        suffix = ".nii.gz" if upload.path.name.endswith(".gz") else ".nii"
+        dest = target / f"upload{brats.SEPARATORS[naming]}{brats.SUFFIXES[naming][slot]}{suffix}"
+        shutil.copyfile(upload.path, dest)
+        files.append(dest)
+    return files[0]

@@ -1,0 +1,322 @@
+/* jaxseg serve: the page's logic. Talks to the JSON API of jaxseg/serve/app.py; every text from
+   the server or from a file name goes into the page through textContent, never as HTML. */
+(function () {
+  'use strict';
+  const $ = (id) => document.getElementById(id);
+  const SLOT_NAMES = { flair: 'FLAIR', t1: 'T1', t1ce: 'T1ce (contrast)', t2: 'T2', seg: 'Segmentation' };
+  let info = null;
+  let cases = [];
+  let pollTimer = null;
+  let shownJob = null;
+
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  const mb = (bytes) => (bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KB`
+    : `${(bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0)} MB`);
+
+  async function api(method, path, body) {
+    const options = { method, headers: {}, credentials: 'same-origin' };
+    if (body !== undefined) {
+      options.body = JSON.stringify(body);
+      options.headers['Content-Type'] = 'application/json';
+    }
+    const answer = await fetch(path, options);
+    const data = await answer.json().catch(() => ({ error: `the server answered ${answer.status}` }));
+    if (!answer.ok) throw new Error(data.error || `the server answered ${answer.status}`);
+    return data;
+  }
+
+  const checkpoint = () => info.checkpoints.find((c) => c.id === $('checkpoint').value);
+  const source = () => (document.querySelector('input[name=source]:checked') || {}).value || 'upload';
+
+  // ----------------------------------------------------------------------------- model
+  function renderModel() {
+    const c = checkpoint();
+    $('model-info').textContent = `${c.model} · target ${c.target} (${c.regions.join(', ')}) · needs ` +
+      `${c.modalities.map((m) => SLOT_NAMES[m]).join(' + ')} · ` +
+      (c.dropout > 0 ? `dropout ${c.dropout} (MC-dropout uncertainty available)` : 'no dropout (no MC-dropout uncertainty)') +
+      ` · ${c.path}`;
+    $('mc-samples').disabled = !(c.dropout > 0);  // without dropout there is nothing to sample
+    const target = $('target');
+    const old = target.value;
+    target.replaceChildren();
+    const options = [['mean', 'mean tumor probability'], ['predicted', 'predicted tumor']]
+      .concat(c.regions.map((r) => [r, `mean ${r} probability`]));
+    for (const [value, text] of options) target.append(el('option', { value }, text));
+    if (options.some(([v]) => v === old)) target.value = old;
+    renderSlots();
+  }
+
+  // ----------------------------------------------------------------------------- uploads
+  function renderSlots() {
+    const c = checkpoint();
+    const box = $('slots');
+    box.replaceChildren();
+    for (const slot of info.slots) {
+      const needed = c.modalities.includes(slot);
+      const badge = slot === 'seg' ? 'optional: shows Dice and truth overlays' : needed ? 'needed' : 'not used by this model';
+      const row = el('div', { class: 'slot' + (needed ? ' needed' : ''), id: `slot-${slot}` });
+      const head = el('div', { class: 'slot-head' });
+      head.append(el('span', { class: 'slot-name' }, SLOT_NAMES[slot]), el('span', { class: 'badge' }, badge));
+      const u = info.uploads[slot];
+      const input = el('input', { type: 'file', id: `file-${slot}`, accept: '.nii,.nii.gz,.gz', class: 'file-input' });
+      input.addEventListener('change', () => { if (input.files.length) upload(slot, input.files[0]); });
+      const picker = el('label', { class: 'file-button' }, u ? 'Replace file…' : 'Choose file…');
+      picker.append(input);
+      const status = el('div', { class: 'slot-status', id: `status-${slot}` });
+      const remove = el('button', { type: 'button', class: 'link', id: `remove-${slot}` }, 'remove');
+      remove.addEventListener('click', async () => {
+        await api('DELETE', `/api/upload/${slot}`).catch(() => null);
+        delete info.uploads[slot];
+        input.value = '';
+        renderSlots();
+      });
+      if (u) {
+        status.textContent = `✓ ${u.name} · ${u.shape.join('×')} voxels · ${u.spacing.join('×')} mm · ${mb(u.bytes)}` +
+          (u.labels ? ` · ${u.labels === 'brats2023' ? 'labels 0,1,2,3' : 'labels 0,1,2,4'}` : '');
+        status.classList.add('ok');
+      }
+      remove.hidden = !u;
+      row.append(head, picker, status, remove);
+      box.append(row);
+    }
+    $('upload-limit').textContent = `NIfTI files (.nii or .nii.gz) of one case, up to ${mb(info.max_upload_bytes)} each.`;
+    updateReadiness();
+  }
+
+  function upload(slot, file, finished) {
+    finished = finished || (() => {});
+    const status = $(`status-${slot}`);
+    status.className = 'slot-status';
+    if (file.size > info.max_upload_bytes) {
+      status.classList.add('error');
+      status.textContent = `${file.name} is ${mb(file.size)}; this server accepts up to ${mb(info.max_upload_bytes)}.`;
+      finished();
+      return;
+    }
+    const request = new XMLHttpRequest();
+    request.open('POST', `/api/upload/${slot}`);
+    request.setRequestHeader('X-Filename', encodeURIComponent(file.name));
+    request.upload.onprogress = (e) => {
+      if (e.lengthComputable) status.textContent = `uploading ${file.name}: ${Math.round(100 * e.loaded / e.total)} %`;
+    };
+    request.onload = () => {
+      let data = {};
+      try { data = JSON.parse(request.responseText); } catch (e) { data = { error: `the server answered ${request.status}` }; }
+      if (request.status === 200) {
+        info.uploads[slot] = data;
+        renderSlots();
+      } else {
+        status.classList.add('error');
+        const kept = info.uploads[slot] ? ` (the earlier ${info.uploads[slot].name} is kept)` : '';
+        status.textContent = (data.error || `the server answered ${request.status}`) + kept;
+        $(`file-${slot}`).value = '';
+        updateReadiness();
+      }
+      finished();
+    };
+    request.onerror = () => {
+      status.classList.add('error');
+      status.textContent = `${file.name}: the upload failed (the connection broke)`;
+      updateReadiness();
+      finished();
+    };
+    status.textContent = `uploading ${file.name}…`;
+    request.send(file);
+    updateReadiness(true);
+  }
+
+  // Several files at once: the slot of each from its BraTS suffix (the same names data/brats.py
+  // reads); one upload after another, so the server checks each against the ones before.
+  const SUFFIX_SLOTS = { flair: 'flair', t1: 't1', t1ce: 't1ce', t2: 't2', seg: 'seg',
+    t2f: 'flair', t1n: 't1', t1c: 't1ce', t2w: 't2' };
+  function slotOf(name) {
+    const match = /[_-]([a-z0-9]+)\.nii(\.gz)?$/i.exec(name);
+    return match ? SUFFIX_SLOTS[match[1].toLowerCase()] : undefined;
+  }
+
+  async function uploadMany(files) {
+    const unknown = [];
+    for (const file of files) {
+      const slot = slotOf(file.name);
+      if (!slot) { unknown.push(file.name); continue; }
+      await new Promise((done) => upload(slot, file, done));
+    }
+    const message = $('input-message');
+    if (unknown.length) {
+      message.textContent = `Could not tell the modality of ${unknown.join(', ')} from the name; ` +
+        'choose it in its slot below.';
+      message.classList.add('error');
+    }
+  }
+
+  // ----------------------------------------------------------------------------- dataset cases
+  function renderCases() {
+    const select = $('case');
+    select.replaceChildren();
+    for (const c of cases) {
+      select.append(el('option', { value: c.id },
+        `${c.id} (${c.modalities.join(', ')}${c.seg ? ', seg' : ''})`));
+    }
+    $('case-info').textContent = `${cases.length} case${cases.length === 1 ? '' : 's'} in ${info.data_root}`;
+  }
+
+  // ----------------------------------------------------------------------------- readiness
+  function updateReadiness(uploading) {
+    const message = $('input-message');
+    const running = shownJob && (shownJob.state === 'queued' || shownJob.state === 'running');
+    let problem = '';
+    const c = checkpoint();
+    if (source() === 'upload') {
+      const missing = c.modalities.filter((m) => !info.uploads[m]);
+      if (missing.length) {
+        problem = `This model needs ${c.modalities.map((m) => SLOT_NAMES[m]).join(', ')}; ` +
+          `missing: ${missing.map((m) => SLOT_NAMES[m]).join(', ')}.`;
+      }
+    } else {
+      const chosen = cases.find((x) => x.id === $('case').value);
+      const missing = chosen ? c.modalities.filter((m) => !chosen.modalities.includes(m)) : [];
+      if (!chosen) problem = 'Choose a case.';
+      else if (missing.length) problem = `Case ${chosen.id} has no ${missing.join(', ')} image, which this model needs.`;
+    }
+    message.textContent = problem || (running ? 'A job of yours is running; the next can start when it ends.' : 'Ready.');
+    message.classList.toggle('error', Boolean(problem));
+    $('run').disabled = Boolean(problem) || Boolean(uploading) || running;
+  }
+
+  // ----------------------------------------------------------------------------- jobs
+  async function run() {
+    $('run').disabled = true;
+    $('job-error').textContent = '';
+    const mc = Number($('mc-samples').value);
+    try {
+      const job = await api('POST', '/api/jobs', {
+        checkpoint: $('checkpoint').value, source: source(), case: $('case').value,
+        mc_samples: Number.isInteger(mc) ? mc : 10, target: $('target').value,
+      });
+      showJob(job);
+    } catch (error) {
+      $('job').hidden = false;
+      $('job-state').textContent = 'not started';
+      $('job-error').textContent = error.message;
+      updateReadiness();
+    }
+  }
+
+  function showJob(job) {
+    shownJob = job;
+    $('job').hidden = false;
+    const states = { queued: job.queue_position ? `waiting: ${job.queue_position} job(s) ahead` : 'waiting to start',
+      running: 'running', done: 'done', failed: 'failed' };
+    $('job-state').textContent = states[job.state] || job.state;
+    $('job-percent').textContent = `${Math.round(100 * job.progress)} %`;
+    $('progress').value = job.progress;
+    $('job-steps').replaceChildren(...job.steps.map((s) => el('li', {}, s)));
+    $('job-error').textContent = job.error || '';
+    document.documentElement.dataset.job = job.state;
+    if (job.state === 'done' && $('results').dataset.job !== job.id) showResult(job);
+    if (job.state === 'queued' || job.state === 'running') {
+      clearTimeout(pollTimer);
+      pollTimer = setTimeout(() => poll(job.id), 500);
+    }
+    updateReadiness();
+  }
+
+  async function poll(id) {
+    try {
+      showJob(await api('GET', `/api/jobs/${id}`));
+    } catch (error) {
+      $('job-error').textContent = error.message;
+    }
+  }
+
+  function showResult(job) {
+    const r = job.result;
+    $('results').hidden = false;
+    $('results').dataset.job = job.id;
+    $('result-case').textContent = r.case;
+    $('result-source').textContent = job.description;
+    $('result-caption').textContent = r.caption;
+    const table = $('result-volumes');
+    table.replaceChildren();
+    const volumes = r.volumes_ml || {};
+    const regions = Object.keys(volumes.predicted || {});
+    const head = el('tr');
+    head.append(el('th', {}, 'mL'), ...regions.map((k) => el('th', { class: 'num' }, k)));
+    table.append(head);
+    for (const [which, values] of Object.entries(volumes)) {
+      const row = el('tr');
+      row.append(el('td', {}, which.replace('_', ' ')), ...regions.map((k) => el('td', { class: 'num' }, values[k].toFixed(2))));
+      table.append(row);
+    }
+    const list = $('downloads');
+    list.replaceChildren();
+    for (const f of r.files) {
+      const item = el('li');
+      const link = el('a', { href: f.url, download: f.name, id: `download-${f.key}` }, f.label);
+      item.append(link, el('span', { class: 'muted' }, ` ${f.name}`));
+      list.append(item);
+    }
+    $('report').src = r.report_url;  // fitReport() sizes it once the report has laid itself out
+    document.documentElement.dataset.result = job.id;
+  }
+
+  // The report is same-origin: make the iframe as tall as the report, so the page scrolls as one
+  // (its summary, faithfulness and volume cards sit below the views).
+  function fitReport() {
+    const frame = $('report');
+    let tries = 0;
+    const fit = () => {
+      const doc = frame.contentDocument;
+      if (!doc || !doc.documentElement) return;
+      frame.style.height = `${doc.documentElement.scrollHeight}px`;
+      if (doc.documentElement.dataset.ready !== 'true' && ++tries < 100) setTimeout(fit, 200);
+    };
+    fit();
+  }
+
+  // ----------------------------------------------------------------------------- start
+  async function start() {
+    info = await api('GET', '/api/info');
+    const select = $('checkpoint');
+    for (const c of info.checkpoints) select.append(el('option', { value: c.id }, c.label));
+    select.addEventListener('change', () => { renderModel(); });
+    if (info.data) {
+      cases = await api('GET', '/api/cases');
+      renderCases();
+    } else {
+      $('source-case').disabled = true;
+      $('source-case').parentElement.title = 'start the server with --data DIR to list the cases of a dataset';
+      $('source-case').parentElement.classList.add('disabled');
+    }
+    for (const radio of document.querySelectorAll('input[name=source]')) {
+      radio.addEventListener('change', () => {
+        $('upload-panel').hidden = source() !== 'upload';
+        $('case-panel').hidden = source() !== 'case';
+        updateReadiness();
+      });
+    }
+    $('case').addEventListener('change', () => updateReadiness());
+    $('run').addEventListener('click', run);
+    $('file-many').addEventListener('change', (e) => {
+      const files = [...e.target.files];
+      e.target.value = '';
+      uploadMany(files);
+    });
+    $('report').addEventListener('load', fitReport);
+    renderModel();
+    const last = info.jobs[info.jobs.length - 1];  // a reload shows this session's latest job
+    if (last) showJob(last);
+    document.documentElement.dataset.ready = 'true';
+  }
+
+  start().catch((error) => {
+    const message = $('input-message');
+    message.textContent = `The page could not start: ${error.message}`;
+    message.classList.add('error');
+  });
+})();
