@@ -156,8 +156,11 @@ def _tile(ax: Any, rgb: np.ndarray, aspect: float, plane: str, title: str | None
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
+    from matplotlib import patheffects
     left, right, top, bottom = S.EDGE_LABELS[plane]
-    style = dict(transform=ax.transAxes, color="white", fontsize=7, fontweight="bold")
+    # White letters with a black outline: readable on bright tissue and on air alike.
+    style = dict(transform=ax.transAxes, color="white", fontsize=7, fontweight="bold",
+                 path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
     ax.text(0.02, 0.5, left, ha="left", va="center", **style)
     ax.text(0.98, 0.5, right, ha="right", va="center", **style)
     ax.text(0.5, 0.98, top, ha="center", va="top", **style)
@@ -178,8 +181,8 @@ def gallery_size_px(columns: int, tile_px: int) -> tuple[int, int]:
 
 
 def _footnote(fig: Any, text: str, width_px: int) -> None:
-    """Small grey notes at the bottom, wrapped to the figure's width (~4.6 px per character)."""
-    fig.text(0.5, 4 / fig.bbox.height, textwrap.fill(text, max(40, int(width_px / 4.6))), ha="center",
+    """Small grey notes at the bottom, wrapped to the figure's width (~5 px per character)."""
+    fig.text(0.5, 4 / fig.bbox.height, textwrap.fill(text, max(40, int(width_px / 5.2))), ha="center",
              va="bottom", fontsize=7, color="0.3")
 
 
@@ -234,9 +237,17 @@ def class_colours() -> dict[int, tuple[float, float, float]]:
 def panel_size_px(n: int, tile_px: int, shapes: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[int, int]:
     """``(width, height)`` of a case panel: ``n`` columns of ``tile_px``, 6 rows (axial, coronal,
     sagittal; reference and prediction each) of ``tile_px`` times the plane's height/width
-    ``shapes``, titles between them."""
-    rows = 2 * sum(round(tile_px * r) for r in shapes)
-    return _LABEL_PX + 24 + n * tile_px, _HEADER_PX + rows + 5 * _TITLE_PX + _FOOTER_PX
+    ``shapes``; a title row above each plane, a thin gap between its reference and prediction."""
+    planes = sum(_pair_px(tile_px, r) for r in shapes)
+    return _LABEL_PX + 24 + n * tile_px, _HEADER_PX + planes + 2 * _TITLE_PX + _FOOTER_PX
+
+
+_PAIR_GAP = 0.03  # between a plane's reference and prediction rows, as a fraction of a row
+
+
+def _pair_px(tile_px: int, shape: float) -> int:
+    row = round(tile_px * shape)
+    return 2 * row + round(_PAIR_GAP * row)
 
 
 def _plane_shapes(shape: Sequence[int], spacing: Sequence[float]) -> list[float]:
@@ -280,11 +291,13 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
     shapes = _plane_shapes(reference.shape, spacing)
     width, height = panel_size_px(n, tile_px, shapes)
     fig = _figure(width, height)
-    axes = np.asarray(fig.subplots(6, n, squeeze=False, gridspec_kw={
-        "height_ratios": [round(tile_px * r) for r in shapes for _ in range(2)]}))
-    fig.subplots_adjust(left=(_LABEL_PX + 24) / width, right=1, top=1 - _HEADER_PX / height,
-                        bottom=_FOOTER_PX / height, wspace=0.04,
-                        hspace=_TITLE_PX / np.mean([round(tile_px * r) for r in shapes]))
+    # Three plane blocks (titles between them), each two rows: reference over prediction.
+    pairs = [_pair_px(tile_px, r) for r in shapes]
+    outer = fig.add_gridspec(3, 1, height_ratios=pairs, hspace=_TITLE_PX / np.mean(pairs),
+                             left=(_LABEL_PX + 24) / width, right=1, top=1 - _HEADER_PX / height,
+                             bottom=_FOOTER_PX / height)
+    axes = np.concatenate([np.asarray(outer[p].subgridspec(2, n, hspace=_PAIR_GAP, wspace=0.04)
+                                      .subplots(squeeze=False)) for p in range(3)])
     for p, plane in enumerate(S.PLANES):
         axis = S.PLANE_AXIS[plane]
         picked = S.pick_slices(pred_wt | ref_wt, axis, n, brain=image)
@@ -298,18 +311,21 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
             i = picked[col]
             gray = S.to_gray(S.display_slice(image, plane, i), window)
             score = "no tumor" if math.isnan(dice[i]) else f"WT Dice {dice[i]:.2f}"
+            gap = "   " if tile_px >= 150 else " "
+            score = score if tile_px >= 150 else score.replace("Dice ", "")  # what fits a small tile
             for r, (name, classes) in enumerate((("reference", reference), ("prediction", prediction))):
                 ax = axes[2 * p + r, col]
                 rgb = S.classes_rgb(gray, S.display_slice(classes, plane, i), colours)
-                _tile(ax, rgb, aspect, plane, f"{plane} {i + box[axis].start}   {score}" if r == 0 else None)
+                _tile(ax, rgb, aspect, plane, f"{plane} {i + box[axis].start}{gap}{score}" if r == 0 else None)
                 if col == 0:
                     ax.set_ylabel(f"{plane}\n{name}", fontsize=10, fontweight="bold")
     scores = "   ".join(f"{region} {_dice(S_p, S_r):.3f}" for region, S_p, S_r in (
         ("WT", pred_wt, ref_wt), ("TC", np.isin(prediction, (1, 3)), np.isin(reference, (1, 3))),
         ("ET", prediction == 3, reference == 3)))
-    fig.suptitle(f"{case}: reference above prediction in each plane.   Dice {scores}", fontsize=12,
+    fig.suptitle(f"{case}   Dice {scores}", fontsize=12,
                  y=1 - 8 / height, va="top")
-    fig.legend(handles=[Patch(color=colours[v], label=f"{name} ({long})") for v, name, long, _ in CLASSES],
+    fig.legend(handles=[Patch(color=colours[v], label=f"{name} ({long})" if width >= 800 else name)
+                        for v, name, long, _ in CLASSES],
                loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 32 / height))
     _footnote(fig, f"{S.CONVENTION}. Background: {'none (no image found)' if empty else modality}. "
               f"Slices at the {', '.join(f'{100 * (i + 0.5) / n:g}' for i in range(n))} % quantiles of the "
