@@ -96,13 +96,16 @@ def evaluate(
     pred: Path = typer.Option(..., "--pred", help="folder of predicted label maps (<case>.nii.gz)"),
     ref: Path = typer.Option(..., "--ref", help="folder (searched recursively) with <case>_seg.nii.gz"),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="folder for per_case.csv, summary.csv"),
+    figures: bool = typer.Option(True, "--figures/--no-figures",
+                                 help="also write gallery.png (best/worst slices) and panels/<case>.png"),
 ) -> None:
     """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
     from rich.console import Console
     from jaxseg.evaluate import evaluate_folders
-    summary = evaluate_folders(pred, ref, out)
+    summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
-    _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}")
+    _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
+         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else ""))
 
 
 @app.command()

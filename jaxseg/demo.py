@@ -48,8 +48,9 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     explain(run / "phantoms" / held_out[0], run, report,
             ExplainSettings(mc_samples=4) if smoke else ExplainSettings())
 
-    made = {"run": run, "metrics": run / "metrics.csv", "predictions": predictions,
-            "evaluation": evaluation / "summary.csv", "report": report}
+    made = {"run": run, "metrics": run / "metrics.csv", "curves": run / "training_curves.png",
+            "predictions": predictions, "evaluation": evaluation / "summary.csv",
+            "gallery": evaluation / "gallery.png", "report": report}
     say("done. Results:")
     for name, path in made.items():
         say(f"  {name:12s} {path}")

@@ -4,7 +4,7 @@
 case id, computes per case and region (WT, TC, ET) Dice, IoU, precision, recall, HD95, BraTS 2023
 lesion-wise Dice and HD95 and the predicted and reference volumes, and writes
 ``per_case.csv`` (one row per case and region) and ``summary.csv`` (mean, std, median per region
-and metric) into ``out_dir``.
+and metric) into ``out_dir``, and figures: ``gallery.png`` and ``panels/<case>.png`` (docs/figures.md).
 
 Both folders hold BraTS label files: 2017-2021 labels 0, 1, 2, 4 (4 = enhancing tumor) or 2023
 labels 0, 1, 2, 3. The reference's file name decides the convention as everywhere in jaxseg
@@ -134,9 +134,9 @@ def _naming(labels: np.ndarray, reference_naming: str) -> str:
     return "brats2021" if 4 in brats.label_values(labels) else reference_naming
 
 
-def evaluate_case(pred_path: Path, ref_path: Path, case: str, *, dilation_iterations: int = 3,
-                  min_lesion_voxels: int = 0) -> list[dict]:
-    """Rows ``{case, region, <METRICS>}`` for WT, TC and ET of one prediction/reference pair."""
+def load_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, nifti.VolumeProperties]:
+    """Internal classes ``(X, Y, Z)`` uint8 (RAS) of a prediction and its reference, and the
+    reference's properties; raises :class:`JaxsegError` if their grids differ."""
     pred_labels, pred_props = nifti.read_label_volume(pred_path)
     ref_labels, ref_props = nifti.read_label_volume(ref_path)
     mismatch = nifti.geometry_mismatch(pred_props, ref_props)
@@ -146,6 +146,13 @@ def evaluate_case(pred_path: Path, ref_path: Path, case: str, *, dilation_iterat
     ref_naming = parsed[1] if parsed else "brats2021"
     pred_classes = brats.to_internal(pred_labels, _naming(pred_labels, ref_naming), pred_path)
     ref_classes = brats.to_internal(ref_labels, _naming(ref_labels, ref_naming), ref_path)
+    return pred_classes, ref_classes, ref_props
+
+
+def evaluate_case(pred_path: Path, ref_path: Path, case: str, *, dilation_iterations: int = 3,
+                  min_lesion_voxels: int = 0) -> list[dict]:
+    """Rows ``{case, region, <METRICS>}`` for WT, TC and ET of one prediction/reference pair."""
+    pred_classes, ref_classes, ref_props = load_pair(pred_path, ref_path)
     pred, ref = brats.region_masks(pred_classes), brats.region_masks(ref_classes)
     spacing = ref_props.spacing  # canonical axis order, like the arrays
     scores = M.scores_from_sums(M.confusion_sums(pred.reshape(1, -1, 3), ref.reshape(1, -1, 3)))
@@ -187,7 +194,7 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path, *,
-                     dilation_iterations: int = 3, min_lesion_voxels: int = 0) -> Summary:
+                     dilation_iterations: int = 3, min_lesion_voxels: int = 0, figures: bool = True) -> Summary:
     """Evaluate every prediction in ``pred_dir`` against its reference under ``ref_dir``.
 
     Args:
@@ -197,6 +204,8 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | P
       dilation_iterations, min_lesion_voxels: lesion-wise settings, see
         :func:`jaxseg.train.metrics.lesion_wise` (defaults: BraTS 2023 GLI/PED dilation,
         no size threshold).
+      figures: also write ``gallery.png`` and ``panels/<case>.png`` (see
+        :mod:`jaxseg.report.evaluation_figures` and docs/figures.md).
 
     Raises:
       JaxsegError: no predictions, predictions without references, unreadable files, labels
@@ -217,5 +226,8 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | P
     per_case_csv, summary_csv = out_dir / "per_case.csv", out_dir / "summary.csv"
     _write_csv(per_case_csv, ("case", "region") + METRICS, per_case)
     _write_csv(summary_csv, ("region", "metric") + STATISTICS + ("n",), summary)
+    if figures:
+        from jaxseg.report.evaluation_figures import write_evaluation_figures
+        write_evaluation_figures(pairs, out_dir)
     return Summary(per_case=per_case, summary=summary, per_case_csv=per_case_csv, summary_csv=summary_csv,
                    cases=tuple(case for case, _, _ in pairs))

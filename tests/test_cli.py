@@ -95,3 +95,16 @@ def test_an_unwritable_output_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluate_writes_figures_unless_told_not_to(tmp_path):
+    from tests.test_evaluate import labels_2021, write
+    write(tmp_path / "ref" / "Case_A" / "Case_A_seg.nii.gz", labels_2021(0))
+    write(tmp_path / "pred" / "Case_A.nii.gz", labels_2021(1))
+    plain = invoke("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "plain",
+                   "--no-figures")
+    assert plain.exit_code == 0, plain.output
+    assert not (tmp_path / "plain" / "gallery.png").exists() and (tmp_path / "plain" / "summary.csv").is_file()
+    drawn = invoke("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "drawn")
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "drawn" / "gallery.png").is_file() and (tmp_path / "drawn" / "panels" / "Case_A.png").is_file()

@@ -62,7 +62,7 @@ def read_csv(path):
 
 def test_evaluate_folders_against_numpy(folders):
     root, truth = folders
-    summary = evaluate_folders(root / "pred", root / "ref", root / "out")
+    summary = evaluate_folders(root / "pred", root / "ref", root / "out", figures=False)
     assert summary.cases == ("BraTS-GLI-00001-000", "Case_A")
     rows = read_csv(root / "out" / "per_case.csv")
     assert list(rows[0]) == ["case", "region", *METRICS]
@@ -161,7 +161,7 @@ def test_label_conventions(folders):
     write(root / "pred" / "Case_A.nii.gz", labels_2021(1))
     write(root / "ref" / "sub" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-seg.nii.gz", ref)
     write(root / "pred" / "BraTS-GLI-00001-000_seg.nii.gz", ref)
-    summary = evaluate_folders(root / "pred", root / "ref", root / "out")
+    summary = evaluate_folders(root / "pred", root / "ref", root / "out", figures=False)
     assert all(r["dice"] == 1.0 for r in summary.per_case if r["case"] == "BraTS-GLI-00001-000")
 
 
@@ -176,7 +176,7 @@ def test_float_label_maps_and_trailing_axis(folders):
     root, truth = folders
     labels = labels_2021(1).astype(np.float32)[..., None]
     nib.save(nib.Nifti1Image(labels, AFFINE), str(root / "pred" / "Case_A.nii.gz"))
-    summary = evaluate_folders(root / "pred", root / "ref", root / "out")
+    summary = evaluate_folders(root / "pred", root / "ref", root / "out", figures=False)
     pred, ref = truth["Case_A"]
     row = next(r for r in summary.per_case if r["case"] == "Case_A" and r["region"] == "ET")
     assert row["dice"] == pytest.approx(2 * np.sum(pred["ET"] & ref["ET"]) / (pred["ET"].sum() + ref["ET"].sum()))
@@ -193,9 +193,38 @@ def test_probability_maps_are_not_predictions(folders):
     root, _ = folders
     probs = np.zeros(SHAPE + (3,), np.float32)
     nib.save(nib.Nifti1Image(probs, AFFINE), str(root / "pred" / "Case_A_prob.nii.gz"))
-    assert evaluate_folders(root / "pred", root / "ref", root / "out").cases == ("BraTS-GLI-00001-000", "Case_A")
+    assert evaluate_folders(root / "pred", root / "ref", root / "out", figures=False).cases == ("BraTS-GLI-00001-000", "Case_A")
 
 
 def test_missing_folder(tmp_path):
     with pytest.raises(JaxsegError, match="not a folder"):
         evaluate_folders(tmp_path / "nope", tmp_path, tmp_path / "out")
+
+
+def test_evaluate_writes_the_figures(folders):
+    root, _ = folders
+    evaluate_folders(root / "pred", root / "ref", root / "out")
+    written = [root / "out" / "gallery.png", root / "out" / "panels" / "Case_A.png",
+               root / "out" / "panels" / "BraTS-GLI-00001-000.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+    evaluate_folders(root / "pred", root / "ref", root / "plain", figures=False)
+    assert sorted(p.name for p in (root / "plain").iterdir()) == ["per_case.csv", "summary.csv"]
+
+
+def test_figures_use_the_flair_beside_the_reference(folders):
+    from jaxseg.data import nifti
+    from jaxseg.report.evaluation_figures import background_image
+    root, _ = folders
+    ref = root / "ref" / "Case_A" / "Case_A_seg.nii.gz"
+    assert background_image(ref, nifti.read_label_volume(ref)[1]) == (None, None)  # no image: black
+    flair = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    nib.save(nib.Nifti1Image(flair, AFFINE), str(root / "ref" / "Case_A" / "Case_A_t2.nii.gz"))
+    image, name = background_image(ref, nifti.read_label_volume(ref)[1])
+    assert name == "t2"  # no flair: the case's first image
+    nib.save(nib.Nifti1Image(flair, AFFINE), str(root / "ref" / "Case_A" / "Case_A_flair.nii.gz"))
+    image, name = background_image(ref, nifti.read_label_volume(ref)[1])
+    assert name == "flair"
+    np.testing.assert_array_equal(image, flair[::-1, ::-1, :])  # LPS file -> RAS array
+    nib.save(nib.Nifti1Image(flair[:-1], AFFINE), str(root / "ref" / "Case_A" / "Case_A_flair.nii.gz"))
+    with pytest.warns(UserWarning, match="no background image"):
+        assert background_image(ref, nifti.read_label_volume(ref)[1]) == (None, None)

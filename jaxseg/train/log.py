@@ -1,11 +1,13 @@
-"""What a run tells its user: a progress bar with loss and throughput, and per-epoch metrics in
-``metrics.jsonl`` (one JSON object per epoch) and ``metrics.csv`` (the same, as a table)."""
+"""What a run tells its user: a progress bar with loss and throughput, per-epoch metrics in
+``metrics.jsonl`` (one JSON object per epoch) and ``metrics.csv`` (the same, as a table), the loss
+of every step in ``steps.csv``, and ``training_curves.png`` drawn from them after every epoch."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,11 @@ class RunLog:
         self.task = None
         self._last_time = None
         self._rate = 0.0
+        self.step_losses: list[tuple[int, float]] = []  # (global step, loss) of this run so far
 
     def start(self, total_steps: int, done: int) -> None:
+        if self.write_files:  # a resumed run keeps the losses of the steps its checkpoint holds
+            self.step_losses = [s for s in read_step_losses(self.workdir) if s[0] <= done]
         if self.quiet:
             return
         self.progress = Progress(
@@ -46,6 +51,7 @@ class RunLog:
             # Smoothed, so one slow step (a checkpoint, a compile) does not dominate.
             self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self._last_time = now
+        self.step_losses.append((step, loss))
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=loss, rate=self._rate)
 
@@ -60,6 +66,8 @@ class RunLog:
             writer.writeheader()
             writer.writerows(history)
             write_text(self.workdir / "metrics.csv", buf.getvalue())
+            self._write_steps()
+            self._write_curves(history)
         if self.progress is not None:
             shown = {k: v for k, v in record.items() if k in ("epoch", "train_loss", "val_loss", "val_dice")
                      or k.startswith("val_dice_")}
@@ -67,7 +75,34 @@ class RunLog:
                                          for k, v in shown.items()))
         self._last_time = None
 
+    def _write_steps(self) -> None:
+        write_text(self.workdir / "steps.csv", "step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in self.step_losses))
+
+    def _write_curves(self, history: list[dict[str, Any]]) -> None:
+        try:
+            from jaxseg.report.figures import training_curves
+            training_curves(history, self.workdir / "training_curves.png", step_losses=self.step_losses)
+        except Exception as e:  # noqa: BLE001 -- a figure is never worth a training run
+            warnings.warn(f"{self.workdir / 'training_curves.png'}: not drawn ({type(e).__name__}: {e})",
+                          RuntimeWarning, stacklevel=2)
+
     def close(self) -> None:
+        if self.write_files and self.step_losses:  # a run stopped mid-epoch keeps its last steps
+            self._write_steps()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def read_step_losses(workdir: str | Path) -> list[tuple[int, float]]:
+    """``(step, loss)`` pairs of ``steps.csv`` in a run folder; empty if there is none."""
+    path = Path(workdir) / "steps.csv"
+    if not path.is_file():
+        return []
+    out = []
+    for row in csv.DictReader(io.StringIO(path.read_text())):
+        try:
+            out.append((int(row["step"]), float(row["loss"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged line costs one point of a curve, not the run
+    return out

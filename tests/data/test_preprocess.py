@@ -1,7 +1,6 @@
 """preprocess: normalization statistics, the crop/fit round trip, slice filters."""
 from __future__ import annotations
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -225,14 +224,11 @@ def test_case_tumor_fraction():
 
 
 @pytest.mark.real_data
-def test_prepare_real_case_is_fast_and_invertible(real_data):
+def test_prepare_real_case_is_invertible(real_data):
     from jaxseg.data import brats
     case = brats.case_from_path(real_data / "brats2018" / "Brats18_2013_11_1")
     image, classes, _ = brats.load_case(case, ("flair", "t1", "t1ce", "t2"))
-    start = time.perf_counter()
     prep = pp.prepare_volume(image, classes, DataConfig(image_size=128))
-    seconds = time.perf_counter() - start
     assert prep.slices.shape == (image.shape[2], 128, 128, 4)
     restored = pp.restore_slices(prep.classes, prep.geometry, 0)
     assert _dice(restored > 0, classes > 0) > 0.95
-    assert seconds < 5, f"prepare_volume took {seconds:.2f} s"  # ~0.5 s unloaded; generous for busy CI

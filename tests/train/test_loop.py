@@ -8,6 +8,7 @@ import pytest
 
 from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
+from jaxseg.train import log as log_lib
 from jaxseg.train import loop
 
 
@@ -43,6 +44,8 @@ def test_a_run_writes_its_files(trained):
     splits = json.loads((run / "splits.json").read_text())
     assert set(splits["train"]).isdisjoint(splits["val"])
     assert any((run / "best").iterdir()) and any((run / "checkpoints").iterdir())
+    assert [s for s, _ in log_lib.read_step_losses(run)] == list(range(1, 7))
+    assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(trained, tmp_path):
@@ -55,6 +58,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(trained, tmp_path):
     for a, b in zip(leaves(uninterrupted.state), leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
     assert [h["val_dice"] for h in resumed.history] == [h["val_dice"] for h in uninterrupted.history]
+    # Every step's loss once, as in one go (the first run wrote steps 1-4, the second kept them).
+    assert log_lib.read_step_losses(workdir) == log_lib.read_step_losses(uninterrupted.workdir)
 
 
 def test_resuming_with_another_config_is_refused(trained):
