@@ -60,7 +60,8 @@ def _conv(in_features: int, out_features: int, kernel: int, stride: int, dtype: 
 
 def torch_max_pool(x: jax.Array) -> jax.Array:
     """torch's ``MaxPool2d(3, stride=2, padding=1)`` on ``(B, H, W, C)``: padding never wins."""
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+    # A Python -inf init makes this the differentiable reduce_window_max primitive.
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
