@@ -63,5 +63,5 @@ def test_unreadable_config_files(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_has_a_valid_smoke_size(path):
     cfg = config_lib.smoke(config_lib.load(path))
-    assert cfg.data.image_size == 32 and cfg.model.features == (4, 8)
+    assert cfg.data.image_size == 32 and max(cfg.model.features) <= 16  # every model's toy widths
     assert cfg.data.modalities == config_lib.load(path).data.modalities
