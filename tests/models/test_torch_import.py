@@ -130,27 +130,61 @@ def test_pseudo_rgb_copies_one_channel_into_rgb_weights(twin, files):
     assert_close(forward(model, jnp.asarray(gray))[0], torch_logits(twin, np.repeat(gray, 3, axis=-1)))
 
 
-def test_import_weights_writes_a_run_folder_that_restores_and_trains_from(twin, files, tmp_path):
-    config = tmp_path / "small.toml"
+@pytest.fixture(scope="module")
+def imported(files, tmp_path_factory):
+    """``jaxseg import-weights unet.pth --config small.toml --out imported``: (run folder, config file)."""
+    from typer.testing import CliRunner
+
+    import cli
+    folder = tmp_path_factory.mktemp("imported")
+    config = folder / "small.toml"
     config.write_text(config_lib.dumps(config_lib.load_from_dict({}, SMALL_OVERRIDES)))
-    result = import_weights(files / "unet.pth", tmp_path / "run", config=str(config))
-    assert result.layout == "smp" and (result.run / "config.toml").is_file()
-    cfg = config_lib.load(result.run / "config.toml")
+    done = CliRunner().invoke(cli.app, ["import-weights", str(files / "unet.pth"), "--out", str(folder / "run"),
+                                        "--config", str(config)])
+    assert done.exit_code == 0, done.output
+    assert "imported the whole model" in done.output
+    return folder / "run", config
+
+
+def test_the_imported_run_folder_restores_and_training_starts_from_it(twin, files, imported):
+    run, config = imported
+    assert (run / "config.toml").is_file()
+    cfg = config_lib.load(run / "config.toml")
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     tx = make_optimizer(cfg, 1)
-    params, batch_stats, meta = load_model_state(result.run, abstract_state(cfg, tx, mesh))
+    params, batch_stats, meta = load_model_state(run, abstract_state(cfg, tx, mesh))
     assert meta["layout"] == "smp"
     x = image((1, 32, 32, 3), seed=7)
     logits, _ = forward(nnx.merge(graphdef_of(cfg), params, batch_stats), jnp.asarray(x))
     assert_close(logits, torch_logits(twin, x))
     # Training from it: a fresh state takes the imported parameters, from the folder or the file.
-    for source in (result.run, files / "unet.safetensors"):
+    fresh = create_state(cfg, tx, mesh)
+    for source in (run, files / "unet.safetensors"):
         start = config_lib.load_from_dict(config_lib.to_dict(cfg), [f"model.pretrained={source}"])
-        state = apply_pretrained(start, create_state(start, tx, mesh), tx, mesh)
+        state = apply_pretrained(start, fresh, tx, mesh)
         same = jax.tree.map(lambda a, b: np.allclose(np.asarray(a), np.asarray(b)), state.params, params)
         assert all(jax.tree.leaves(same))
     with pytest.raises(JaxsegError, match="not empty"):
-        import_weights(files / "unet.pth", result.run, config=str(config))
+        import_weights(files / "unet.pth", run, config=str(config))
+
+
+def test_predict_uses_the_imported_folder_and_the_command_reports_a_misfit(files, imported, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+    from jaxseg.data import phantom
+    run, config = imported
+    runner = CliRunner()
+    phantom.write_phantoms(tmp_path / "data", 1, seed=3, shape=(32, 32, 20))
+    out = tmp_path / "seg.nii.gz"
+    predicted = runner.invoke(cli.app, ["predict", str(tmp_path / "data" / "Phantom_3_000"), "--checkpoint", str(run),
+                                        "--out", str(out)])
+    assert predicted.exit_code == 0, predicted.output
+    assert out.is_file()
+    bad = runner.invoke(cli.app, ["import-weights", str(files / "unet.pth"), "--out", str(tmp_path / "bad"),
+                                  "--config", str(config), "--set", 'data.modalities=["flair"]'])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and bad.output.count("\n") == 1
+    assert "unet.pth: encoder.conv1.weight" in bad.output and "pseudo_rgb" in bad.output
 
 
 def test_import_without_config_reads_channels_and_classes_off_the_file(files, tmp_path):
@@ -202,3 +236,4 @@ def test_unreadable_files_are_one_line_errors(files, tmp_path, monkeypatch):
     with pytest.raises(JaxsegError, match="pip install torch"):
         torch_import.read_state_dict(files / "unet.pth")
     assert torch_import.read_state_dict(files / "unet.safetensors")  # needs no torch
+
