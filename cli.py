@@ -129,6 +129,25 @@ def explain(
     typer.echo(f"report: {result.report}")
 
 
+@app.command("import-weights")
+@_user_errors
+def import_weights(
+    weights: Path = typer.Argument(..., help="a PyTorch state dict: model.pth or model.safetensors"),
+    out: Path = typer.Option(..., "--out", "-o", help="the run folder to write (config.toml + best/)"),
+    arch: str = typer.Option("resunet34", "--arch", help="the architecture of the weights"),
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+                                         help="data and model settings; default: read off the weights"),
+    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set data.target=regions"),
+) -> None:
+    """Convert PyTorch weights (smp Unet, or a torchvision ResNet encoder) into a run folder."""
+    from jaxseg.train.pretrained import import_weights as run
+    result = run(weights, out, arch=arch, config=config, overrides=set_)
+    _say(result.config_note)
+    part = "the whole model" if result.layout == "smp" else "the encoder (decoder and head initialised fresh)"
+    typer.echo(f"imported {part} from {weights} ({result.layout} layout) into {result.run}; use "
+               f"--checkpoint {out} or --set model.pretrained={out}")
+
+
 @app.command()
 @_user_errors
 def phantom(

@@ -72,6 +72,9 @@ class ModelConfig:
     encoder_depths: tuple[int, ...] = (3, 4, 6, 3)  # resunet34: residual blocks per stage
     decoder_features: tuple[int, ...] = (256, 128, 64, 32, 16)  # resunet34: decoder block widths
     input_mode: str = "channels"  # resunet34: channels (any count) | pseudo_rgb (1 channel copied 3x)
+    # Start training from these weights instead of a random initialisation: a run folder (e.g. made
+    # by `jaxseg import-weights`) or a PyTorch .pth/.safetensors file (resunet34). "" = none.
+    pretrained: str = ""
     transformer_layers: int = 4  # transunet: encoder blocks on the bottleneck tokens
     transformer_heads: int = 8
     transformer_dim: int = 256  # token width

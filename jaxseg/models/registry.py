@@ -23,6 +23,7 @@ from flax import nnx
 
 from jaxseg.config import Config
 from jaxseg.errors import JaxsegError
+from jaxseg.models.resunet import ResUNet
 from jaxseg.models.unet import UNet
 
 # The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
@@ -34,8 +35,15 @@ def _unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
                 dtype=dtype, rngs=rngs)
 
 
+def _resunet34(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    m = cfg.model
+    return ResUNet(cfg.in_channels, cfg.out_channels, tuple(m.features), tuple(m.encoder_depths),
+                   tuple(m.decoder_features), m.input_mode, m.dropout, dtype=dtype, rngs=rngs)
+
+
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
-BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet}
+BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet,
+                                                                            "resunet34": _resunet34}
 MODELS = BUILDERS  # the known names
 
 # Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).

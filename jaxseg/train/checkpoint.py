@@ -73,6 +73,17 @@ class RunCheckpoints:
         self.best.close()
 
 
+def save_model(workdir: str | Path, params: Any, batch_stats: Any, meta: dict[str, Any], step: int = 0) -> None:
+    """Write a model alone (no optimizer or data state) as ``workdir/best/<step>``: what
+    ``load_model_state`` reads for predict and explain, e.g. weights imported from PyTorch."""
+    options = ocp.CheckpointManagerOptions(create=True, max_to_keep=1)
+    with ocp.CheckpointManager(Path(workdir).absolute() / "best", options=options) as best:
+        model = {"params": params, "batch_stats": batch_stats}
+        best.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
+                                                meta=ocp.args.JsonSave(meta)), force=True)
+        best.wait_until_finished()
+
+
 def find_run(checkpoint: str | Path) -> Path:
     """The run folder for a ``--checkpoint`` argument (the run folder, or its best/ or checkpoints/)."""
     path = Path(checkpoint).absolute()

@@ -26,6 +26,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 from jaxseg.train import log as log_lib
 from jaxseg.train import metrics as M
+from jaxseg.train import pretrained
 from jaxseg.train.checkpoint import RunCheckpoints
 from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer
 from jaxseg.train.step import add_sums, make_eval_step, make_train_step
@@ -122,6 +123,8 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     restored = ckpts.restore_latest(abstract_state(cfg, tx, mesh), train_iter)
     if restored is None:
         state = create_state(cfg, tx, mesh)
+        if cfg.model.pretrained:  # a new run that starts from imported or earlier weights
+            state = pretrained.apply_pretrained(cfg, state, tx, mesh)
     else:
         state, meta = restored
     if jax.process_index() == 0:
