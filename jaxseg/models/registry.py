@@ -49,8 +49,9 @@ def _transunet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
 
 
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
-BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {
-    "unet": _unet, "attention_unet": _attention_unet, "transunet": _transunet}
+BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet}
+BUILDERS["attention_unet"] = _attention_unet
+BUILDERS["transunet"] = _transunet
 MODELS = BUILDERS  # the known names
 
 # Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).
