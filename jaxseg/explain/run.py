@@ -22,6 +22,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions as captions_lib
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume, parse_target
+from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.files import write_text
 from jaxseg.train import metrics as M
@@ -114,6 +115,11 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
                                    layer, settings.target, target_kind=kind, batch_size=predictor.batch_size))
     step(f"Grad-CAM of layer {layer} ({settings.target}) on {len(zs)} slices")
+    # Maps the model carries itself: attention-gate coefficients, transformer attention rollout.
+    extra = {name: to_volume(value) for name, value in model_maps_volume(
+        predictor.graphdef, predictor.params, predictor.batch_stats, slices, kind, predictor.batch_size).items()}
+    if extra:
+        step(f"model maps: {', '.join(extra)}")
 
     key = jax.random.PRNGKey(settings.seed)
     mc = None
@@ -137,12 +143,12 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     files: dict[str, Path] = {}
     report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
     if not out.name.endswith(".html"):
-        files = _write_maps(out, case, props, classes, probs, cam, mc, kind)
+        files = _write_maps(out, case, props, classes, probs, cam, mc, kind, extra)
         files["summary"] = out / f"{case.case_id}_explain.json"
         summary["files"] = {k: str(v) for k, v in files.items()}
         write_text(files["summary"], json.dumps(summary, indent=2))
     _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
-                  volume_caption, slice_captions, curves, summary)
+                  volume_caption, slice_captions, curves, summary, extra)
     step(f"report written to {report_path}")
     return ExplainResult(case.case_id, report_path, files, summary)
 
@@ -208,7 +214,7 @@ def _summary(case, run, predictor, settings, layer, classes, truth, props, volum
 
 
 def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, classes, probs, cam, mc,
-                kind: str) -> dict[str, Path]:
+                kind: str, extra: dict[str, np.ndarray]) -> dict[str, Path]:
     labels = classes if kind == "wt" else brats.from_internal(classes, case.naming)
     files = {"segmentation": out / f"{case.case_id}_seg.nii.gz", "probabilities": out / f"{case.case_id}_prob.nii.gz",
              "gradcam": out / f"{case.case_id}_gradcam.nii.gz"}
@@ -219,15 +225,20 @@ def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, clas
         for name in ("mean", "variance", "entropy", "mutual_information"):
             files[f"mc_{name}"] = out / f"{case.case_id}_mc_{name}.nii.gz"
             nifti.write_volume(mc[name], props, files[f"mc_{name}"], dtype=np.float32)
+    for name, volume in extra.items():  # att0.., rollout
+        files[name] = out / f"{case.case_id}_{name}.nii.gz"
+        nifti.write_volume(volume, props, files[name], dtype=np.float32)
     return files
 
 
 def _write_report(path, case, image, predictor, props, classes, truth, probs, cam, mc, kind, volume_caption,
-                  slice_captions, curves, summary) -> None:
+                  slice_captions, curves, summary, extra) -> None:
     from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
     maps = {"Grad-CAM": cam}
     if truth is not None:  # the map restricted to the annotated tumor
         maps["Grad-CAM x GT"] = cam * (truth > 0)
+    for name, volume in extra.items():
+        maps["Attention rollout" if name == "rollout" else f"Attention gate {name[3:]}"] = volume
     if mc is not None:
         maps["MC variance"] = mc["variance_wt"]
         maps["Entropy"] = mc["entropy_wt"]

@@ -23,7 +23,9 @@ from flax import nnx
 
 from jaxseg.config import Config
 from jaxseg.errors import JaxsegError
+from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
+from jaxseg.models.transunet import TransUNet
 from jaxseg.models.unet import UNet
 
 # The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
@@ -35,15 +37,27 @@ def _unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
                 dtype=dtype, rngs=rngs)
 
 
+def _attention_unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    return AttentionUNet(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
+                         dtype=dtype, rngs=rngs)
+
+
 def _resunet34(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
     m = cfg.model
     return ResUNet(cfg.in_channels, cfg.out_channels, tuple(m.features), tuple(m.encoder_depths),
                    tuple(m.decoder_features), m.input_mode, m.dropout, dtype=dtype, rngs=rngs)
 
 
+def _transunet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    m = cfg.model
+    return TransUNet(cfg.in_channels, cfg.out_channels, tuple(m.features), m.dropout,
+                     image_size=cfg.data.image_size, layers=m.transformer_layers, heads=m.transformer_heads,
+                     dim=m.transformer_dim, mlp_dim=m.transformer_mlp_dim, dtype=dtype, rngs=rngs)
+
+
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
-BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet,
-                                                                            "resunet34": _resunet34}
+BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {
+    "unet": _unet, "attention_unet": _attention_unet, "resunet34": _resunet34, "transunet": _transunet}
 MODELS = BUILDERS  # the known names
 
 # Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).
