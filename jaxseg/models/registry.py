@@ -24,6 +24,7 @@ from flax import nnx
 from jaxseg.config import Config
 from jaxseg.errors import JaxsegError
 from jaxseg.models.unet import UNet
+from jaxseg.models.unet3d import UNet3D
 
 # The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
 TINY_FEATURES = (4, 8)
@@ -34,8 +35,13 @@ def _unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
                 dtype=dtype, rngs=rngs)
 
 
+def _unet3d(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    return UNet3D(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
+                  dtype=dtype, rngs=rngs)
+
+
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
-BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet}
+BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {"unet": _unet, "unet3d": _unet3d}
 MODELS = BUILDERS  # the known names
 
 # Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).
