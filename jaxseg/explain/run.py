@@ -23,6 +23,7 @@ from jaxseg.explain import captions as captions_lib
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume, parse_target
 from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.explain.volume3d import explain_volume
 from jaxseg.files import write_text
 from jaxseg.train import metrics as M
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
@@ -91,6 +92,49 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
          f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
          f"{', with ground truth' if truth is not None else ''}")
 
+    layer = settings.layer or _default_layer(predictor)
+    names = predictor.model().activation_names
+    if layer not in names:
+        raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
+    key = jax.random.PRNGKey(settings.seed)
+    brain = preprocess.brain_mask(image)
+    extra: dict[str, Any] = {}
+    if predictor.volumetric:  # 3D models: sliding windows, a 3D Grad-CAM window (explain/volume3d.py)
+        maps = explain_volume(predictor, image, layer, settings.target, key, settings.mc_samples,
+                              settings.faithfulness_steps, step)
+        probs, classes, cam, mc, curves = (maps[k] for k in ("probs", "classes", "cam", "mc", "curves"))
+        extra["gradcam_window"] = maps["gradcam_window"]
+    else:
+        probs, classes, cam, mc, curves = _explain_slices(predictor, image, layer, key, settings, step)
+    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+
+    regions = M.region_names(kind)
+    uncertainty = None if mc is None else mc["entropy_wt"]
+    volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    step("captions")
+
+    summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
+                       slice_captions, curves, mc is not None)
+    summary.update(extra)
+    files: dict[str, Path] = {}
+    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
+    if not out.name.endswith(".html"):
+        files = _write_maps(out, case, props, classes, probs, cam, mc, kind)
+        files["summary"] = out / f"{case.case_id}_explain.json"
+        summary["files"] = {k: str(v) for k, v in files.items()}
+        write_text(files["summary"], json.dumps(summary, indent=2))
+    _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
+                  volume_caption, slice_captions, curves, summary)
+    step(f"report written to {report_path}")
+    return ExplainResult(case.case_id, report_path, files, summary)
+
+
+def _explain_slices(predictor: Predictor, image: np.ndarray, layer: str, key: jax.Array,
+                    settings: ExplainSettings, step: Callable[[str], None]) -> tuple:
+    """2D models: ``(probs, classes, cam, mc, curves)`` from the model's own slices, restored to
+    the canonical volume."""
+    cfg, kind = predictor.cfg, predictor.cfg.data.target
     prepared = preprocess.prepare_volume(image, None, cfg.data)
     geometry, brain = prepared.geometry, preprocess.brain_mask(image)
     zs = np.flatnonzero(prepared.brain_slices)
@@ -107,15 +151,10 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     classes = probabilities_to_classes(probs, kind) * brain
     step("segmented")
 
-    layer = settings.layer or _default_layer(predictor)
-    names = predictor.model().activation_names
-    if layer not in names:
-        raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
     cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
                                    layer, settings.target, target_kind=kind, batch_size=predictor.batch_size))
     step(f"Grad-CAM of layer {layer} ({settings.target}) on {len(zs)} slices")
 
-    key = jax.random.PRNGKey(settings.seed)
     mc = None
     if cfg.model.dropout > 0 and settings.mc_samples > 1:
         mc = _mc_volume(predictor, slices, jax.random.fold_in(key, 1), settings.mc_samples, kind, to_volume)
@@ -124,27 +163,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
 
     curves = _faithfulness(predictor, slices, probs, cam, zs, geometry, jax.random.fold_in(key, 2), settings, kind)
-    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+    return probs, classes, cam, mc, curves
 
-    regions = M.region_names(kind)
-    uncertainty = None if mc is None else mc["entropy_wt"]
-    volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
-    slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
-    step("captions")
-
-    summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
-                       slice_captions, curves, mc is not None)
-    files: dict[str, Path] = {}
-    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
-    if not out.name.endswith(".html"):
-        files = _write_maps(out, case, props, classes, probs, cam, mc, kind)
-        files["summary"] = out / f"{case.case_id}_explain.json"
-        summary["files"] = {k: str(v) for k, v in files.items()}
-        write_text(files["summary"], json.dumps(summary, indent=2))
-    _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
-                  volume_caption, slice_captions, curves, summary)
-    step(f"report written to {report_path}")
-    return ExplainResult(case.case_id, report_path, files, summary)
 
 
 def _default_layer(predictor: Predictor) -> str:
