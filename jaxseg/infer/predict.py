@@ -1,9 +1,10 @@
 """Inference: a trained run applied to whole volumes, written back in each volume's own geometry.
 
 The path is the training path in reverse: read (to canonical RAS) -> the run's preprocessing ->
-batched slice-wise forward passes sharded over all devices -> probabilities restored to the
-canonical volume -> labels in the input's convention -> written in the input's orientation,
-shape, affine and header.
+batched slice-wise forward passes sharded over all devices (3D models: sliding windows over the
+brain box, :mod:`jaxseg.infer.sliding_window`) -> probabilities restored to the canonical
+volume -> labels in the input's convention -> written in the input's orientation, shape, affine
+and header.
 """
 from __future__ import annotations
 
