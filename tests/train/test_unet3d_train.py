@@ -89,3 +89,21 @@ def test_the_loop_trains_a_3d_model_on_patches(smoke_run_3d):
     assert any((run / "best").iterdir())
     # the patch store of the prepared 3D volumes, not slices, was built
     assert any((run / "cache" / "volumes3d").iterdir())
+
+
+def test_train_smoke_flag_trains_the_config_at_its_smoke_size(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+    seen = {}
+
+    def fake_train(cfg, workdir, quiet=False):
+        seen["cfg"] = cfg
+        return loop.TrainResult(workdir, 0, 0.0, [])
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    result = CliRunner().invoke(cli.app, ["train", "--config", "brats2021_3d", "--smoke", "--set", 'data.root=""',
+                                          "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.data.patch_size, cfg.model.features, cfg.train.batch_size, cfg.data.root) == (PATCH, (4, 8), 2, "")
