@@ -59,10 +59,13 @@ def train(
     num_processes: Optional[int] = typer.Option(None, help="multi-host process count"),
     process_id: Optional[int] = typer.Option(None, help="this process's index"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    smoke: bool = typer.Option(False, "--smoke", help="the config at its smoke size (toy model and data)"),
 ) -> None:
     """Train a model; resumes from the newest checkpoint in --workdir."""
     from jaxseg import config as config_lib
     cfg = config_lib.load(config, set_)
+    if smoke:
+        cfg = config_lib.smoke(cfg)
     from jaxseg.train import loop
     if distributed or os.environ.get("JAXSEG_DISTRIBUTED") == "1":
         loop.initialize_distributed(coordinator, num_processes, process_id)

@@ -39,6 +39,16 @@ def smoke_run(tmp_path_factory):
     return loop.train(cfg, tmp_path_factory.mktemp("smoke_run"), quiet=True).workdir
 
 
+@pytest.fixture(scope="session")
+def smoke_run_3d(tmp_path_factory):
+    """A trained smoke-size 3D U-Net run (configs/brats2021_3d at toy sizes, on phantoms)."""
+    from jaxseg import config as config_lib
+    from jaxseg.train import loop
+    cfg = config_lib.smoke(config_lib.load("brats2021_3d", ['data.root=""', "model.dropout=0.2"]))
+    cfg = config_lib.load_from_dict(config_lib.to_dict(cfg), ["train.batch_size=4", "data.samples_per_case=2"])  # 4 emulated devices
+    return loop.train(cfg, tmp_path_factory.mktemp("smoke_run_3d"), quiet=True).workdir
+
+
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium page per test module (skips without chromium)."""

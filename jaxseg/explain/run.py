@@ -24,6 +24,7 @@ from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume, parse_target
 from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.explain.volume3d import explain_volume
 from jaxseg.files import write_text
 from jaxseg.train import metrics as M
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
@@ -85,13 +86,57 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"{path}: no such file or folder")
     run = resolve_checkpoint(checkpoint, say)
     predictor = Predictor(run, settings.batch_size)
-    cfg, kind = predictor.cfg, predictor.cfg.data.target
+    kind = predictor.cfg.data.target
     case = brats.case_from_path(path)
     image, truth, props = brats.load_case(case, predictor.modalities)
     step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
          f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
          f"{', with ground truth' if truth is not None else ''}")
 
+    layer = settings.layer or _default_layer(predictor)
+    names = predictor.model().activation_names
+    if layer not in names:
+        raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
+    key = jax.random.PRNGKey(settings.seed)
+    brain = preprocess.brain_mask(image)
+    extra: dict[str, Any] = {}
+    if predictor.volumetric:  # 3D models: sliding windows, a 3D Grad-CAM window (explain/volume3d.py)
+        maps = explain_volume(predictor, image, layer, settings.target, key, settings.mc_samples,
+                              settings.faithfulness_steps, step)
+        probs, classes, cam, mc, curves = (maps[k] for k in ("probs", "classes", "cam", "mc", "curves"))
+        extra["gradcam_window"] = maps["gradcam_window"]
+        model_maps: dict[str, np.ndarray] = {}
+    else:
+        probs, classes, cam, mc, curves, model_maps = _explain_slices(predictor, image, layer, key, settings, step)
+    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+
+    regions = M.region_names(kind)
+    uncertainty = None if mc is None else mc["entropy_wt"]
+    volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
+    step("captions")
+
+    summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
+                       slice_captions, curves, mc is not None)
+    summary.update(extra)
+    files: dict[str, Path] = {}
+    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
+    if not out.name.endswith(".html"):
+        files = _write_maps(out, case, props, classes, probs, cam, mc, kind, model_maps)
+        files["summary"] = out / f"{case.case_id}_explain.json"
+        summary["files"] = {k: str(v) for k, v in files.items()}
+        write_text(files["summary"], json.dumps(summary, indent=2))
+    _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
+                  volume_caption, slice_captions, curves, summary, model_maps)
+    step(f"report written to {report_path}")
+    return ExplainResult(case.case_id, report_path, files, summary)
+
+
+def _explain_slices(predictor: Predictor, image: np.ndarray, layer: str, key: jax.Array,
+                    settings: ExplainSettings, step: Callable[[str], None]) -> tuple:
+    """2D models: ``(probs, classes, cam, mc, curves, model_maps)`` from the model's own slices, restored to
+    the canonical volume."""
+    cfg, kind = predictor.cfg, predictor.cfg.data.target
     prepared = preprocess.prepare_volume(image, None, cfg.data)
     geometry, brain = prepared.geometry, preprocess.brain_mask(image)
     zs = np.flatnonzero(prepared.brain_slices)
@@ -108,20 +153,15 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     classes = probabilities_to_classes(probs, kind) * brain
     step("segmented")
 
-    layer = settings.layer or _default_layer(predictor)
-    names = predictor.model().activation_names
-    if layer not in names:
-        raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
     cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
                                    layer, settings.target, target_kind=kind, batch_size=predictor.batch_size))
     step(f"Grad-CAM of layer {layer} ({settings.target}) on {len(zs)} slices")
     # Maps the model carries itself: attention-gate coefficients, transformer attention rollout.
-    extra = {name: to_volume(value) for name, value in model_maps_volume(
+    model_maps = {name: to_volume(value) for name, value in model_maps_volume(
         predictor.graphdef, predictor.params, predictor.batch_stats, slices, kind, predictor.batch_size).items()}
-    if extra:
-        step(f"model maps: {', '.join(extra)}")
+    if model_maps:
+        step(f"model maps: {', '.join(model_maps)}")
 
-    key = jax.random.PRNGKey(settings.seed)
     mc = None
     if cfg.model.dropout > 0 and settings.mc_samples > 1:
         mc = _mc_volume(predictor, slices, jax.random.fold_in(key, 1), settings.mc_samples, kind, to_volume)
@@ -130,27 +170,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
 
     curves = _faithfulness(predictor, slices, probs, cam, zs, geometry, jax.random.fold_in(key, 2), settings, kind)
-    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+    return probs, classes, cam, mc, curves, model_maps
 
-    regions = M.region_names(kind)
-    uncertainty = None if mc is None else mc["entropy_wt"]
-    volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
-    slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
-    step("captions")
-
-    summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
-                       slice_captions, curves, mc is not None)
-    files: dict[str, Path] = {}
-    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
-    if not out.name.endswith(".html"):
-        files = _write_maps(out, case, props, classes, probs, cam, mc, kind, extra)
-        files["summary"] = out / f"{case.case_id}_explain.json"
-        summary["files"] = {k: str(v) for k, v in files.items()}
-        write_text(files["summary"], json.dumps(summary, indent=2))
-    _write_report(report_path, case, image, predictor, props, classes, truth, probs, cam, mc, kind,
-                  volume_caption, slice_captions, curves, summary, extra)
-    step(f"report written to {report_path}")
-    return ExplainResult(case.case_id, report_path, files, summary)
 
 
 def _default_layer(predictor: Predictor) -> str:
@@ -214,7 +235,7 @@ def _summary(case, run, predictor, settings, layer, classes, truth, props, volum
 
 
 def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, classes, probs, cam, mc,
-                kind: str, extra: dict[str, np.ndarray]) -> dict[str, Path]:
+                kind: str, model_maps: dict[str, np.ndarray]) -> dict[str, Path]:
     labels = classes if kind == "wt" else brats.from_internal(classes, case.naming)
     files = {"segmentation": out / f"{case.case_id}_seg.nii.gz", "probabilities": out / f"{case.case_id}_prob.nii.gz",
              "gradcam": out / f"{case.case_id}_gradcam.nii.gz"}
@@ -225,19 +246,19 @@ def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, clas
         for name in ("mean", "variance", "entropy", "mutual_information"):
             files[f"mc_{name}"] = out / f"{case.case_id}_mc_{name}.nii.gz"
             nifti.write_volume(mc[name], props, files[f"mc_{name}"], dtype=np.float32)
-    for name, volume in extra.items():  # att0.., rollout
+    for name, volume in model_maps.items():  # att0.., rollout
         files[name] = out / f"{case.case_id}_{name}.nii.gz"
         nifti.write_volume(volume, props, files[name], dtype=np.float32)
     return files
 
 
 def _write_report(path, case, image, predictor, props, classes, truth, probs, cam, mc, kind, volume_caption,
-                  slice_captions, curves, summary, extra) -> None:
+                  slice_captions, curves, summary, model_maps) -> None:
     from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
     maps = {"Grad-CAM": cam}
     if truth is not None:  # the map restricted to the annotated tumor
         maps["Grad-CAM x GT"] = cam * (truth > 0)
-    for name, volume in extra.items():
+    for name, volume in model_maps.items():
         maps["Attention rollout" if name == "rollout" else f"Attention gate {name[3:]}"] = volume
     if mc is not None:
         maps["MC variance"] = mc["variance_wt"]

@@ -1,9 +1,10 @@
 """Inference: a trained run applied to whole volumes, written back in each volume's own geometry.
 
 The path is the training path in reverse: read (to canonical RAS) -> the run's preprocessing ->
-batched slice-wise forward passes sharded over all devices -> probabilities restored to the
-canonical volume -> labels in the input's convention -> written in the input's orientation,
-shape, affine and header.
+batched slice-wise forward passes sharded over all devices (3D models: sliding windows over the
+brain box, :mod:`jaxseg.infer.sliding_window`) -> probabilities restored to the canonical
+volume -> labels in the input's convention -> written in the input's orientation, shape, affine
+and header.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, nifti, pipeline, preprocess, records
+from jaxseg.data import brats, nifti, patches, pipeline, preprocess, records
 from jaxseg.errors import JaxsegError
+from jaxseg.infer import sliding_window
+from jaxseg.models import registry
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 
@@ -43,6 +46,12 @@ class Predictor:
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         self.modalities = config_lib.canonical_modalities(self.cfg)
         self._forward = jax.jit(_make_forward(self.graphdef, self.cfg.data.target))
+        self.volumetric = registry.spatial_dims(self.cfg) == 3
+        if self.volumetric:
+            forward = _make_forward(self.graphdef, self.cfg.data.target)
+            if self.cfg.infer.tta_flips:
+                forward = _with_window_tta(forward)
+            self._window_forward = jax.jit(forward)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
@@ -60,9 +69,28 @@ class Predictor:
             out.append(np.asarray(probs)[: self.batch_size - pad])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
+    def volume_probabilities(self, volume: np.ndarray) -> np.ndarray:
+        """3D models: (X', Y', Z', C) float32 prepared volume (``patches.prepare_volume_3d``) ->
+        (X', Y', Z', K) float32 probabilities by sliding windows of the training patch size
+        (``[infer]`` overlap, blend, window_batch, tta_flips)."""
+        sharding = NamedSharding(self.mesh, P("data"))
+
+        def forward(windows: np.ndarray) -> jax.Array:
+            return self._window_forward(self.params, self.batch_stats, jax.device_put(windows, sharding))
+
+        i = self.cfg.infer
+        return sliding_window.sliding_window_probabilities(
+            forward, volume, self.cfg.data.patch_size, overlap=i.overlap, blend=i.blend,
+            window_batch=i.window_batch, batch_multiple=self.mesh.size)
+
     def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Canonical (X, Y, Z, C) image -> (probabilities (X, Y, Z, K) float32, classes (X, Y, Z)
         uint8 internal classes). Voxels outside the brain are background."""
+        if self.volumetric:
+            prepared = patches.prepare_volume_3d(image, None, self.cfg.data)
+            probs = patches.restore_box(self.volume_probabilities(prepared.image), prepared.box)
+            probs *= preprocess.brain_mask(image)[..., None]
+            return probs, probabilities_to_classes(probs, self.cfg.data.target)
         prepared = preprocess.prepare_volume(image, None, self.cfg.data)
         probs = self.slice_probabilities(prepared.slices)
         probs = preprocess.restore_slices(probs, prepared.geometry, order=1).astype(np.float32)
@@ -76,6 +104,13 @@ def _make_forward(graphdef: nnx.GraphDef, target_kind: str) -> Callable:
         logits = logits.astype(jnp.float32)
         return jax.nn.softmax(logits, -1) if target_kind == "classes" else jax.nn.sigmoid(logits)
     return forward
+
+
+def _with_window_tta(forward: Callable) -> Callable:
+    """``forward(params, batch_stats, x)`` averaged over the 8 flips of the window axes."""
+    def tta(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
+        return sliding_window.with_flip_tta(lambda w: forward(params, batch_stats, w))(x)
+    return tta
 
 
 def remove_small_components(classes: np.ndarray, spacing: tuple[float, ...], min_ml: float) -> np.ndarray:

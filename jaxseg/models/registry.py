@@ -27,6 +27,7 @@ from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.transunet import TransUNet
 from jaxseg.models.unet import UNet
+from jaxseg.models.unet3d import UNet3D
 
 # The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
 TINY_FEATURES = (4, 8)
@@ -55,9 +56,15 @@ def _transunet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
                      dim=m.transformer_dim, mlp_dim=m.transformer_mlp_dim, dtype=dtype, rngs=rngs)
 
 
+def _unet3d(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+    return UNet3D(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
+                  dtype=dtype, rngs=rngs)
+
+
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
 BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {
-    "unet": _unet, "attention_unet": _attention_unet, "resunet34": _resunet34, "transunet": _transunet}
+    "unet": _unet, "attention_unet": _attention_unet, "resunet34": _resunet34, "transunet": _transunet,
+    "unet3d": _unet3d}
 MODELS = BUILDERS  # the known names
 
 # Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).

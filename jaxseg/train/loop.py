@@ -21,9 +21,10 @@ import numpy as np
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, phantom, pipeline, records, split
+from jaxseg.data import brats, patches, phantom, pipeline, records, split
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
+from jaxseg.models import registry
 from jaxseg.train import log as log_lib
 from jaxseg.train import metrics as M
 from jaxseg.train import pretrained
@@ -87,7 +88,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
         raise JaxsegError(f"train.batch_size = {t.batch_size} must be divisible by the number of "
                           f"devices ({mesh.size})")
 
-    # --- input: cases -> subject-level split -> slice indices -> grain loaders.
+    # --- input: cases -> subject-level split -> slice indices (2D) or patches (3D) -> grain loaders.
     cases = prepare_cases(cfg, workdir)
     splits = split.split_cases([c.case_id for c in cases], cfg.data.split, cfg.data.split_seed,
                                cfg.data.val_cases, cfg.data.test_cases,
@@ -98,22 +99,13 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     by_id = {c.case_id: c for c in cases}
     train_cases = [by_id[i] for i in splits["train"]]
     val_cases = [by_id[i] for i in splits["val"]]
-    modalities = config_lib.canonical_modalities(cfg)
     cache = workdir / "cache"
-    train_index = pipeline.build_slice_index(train_cases, modalities, cfg.data, t.seed, True, cache)
-    if not len(train_index):
-        raise JaxsegError(f"{cfg.data.root or 'phantoms'}: no training slices left after the slice "
-                          "filters (data.min_tumor_pixels, data.empty_slice_fraction)")
-    steps_per_epoch = t.steps_per_epoch or max(1, len(train_index) // t.batch_size)
+    if registry.spatial_dims(cfg) == 3:
+        train_loader, val_loader, steps_per_epoch = _patch_loaders(cfg, train_cases, val_cases, mesh, cache)
+    else:
+        train_loader, val_loader, steps_per_epoch = _slice_loaders(cfg, train_cases, val_cases, mesh, cache)
     total_steps = t.epochs * steps_per_epoch
-    train_loader = pipeline.make_loader(cfg, train_cases, train=True, seed=t.seed, index=train_index,
-                                       mesh=mesh, cache_dir=cache)
     train_iter = iter(train_loader)
-    val_loader = None
-    if val_cases:
-        val_index = pipeline.build_slice_index(val_cases, modalities, cfg.data, t.seed, False, cache)
-        val_loader = pipeline.make_loader(cfg, val_cases, train=False, seed=t.seed, index=val_index,
-                                         mesh=mesh, cache_dir=cache)
 
     # --- model and optimizer, initialised straight into replicated shardings.
     tx = make_optimizer(cfg, total_steps)
@@ -195,6 +187,43 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     finally:
         logger.close()
     return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+
+def _slice_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
+                   ) -> tuple[Any, Any, int]:
+    """2D models: (train loader, validation loader or None, steps per epoch) over slices."""
+    t = cfg.train
+    modalities = config_lib.canonical_modalities(cfg)
+    train_index = pipeline.build_slice_index(train_cases, modalities, cfg.data, t.seed, True, cache)
+    if not len(train_index):
+        raise JaxsegError(f"{cfg.data.root or 'phantoms'}: no training slices left after the slice "
+                          "filters (data.min_tumor_pixels, data.empty_slice_fraction)")
+    steps_per_epoch = t.steps_per_epoch or max(1, len(train_index) // t.batch_size)
+    train_loader = pipeline.make_loader(cfg, train_cases, train=True, seed=t.seed, index=train_index,
+                                       mesh=mesh, cache_dir=cache)
+    val_loader = None
+    if val_cases:
+        val_index = pipeline.build_slice_index(val_cases, modalities, cfg.data, t.seed, False, cache)
+        val_loader = pipeline.make_loader(cfg, val_cases, train=False, seed=t.seed, index=val_index,
+                                         mesh=mesh, cache_dir=cache)
+    return train_loader, val_loader, steps_per_epoch
+
+
+def _patch_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
+                   ) -> tuple[Any, Any, int]:
+    """3D models: training on ``data.patch_mode`` patches (``samples_per_case`` per case per
+    epoch); validation on one centre patch per case, deterministic and as cheap as a training
+    step (whole-volume sliding-window scores come from ``predict`` + ``evaluate``)."""
+    t, d = cfg.train, cfg.data
+    steps_per_epoch = t.steps_per_epoch or max(1, len(train_cases) * d.samples_per_case // t.batch_size)
+    train_loader = patches.make_patch_loader(
+        cfg, train_cases, train=True, seed=t.seed, patch_size=d.patch_size, mode=d.patch_mode,
+        tumor_probability=d.tumor_probability, samples_per_case=d.samples_per_case, mesh=mesh, cache_dir=cache)
+    val_loader = None
+    if val_cases:
+        val_loader = patches.make_patch_loader(cfg, val_cases, train=False, seed=t.seed, patch_size=d.patch_size,
+                                               mode="center", samples_per_case=1, mesh=mesh, cache_dir=cache)
+    return train_loader, val_loader, steps_per_epoch
 
 
 def evaluate(state: Any, eval_step: Callable, loader: Any, mesh: Any) -> dict[str, np.ndarray]:
