@@ -99,7 +99,7 @@ def torch_setup(batch: int, size: int, cin: int, features: tuple, channels_last:
         loss = bce_dice(logits, y)
         loss.backward()
         opt.step()
-        float(loss)  # synchronous anyway on CPU; keeps the step honest
+        float(loss.detach())  # synchronous anyway on CPU; keeps the step honest
 
     return run, {"params": params, "_base_rss_mb": base, "threads": torch.get_num_threads()}
 

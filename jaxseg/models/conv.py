@@ -17,6 +17,10 @@ matrix products in disguise:
   one ``(B * pixels, in) @ (in, prod(window) * out)`` product and a reshape
   (:func:`upsample_matmul`); its gradients are matrix products too.
 
+XLA's CPU backend also runs 3D convolutions about half as fast as 2D ones of the same work, so
+on the fast path a 3D convolution is a 2D one over depth taps stacked on the channel axis
+(:func:`_conv3d_via_2d`), whose gradients follow by autodiff through the 2D fast convolution.
+
 **Which path.** ``mode`` is ``"auto"`` (default), ``"fast"`` or ``"xla"``: read from
 ``JAXSEG_CONV`` at import, changed with :func:`set_conv_mode` or the :func:`conv_mode` context.
 ``auto`` lowers both formulations into ``jax.lax.platform_dependent``: the CPU backend runs the
@@ -137,6 +141,28 @@ def _fast_conv_bwd(strides, padding, precision, preferred_element_type, res, dy)
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 
+def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
+    """A channel-last 3D convolution as one 2D convolution (the CPU-fast one).
+
+    The ``kd`` depth taps are stacked on the channel axis: ``x_t = x_pad[:, t + s * d]`` for
+    ``t < kd`` gives ``(B * D_out, H, W, kd * C)`` and the kernel ``(kd, kh, kw, C, O)`` becomes
+    ``(kh, kw, kd * C, O)``. XLA's CPU backend runs 2D convolutions about twice as fast as 3D
+    ones, and the weight gradient of the 2D form is :func:`weight_grad`'s products, with
+    ``kd`` times more rows per product. Costs ``kd`` copies of the input.
+    """
+    kd = w.shape[0]
+    b, depth, _, _, c = x.shape
+    (lo, hi), sd = padding[0], strides[0]
+    out_depth = (depth + lo + hi - kd) // sd + 1
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
+    taps = [lax.slice_in_dim(xp, t, t + sd * (out_depth - 1) + 1, sd, axis=1) for t in range(kd)]
+    stacked = taps[0] if kd == 1 else jnp.concatenate(taps, axis=-1)  # (B, D_out, H, W, kd * C)
+    stacked = stacked.reshape(b * out_depth, *stacked.shape[2:])
+    w2 = jnp.moveaxis(w, 0, 2).reshape(*w.shape[1:3], kd * c, w.shape[-1])
+    y = _fast_conv(stacked, w2, strides[1:], padding[1:], precision, preferred_element_type)
+    return y.reshape(b, out_depth, *y.shape[1:])
+
+
 def _channel_last(nd: int) -> lax.ConvDimensionNumbers:
     spatial = "DHW"[-nd:] if nd <= 3 else None
     return lax.conv_dimension_numbers((1,) * (nd + 2), (1,) * (nd + 2),
@@ -174,6 +200,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
 
     def fast(l, r):
+        if nd == 3:
+            return _conv3d_via_2d(l, r, strides, pads, precision, preferred_element_type)
         return _fast_conv(l, r, strides, pads, precision, preferred_element_type)
 
     return _select(fast, lambda l, r: plain(l, r), lhs, rhs)
