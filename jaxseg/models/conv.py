@@ -6,8 +6,8 @@ the primitive: ``kernel`` ``(*window, in, out)``, ``bias`` ``(out,)``.
 
 **Why.** XLA's CPU backend runs a convolution's *weight* gradient 2-3x slower than the forward
 convolution (it is a convolution whose "window" is the whole image), and a 2x2 stride-2
-transposed convolution through the general convolution path is slower still. Both are plain
-matrix products in disguise:
+transposed convolution goes through the general convolution of a stride-dilated input. Both
+are plain matrix products in disguise (measurements: benchmarks/NOTES.md):
 
 - weight gradient of a convolution with window ``k``: for every tap ``t`` of the window,
   ``dW[t] = x_t^T dy`` where ``x_t`` is the (strided) shifted input that tap sees, flattened to
@@ -17,7 +17,7 @@ matrix products in disguise:
   one ``(B * pixels, in) @ (in, prod(window) * out)`` product and a reshape
   (:func:`upsample_matmul`); its gradients are matrix products too.
 
-XLA's CPU backend also runs 3D convolutions about half as fast as 2D ones of the same work, so
+XLA's CPU backend also ran a 3D convolution 2.4x slower than the same work as one 2D one, so
 on the fast path a 3D convolution is a 2D one over depth taps stacked on the channel axis
 (:func:`_conv3d_via_2d`), whose gradients follow by autodiff through the 2D fast convolution.
 
@@ -37,11 +37,11 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax import lax
 
 MODES = ("auto", "fast", "xla")
+_WGRAD_LOOP = os.environ.get("JAXSEG_WGRAD_LOOP", "1") == "1"  # experiment switch (benchmarks/NOTES.md)
 _mode = os.environ.get("JAXSEG_CONV", "auto")
 if _mode not in MODES:
     raise ValueError(f"JAXSEG_CONV must be one of {MODES}, got {_mode!r}")
@@ -95,21 +95,32 @@ def weight_grad(x: jax.Array, dy: jax.Array, window: tuple[int, ...], strides: t
     Returns:
       ``(*window, in, out)``: ``dW[t] = sum_{b, p} x_pad[b, t + strides * p] dy[b, p]``.
     """
-    nd = len(window)
     out_spatial = dy.shape[1:-1]
     xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
     cin, cout = x.shape[-1], dy.shape[-1]
     g = dy.reshape(-1, cout)
-    taps = []
-    for tap in itertools.product(*(range(k) for k in window)):
-        start = (0,) + tap + (0,)
-        limit = ((xp.shape[0],) + tuple(t + s * (o - 1) + 1 for t, s, o in zip(tap, strides, out_spatial))
-                 + (cin,))
-        xt = lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)).reshape(-1, cin)
+    offsets = list(itertools.product(*(range(k) for k in window)))
+
+    def tap_product(xt):
         # (rows, in)^T (rows, out): contracting the long row axis of both operands.
-        taps.append(lax.dot_general(xt, g, (((0,), (0,)), ((), ())),
-                                    preferred_element_type=jnp.float32))
-    dw = jnp.stack(taps).reshape(*window, cin, cout)
+        return lax.dot_general(xt.reshape(-1, cin), g, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+    if len(offsets) > 1 and all(s == 1 for s in strides) and _WGRAD_LOOP:
+        # One shifted copy of the input alive at a time (a loop over taps): unrolled, XLA keeps
+        # all of them alive together, doubling the train step's peak memory.
+        def tap(offset):
+            start = (jnp.int32(0),) + tuple(offset[d] for d in range(len(window))) + (jnp.int32(0),)
+            return tap_product(lax.dynamic_slice(xp, start, (xp.shape[0], *out_spatial, cin)))
+        taps = lax.map(tap, jnp.asarray(offsets, jnp.int32))
+    else:
+        taps = []
+        for tap in offsets:
+            start = (0,) + tap + (0,)
+            limit = ((xp.shape[0],) + tuple(t + s * (o - 1) + 1 for t, s, o in zip(tap, strides, out_spatial))
+                     + (cin,))
+            taps.append(tap_product(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,))))
+    dw = (taps if isinstance(taps, jax.Array) else jnp.stack(taps)).reshape(*window, cin, cout)
     return dw.astype(out_dtype or x.dtype)
 
 
@@ -146,9 +157,9 @@ def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
 
     The ``kd`` depth taps are stacked on the channel axis: ``x_t = x_pad[:, t + s * d]`` for
     ``t < kd`` gives ``(B * D_out, H, W, kd * C)`` and the kernel ``(kd, kh, kw, C, O)`` becomes
-    ``(kh, kw, kd * C, O)``. XLA's CPU backend runs 2D convolutions about twice as fast as 3D
-    ones, and the weight gradient of the 2D form is :func:`weight_grad`'s products, with
-    ``kd`` times more rows per product. Costs ``kd`` copies of the input.
+    ``(kh, kw, kd * C, O)``. XLA's CPU backend ran this 2.4x faster than its 3D convolution
+    (benchmarks/NOTES.md), and the weight gradient of the 2D form is :func:`weight_grad`'s
+    products, ``kd`` times wider. Costs ``kd`` copies of the input.
     """
     kd = w.shape[0]
     b, depth, _, _, c = x.shape
