@@ -1,20 +1,273 @@
-"""The one convolution layer every model uses.
+"""The one convolution layer every model uses, with a CPU-fast formulation (issue 6).
 
-All models build their convolutions through :func:`Conv` and :func:`ConvTranspose` so that the
-convolution primitive is chosen in one place: a platform-specific formulation (issue 6, a
-``jax.custom_vjp`` convolution whose weight gradient XLA's CPU backend computes fast) plugs in
-here without touching any model, and the parameter layout stays Flax's (``kernel`` as
-``(*window, in, out)``, ``bias`` as ``(out,)``) whatever the primitive.
+All models build their convolutions through :func:`Conv` and :func:`ConvTranspose`, so the
+convolution primitive is chosen here and nowhere else. Parameters keep Flax's layout whatever
+the primitive: ``kernel`` ``(*window, in, out)``, ``bias`` ``(out,)``.
+
+**Why.** XLA's CPU backend runs a convolution's *weight* gradient 2-3x slower than the forward
+convolution (it is a convolution whose "window" is the whole image), and a 2x2 stride-2
+transposed convolution goes through the general convolution of a stride-dilated input. Both
+are plain matrix products in disguise (measurements: benchmarks/NOTES.md):
+
+- weight gradient of a convolution with window ``k``: for every tap ``t`` of the window,
+  ``dW[t] = x_t^T dy`` where ``x_t`` is the (strided) shifted input that tap sees, flattened to
+  ``(B * out_pixels, in)`` (:func:`weight_grad`). The input gradient stays XLA's own (a forward
+  convolution, which XLA runs fast).
+- a transposed convolution whose window equals its stride (the U-Nets' 2x2 / 2x2x2 upsampler) is
+  one ``(B * pixels, in) @ (in, prod(window) * out)`` product and a reshape
+  (:func:`upsample_matmul`); its gradients are matrix products too.
+
+XLA's CPU backend also ran a 3D convolution 2.4x slower than the same work as one 2D one, so
+on the fast path a 3D convolution is a 2D one over depth taps stacked on the channel axis
+(:func:`_conv3d_via_2d`), whose gradients follow by autodiff through the 2D fast convolution.
+
+**Which path.** ``mode`` is ``"auto"`` (default), ``"fast"`` or ``"xla"``: read from
+``JAXSEG_CONV`` at import, changed with :func:`set_conv_mode` or the :func:`conv_mode` context.
+``auto`` lowers both formulations into ``jax.lax.platform_dependent``: the CPU backend runs the
+fast one, GPUs and TPUs (whose libraries compute weight gradients well) run XLA's convolution.
+``fast`` / ``xla`` force one everywhere, so tests check both on CPU. The mode is read at trace
+time: a function jitted before a change keeps the path it was traced with.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
+import os
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+
+MODES = ("auto", "fast", "xla")
+_WGRAD_LOOP = os.environ.get("JAXSEG_WGRAD_LOOP", "1") == "1"  # experiment switch (benchmarks/NOTES.md)
+_mode = os.environ.get("JAXSEG_CONV", "auto")
+if _mode not in MODES:
+    raise ValueError(f"JAXSEG_CONV must be one of {MODES}, got {_mode!r}")
 
 
-def conv_general_dilated(*args, **kwargs) -> jax.Array:
-    """The convolution primitive the layers call; today ``jax.lax.conv_general_dilated``."""
-    return jax.lax.conv_general_dilated(*args, **kwargs)
+def set_conv_mode(mode: str) -> None:
+    """Select the convolution path for functions traced from now on (see module docstring)."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"conv mode must be one of {MODES}, got {mode!r}")
+    _mode = mode
+
+
+def get_conv_mode() -> str:
+    return _mode
+
+
+@contextlib.contextmanager
+def conv_mode(mode: str):
+    """``with conv_mode("xla"): ...`` traces the block with that path, then restores the old one."""
+    old = _mode
+    set_conv_mode(mode)
+    try:
+        yield
+    finally:
+        set_conv_mode(old)
+
+
+def _select(fast, plain, *args):
+    """``fast(*args)`` on CPU, ``plain(*args)`` elsewhere (or as the mode forces)."""
+    if _mode == "fast":
+        return fast(*args)
+    if _mode == "xla":
+        return plain(*args)
+    return lax.platform_dependent(*args, cpu=fast, default=plain)
+
+
+# --- convolution with a matrix-product weight gradient ---------------------------------------
+
+def weight_grad(x: jax.Array, dy: jax.Array, window: tuple[int, ...], strides: tuple[int, ...],
+                padding: tuple[tuple[int, int], ...], out_dtype=None) -> jax.Array:
+    """Weight gradient of a channel-last convolution as one matrix product per window tap.
+
+    Args:
+      x: ``(B, *spatial, in)`` the convolution's input.
+      dy: ``(B, *out_spatial, out)`` the cotangent of its output.
+      window: the kernel's spatial size; strides, padding: as given to the convolution
+        (``padding`` as explicit ``(low, high)`` pairs per spatial axis).
+      out_dtype: dtype of the result (default ``x.dtype``); products accumulate in float32.
+
+    Returns:
+      ``(*window, in, out)``: ``dW[t] = sum_{b, p} x_pad[b, t + strides * p] dy[b, p]``.
+    """
+    out_spatial = dy.shape[1:-1]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+    cin, cout = x.shape[-1], dy.shape[-1]
+    g = dy.reshape(-1, cout)
+    offsets = list(itertools.product(*(range(k) for k in window)))
+
+    def tap_product(xt):
+        # (rows, in)^T (rows, out): contracting the long row axis of both operands.
+        return lax.dot_general(xt.reshape(-1, cin), g, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+    if len(offsets) > 1 and all(s == 1 for s in strides) and _WGRAD_LOOP:
+        # One shifted copy of the input alive at a time (a loop over taps): unrolled, XLA keeps
+        # all of them alive together, doubling the train step's peak memory.
+        def tap(offset):
+            start = (jnp.int32(0),) + tuple(offset[d] for d in range(len(window))) + (jnp.int32(0),)
+            return tap_product(lax.dynamic_slice(xp, start, (xp.shape[0], *out_spatial, cin)))
+        taps = lax.map(tap, jnp.asarray(offsets, jnp.int32))
+    else:
+        taps = []
+        for tap in offsets:
+            start = (0,) + tap + (0,)
+            limit = ((xp.shape[0],) + tuple(t + s * (o - 1) + 1 for t, s, o in zip(tap, strides, out_spatial))
+                     + (cin,))
+            taps.append(tap_product(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,))))
+    dw = (taps if isinstance(taps, jax.Array) else jnp.stack(taps)).reshape(*window, cin, cout)
+    return dw.astype(out_dtype or x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _fast_conv(x, w, strides, padding, precision, preferred_element_type):
+    return _plain_conv(x, w, strides, padding, precision, preferred_element_type)
+
+
+def _plain_conv(x, w, strides, padding, precision, preferred_element_type):
+    nd = x.ndim - 2
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_channel_last(nd),
+                                    precision=precision, preferred_element_type=preferred_element_type)
+
+
+def _fast_conv_fwd(x, w, strides, padding, precision, preferred_element_type):
+    return _plain_conv(x, w, strides, padding, precision, preferred_element_type), (x, w)
+
+
+def _fast_conv_bwd(strides, padding, precision, preferred_element_type, res, dy):
+    x, w = res
+    # The input gradient is XLA's own transpose: a forward convolution, which is fast.
+    _, vjp_x = jax.vjp(lambda x_: _plain_conv(x_, w, strides, padding, precision,
+                                              preferred_element_type), x)
+    (dx,) = vjp_x(dy)
+    dw = weight_grad(x, dy.astype(x.dtype), w.shape[:-2], strides, padding, out_dtype=w.dtype)
+    return dx.astype(x.dtype), dw
+
+
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
+    """A channel-last 3D convolution as one 2D convolution (the CPU-fast one).
+
+    The ``kd`` depth taps are stacked on the channel axis: ``x_t = x_pad[:, t + s * d]`` for
+    ``t < kd`` gives ``(B * D_out, H, W, kd * C)`` and the kernel ``(kd, kh, kw, C, O)`` becomes
+    ``(kh, kw, kd * C, O)``. XLA's CPU backend ran this 2.4x faster than its 3D convolution
+    (benchmarks/NOTES.md), and the weight gradient of the 2D form is :func:`weight_grad`'s
+    products, ``kd`` times wider. Costs ``kd`` copies of the input.
+    """
+    kd = w.shape[0]
+    b, depth, _, _, c = x.shape
+    (lo, hi), sd = padding[0], strides[0]
+    out_depth = (depth + lo + hi - kd) // sd + 1
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
+    taps = [lax.slice_in_dim(xp, t, t + sd * (out_depth - 1) + 1, sd, axis=1) for t in range(kd)]
+    stacked = taps[0] if kd == 1 else jnp.concatenate(taps, axis=-1)  # (B, D_out, H, W, kd * C)
+    stacked = stacked.reshape(b * out_depth, *stacked.shape[2:])
+    w2 = jnp.moveaxis(w, 0, 2).reshape(*w.shape[1:3], kd * c, w.shape[-1])
+    y = _fast_conv(stacked, w2, strides[1:], padding[1:], precision, preferred_element_type)
+    return y.reshape(b, out_depth, *y.shape[1:])
+
+
+def _channel_last(nd: int) -> lax.ConvDimensionNumbers:
+    spatial = "DHW"[-nd:] if nd <= 3 else None
+    return lax.conv_dimension_numbers((1,) * (nd + 2), (1,) * (nd + 2),
+                                      (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, out_sharding=None
+                         ) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` (same arguments and result) whose weight gradient is
+    :func:`weight_grad` on the fast path. Cases the fast path does not cover (dilations,
+    grouped convolutions, layouts other than channel-last, more than 3 spatial axes) always run
+    XLA's convolution (and so does an explicit ``out_sharding``)."""
+    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
+                              padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                              dimension_numbers=dimension_numbers,
+                              feature_group_count=feature_group_count,
+                              batch_group_count=batch_group_count, precision=precision,
+                              preferred_element_type=preferred_element_type,
+                              out_sharding=out_sharding)
+    nd = lhs.ndim - 2
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    ones = (1,) * nd
+    simple = (out_sharding is None and 1 <= nd <= 3 and dn == _channel_last(nd) and feature_group_count == 1
+              and batch_group_count == 1 and tuple(lhs_dilation or ones) == ones
+              and tuple(rhs_dilation or ones) == ones)
+    if not simple or _mode == "xla":
+        return plain(lhs, rhs)
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+
+    def fast(l, r):
+        if nd == 3:
+            return _conv3d_via_2d(l, r, strides, pads, precision, preferred_element_type)
+        return _fast_conv(l, r, strides, pads, precision, preferred_element_type)
+
+    return _select(fast, lambda l, r: plain(l, r), lhs, rhs)
+
+
+# --- transposed convolution whose window equals its stride -----------------------------------
+
+def upsample_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``lax.conv_transpose(x, kernel, strides=window, padding="VALID")`` as one matrix product.
+
+    Args:
+      x: ``(B, *spatial, in)``; kernel: ``(*window, in, out)``.
+
+    Returns:
+      ``(B, *(spatial * window), out)``. Output pixel ``p * window + q`` is ``x[p] @ kernel[q']``
+      where ``q'`` is ``q`` mirrored (``window - 1 - q``): ``lax.conv_transpose`` without
+      ``transpose_kernel`` correlates the stride-dilated input with the kernel as given.
+    """
+    nd = x.ndim - 2
+    window = kernel.shape[:nd]
+    cin, cout = kernel.shape[-2:]
+    k = lax.rev(kernel, tuple(range(nd)))
+    k = jnp.moveaxis(k, nd, 0).reshape(cin, -1)  # (in, *window * out)
+    y = lax.dot_general(x, k, (((nd + 1,), (0,)), ((), ())))  # (B, *spatial, *window*out)
+    y = y.reshape(*x.shape[:-1], *window, cout)
+    # Interleave: (B, s1, .., snd, w1, .., wnd, out) -> (B, s1, w1, .., snd, wnd, out).
+    perm = [0] + [a for d in range(nd) for a in (1 + d, 1 + nd + d)] + [2 * nd + 1]
+    y = jnp.transpose(y, perm)
+    return y.reshape(x.shape[0], *(s * w for s, w in zip(x.shape[1:-1], window)), cout)
+
+
+class _ConvTranspose(nnx.ConvTranspose):
+    """``nnx.ConvTranspose`` (same parameters) computing window == stride upsampling as a matrix
+    product on the fast path."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        nd = len(self.kernel_size)
+        window = tuple(self.kernel_size)
+        strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides or (1,) * nd)
+        dilation = self.kernel_dilation
+        plain_ok = (inputs.ndim == nd + 2 and strides == window and self.padding == "VALID"
+                    and self.mask is None and not self.transpose_kernel
+                    and dilation in (None, 1, (1,) * nd) and self.preferred_element_type is None)
+        if not plain_ok or _mode == "xla":
+            return super().__call__(inputs)
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
+
+        def plain(x, k):
+            return lax.conv_transpose(x, k, strides, "VALID", precision=self.precision)
+
+        y = _select(upsample_matmul, plain, inputs, kernel)
+        if bias is not None:
+            y = y + bias.reshape((1,) * (nd + 1) + (-1,))
+        return y
 
 
 def Conv(in_features: int, out_features: int, kernel_size, strides=1, **kwargs) -> nnx.Conv:
@@ -26,5 +279,6 @@ def Conv(in_features: int, out_features: int, kernel_size, strides=1, **kwargs) 
 
 def ConvTranspose(in_features: int, out_features: int, kernel_size, strides=None, **kwargs
                   ) -> nnx.ConvTranspose:
-    """``nnx.ConvTranspose`` (same arguments, same parameters)."""
-    return nnx.ConvTranspose(in_features, out_features, kernel_size, strides, **kwargs)
+    """``nnx.ConvTranspose`` (same arguments, same parameters); window == stride upsampling
+    runs as :func:`upsample_matmul` on the fast path."""
+    return _ConvTranspose(in_features, out_features, kernel_size, strides, **kwargs)

@@ -1,0 +1,151 @@
+"""Inference speed, jaxseg against PyTorch on the same machine (issue 6).
+
+    python benchmarks/inference.py             # 2D: 16 slices of 256 px; 3D: a 240x240x155 volume
+    python benchmarks/inference.py --quick     # small sizes, checks the script in seconds
+    python benchmarks/inference.py --only-2d   # or --only-3d
+
+- **2D**: one forward pass (sigmoid probabilities) of a batch of 16 slices through the default
+  2D U-Net (32..512 features, 4 modalities), batch norm in inference mode. jaxseg runs
+  ``jaxseg.infer.predict``'s jitted forward; torch runs the same U-Net under
+  ``torch.inference_mode()``.
+- **3D**: a whole 240 x 240 x 155 four-modality volume through the 3D U-Net (16..256 features)
+  by sliding 128^3 windows, overlap 0.5, Gaussian blending, 2 windows per pass, i.e. jaxseg's
+  ``[infer]`` defaults. Both frameworks go through the same numpy sliding-window code
+  (``jaxseg.infer.sliding_window``), so the difference is the network.
+
+Variants: ``jax`` (default convolution path), ``jax xla-conv`` (``JAXSEG_CONV=xla``), ``torch
+eager`` (reference), ``torch eager CL`` (channels_last). Forward passes have no weight gradient,
+so the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast path).
+Each variant runs in its own process (benchmarks/harness.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from harness import Variant, print_table, proc_status_mb, run_side_by_side  # noqa: E402
+
+
+def _image(shape, seed=0):
+    import numpy as np
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
+              window_batch: int):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from jaxseg.infer import sliding_window
+    from jaxseg.infer.predict import _make_forward
+    from jaxseg.models import conv
+    from jaxseg.models.unet import UNet
+    from jaxseg.models.unet3d import UNet3D
+    base = proc_status_mb("VmRSS")
+    model = (UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    forward = jax.jit(_make_forward(graphdef, "wt"))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    if kind == "2d":
+        x = jnp.asarray(_image((batch, *size, cin)))
+
+        def run():
+            jax.block_until_ready(forward(params, stats, x))
+    else:
+        volume = _image((*size, cin))
+
+        def run():
+            return sliding_window.sliding_window_probabilities(
+                lambda w: forward(params, stats, w), volume, window, overlap=overlap,
+                blend="gaussian", window_batch=window_batch)
+    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.get_conv_mode()}
+
+
+def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
+                window_batch: int, channels_last: bool):
+    import numpy as np
+    import torch
+    from torch_unet import UNet, n_params
+    torch.set_num_threads(os.cpu_count())
+    base = proc_status_mb("VmRSS")
+    torch.manual_seed(0)
+    nd = 2 if kind == "2d" else 3
+    model = UNet(cin, 1, features, nd=nd).eval()
+    fmt = (torch.channels_last if nd == 2 else torch.channels_last_3d) if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+
+    def forward(x_last: np.ndarray) -> np.ndarray:
+        """channel-last numpy in, channel-last probabilities out (as the JAX forward)."""
+        x = torch.from_numpy(x_last).movedim(-1, 1).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            return torch.sigmoid(model(x)[0]).movedim(1, -1).numpy()
+
+    if kind == "2d":
+        x = _image((batch, *size, cin))
+
+        def run():
+            forward(x)
+    else:
+        from jaxseg.infer import sliding_window
+        volume = _image((*size, cin))
+
+        def run():
+            return sliding_window.sliding_window_probabilities(
+                forward, volume, window, overlap=overlap, blend="gaussian", window_batch=window_batch)
+    return run, {"params": n_params(model), "_base_rss_mb": base, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only-2d", action="store_true")
+    ap.add_argument("--only-3d", action="store_true")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions (default 10 in 2D, 3 in 3D)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256, help="2D slice edge")
+    ap.add_argument("--volume", default="240,240,155")
+    ap.add_argument("--window", type=int, default=128)
+    ap.add_argument("--overlap", type=float, default=0.5)
+    ap.add_argument("--window-batch", type=int, default=2)
+    ap.add_argument("--in-channels", type=int, default=4)
+    ap.add_argument("--features-2d", default="32,64,128,256,512")
+    ap.add_argument("--features-3d", default="16,32,64,128,256")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.volume, args.window = 64, "48,48,40", 32
+        args.features_2d, args.features_3d, args.reps = "8,16,32,64", "4,8,16", args.reps or 3
+    vol = tuple(int(v) for v in args.volume.split(","))
+    for kind in ("2d", "3d"):
+        if (kind == "2d" and args.only_3d) or (kind == "3d" and args.only_2d):
+            continue
+        features = tuple(int(f) for f in (args.features_2d if kind == "2d" else args.features_3d).split(","))
+        size = (args.size, args.size) if kind == "2d" else vol
+        common = dict(kind=kind, batch=args.batch, size=size, cin=args.in_channels, features=features,
+                      window=args.window, overlap=args.overlap, window_batch=args.window_batch)
+        variants = [
+            Variant("jax", jax_setup, common, env={"JAXSEG_CONV": "auto"}),
+            Variant("jax xla-conv", jax_setup, common, env={"JAXSEG_CONV": "xla"}),
+            Variant("torch eager", torch_setup, dict(common, channels_last=False)),
+            Variant("torch eager CL", torch_setup, dict(common, channels_last=True)),
+        ]
+        what = (f"2D U-Net {features}, batch {args.batch} x {args.size}^2 x {args.in_channels}" if kind == "2d" else
+                f"3D U-Net {features}, volume {vol} x {args.in_channels}, windows {args.window}^3, "
+                f"overlap {args.overlap}, {args.window_batch} per pass, gaussian blend")
+        print(f"\ninference {kind}: {what}", flush=True)
+        t0 = time.time()
+        reps = args.reps or (10 if kind == "2d" else 3)
+        results = run_side_by_side(variants, reps, warmup=2 if kind == "2d" else 1)
+        print_table(f"Inference {kind}: {what} ({time.time() - t0:.0f} s wall)", results,
+                    reference="torch eager", extra=("params",))
+
+
+if __name__ == "__main__":
+    main()
