@@ -72,7 +72,6 @@ def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: in
 
 def torch_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: int, samples: int,
                 dropout: float, mc_chunk: int):
-    import numpy as np
     import torch
     from torch_unet import UNet
     torch.set_num_threads(os.cpu_count())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import http.cookies
 import json
-import re
 import shutil
 import signal
 import socket
