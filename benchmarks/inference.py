@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features-2d", default="32,64,128,256,512")
     ap.add_argument("--features-3d", default="16,32,64,128,256")
+    ap.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.volume, args.window = 64, "48,48,40", 32
@@ -136,6 +137,9 @@ def main() -> None:
             Variant("torch eager", torch_setup, dict(common, channels_last=False)),
             Variant("torch eager CL", torch_setup, dict(common, channels_last=True)),
         ]
+        if args.only:
+            keep = {s.strip() for s in args.only.split(",")}
+            variants = [v for v in variants if v.name in keep]
         what = (f"2D U-Net {features}, batch {args.batch} x {args.size}^2 x {args.in_channels}" if kind == "2d" else
                 f"3D U-Net {features}, volume {vol} x {args.in_channels}, windows {args.window}^3, "
                 f"overlap {args.overlap}, {args.window_batch} per pass, gaussian blend")
