@@ -13,6 +13,9 @@ Dropout sits between the two convolutions of the bottleneck block and of every d
 
 The forward pass returns the named activations Grad-CAM needs (STYLE.md habit 1):
 ``enc0 .. enc{depth}`` (``enc{depth}`` is the bottleneck) and ``dec{depth-1} .. dec0``.
+
+``spatial_dims=3`` gives the same network on volumes (every layer its 3D counterpart); the 3D
+U-Net (:mod:`jaxseg.models.unet3d`) is exactly that.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from jaxseg.models.layers import ConvBlock, add_perturbation, check_perturb_name
 
 
 class UNet(nnx.Module):
-    """U-Net for ``(B, H, W, in_channels)`` images; ``H`` and ``W`` divisible by ``2**depth``.
+    """U-Net for ``(B, H, W, in_channels)`` images (or ``(B, X, Y, Z, in_channels)`` volumes with
+    ``spatial_dims=3``); every spatial size divisible by ``2**depth``.
 
     Args:
       in_channels: input channels (MRI modalities).
@@ -33,6 +37,7 @@ class UNet(nnx.Module):
       features: channels per level; ``depth = len(features) - 1`` poolings; the last entry is
         the bottleneck.
       dropout: dropout rate in the bottleneck and decoder blocks, in [0, 1).
+      spatial_dims: 2 (slices) or 3 (volumes).
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters, batch statistics
         and the returned logits are float32 whatever it is.
       rngs: parameter initialisation keys.
@@ -40,12 +45,15 @@ class UNet(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int,
                  features: tuple[int, ...] = (32, 64, 128, 256, 512), dropout: float = 0.0, *,
-                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 spatial_dims: int = 2, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         features = tuple(int(f) for f in features)
         if len(features) < 2 or min(features) < 1:
             raise ValueError(f"features must list at least two positive channel counts, got {features}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.features = features
@@ -56,17 +64,18 @@ class UNet(nnx.Module):
         # draws its own mask from fold_in(dropout_key, level).
         self.encoders = nnx.List([
             ConvBlock(in_channels if i == 0 else features[i - 1], features[i],
-                      dropout=dropout if i == d else 0.0, dropout_index=i, dtype=dtype, rngs=rngs)
+                      dropout=dropout if i == d else 0.0, dropout_index=i, spatial_dims=spatial_dims,
+                      dtype=dtype, rngs=rngs)
             for i in range(d + 1)])
         self.upsamplers = nnx.List([
-            ConvTranspose(features[i + 1], features[i], (2, 2), strides=(2, 2), padding="VALID",
-                              dtype=dtype, rngs=rngs)
+            ConvTranspose(features[i + 1], features[i], (2,) * spatial_dims, strides=(2,) * spatial_dims,
+                          padding="VALID", dtype=dtype, rngs=rngs)
             for i in range(d)])
         self.decoders = nnx.List([
-            ConvBlock(2 * features[i], features[i], dropout=dropout, dropout_index=i, dtype=dtype,
-                      rngs=rngs)
+            ConvBlock(2 * features[i], features[i], dropout=dropout, dropout_index=i,
+                      spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
             for i in range(d)])
-        self.head = Conv(features[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
+        self.head = Conv(features[0], out_channels, (1,) * spatial_dims, dtype=dtype, rngs=rngs)
 
     @property
     def activation_names(self) -> tuple[str, ...]:
@@ -76,10 +85,10 @@ class UNet(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Segment a batch of slices.
+        """Segment a batch of slices (or volumes with ``spatial_dims=3``).
 
         Args:
-          x: ``(B, H, W, in_channels)`` float images.
+          x: ``(B, H, W, in_channels)`` float images, ``(B, X, Y, Z, in_channels)`` for 3D.
           train: batch norm normalises with batch statistics and updates its running averages
             iff True (so a train-mode call mutates the module; run it under ``nnx.split`` /
             ``nnx.merge`` in a pure step).
@@ -93,12 +102,15 @@ class UNet(nnx.Module):
           maps each name of :attr:`activation_names` to its (perturbed) value in the compute
           dtype: ``enc{i}`` and ``dec{i}`` have shape ``(B, H / 2**i, W / 2**i, features[i])``.
         """
-        batch, height, width, channels = x.shape
-        factor = 2 ** self.depth
-        if channels != self.in_channels:
-            raise ValueError(f"UNet expects {self.in_channels} input channels, got input of shape {x.shape}")
-        if height % factor or width % factor:
-            raise ValueError(f"UNet of depth {self.depth} needs H and W divisible by {factor}, got {x.shape}")
+        name, factor = type(self).__name__, 2 ** self.depth
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"{name} expects {self.spatial_dims} spatial axes plus batch and channels, "
+                             f"got input of shape {x.shape}")
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"{name} expects {self.in_channels} input channels, got input of shape {x.shape}")
+        if any(size % factor for size in x.shape[1:-1]):
+            raise ValueError(f"{name} of depth {self.depth} needs every spatial size divisible by {factor}, "
+                             f"got {x.shape}")
         check_perturb_names(perturb, self.activation_names)
 
         activations: dict[str, jax.Array] = {}
