@@ -407,23 +407,24 @@ def make_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: 
         (default: all devices). Raises JaxsegError otherwise.
     The iterator's ``get_state()`` / ``set_state()`` (JSON bytes) resume at the identical batch.
     """
-    if cfg.data.format != "brats":  # 2D slice records (figshare .mat, image folders)
-        from jaxseg.data import slices2d
-        return slices2d.make_record_loader(cfg, cases, train=train, seed=seed, index=index, mesh=mesh,
-                                           cache_dir=cache_dir)
     n_devices = mesh.shape["data"] if mesh is not None else jax.device_count()
     _check_batch(cfg.train.batch_size, n_devices)
     if not 0 <= seed < 2 ** 32:
         raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
     modalities = canonical_modalities(cfg)
+    source_class = SliceSource
+    if cfg.data.format != "brats":  # 2D slice records (figshare .mat, image folders): same batches
+        from jaxseg.data.slices2d import RecordSource
+        source_class = RecordSource
     if index is None:
         index = build_slice_index(cases, modalities, cfg.data, seed, train, cache_dir)
     index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
     if not len(index):
-        raise JaxsegError(f"data: no {'training' if train else 'validation'} slices in {len(cases)} cases "
-                          "(check data.min_tumor_pixels, data.min_tumor_fraction, data.empty_slice_fraction)")
+        raise JaxsegError(f"data: no {'training' if train else 'validation'} slices in {len(cases)} "
+                          f"{'cases' if cfg.data.format == 'brats' else 'records'} (check data.min_tumor_pixels, "
+                          "data.min_tumor_fraction, data.empty_slice_fraction)")
     index, valid = padded_index(index, cfg.train.batch_size, train, "training slices")
-    source = SliceSource(cases, modalities, cfg.data, index, valid, cache_dir)
+    source = source_class(cases, modalities, cfg.data, index, valid, cache_dir)
     augment = Augment(cfg.data.augment)
     return build_loader(source, [augment] if train and augment.active else [], train=train, seed=seed,
                         global_batch=cfg.train.batch_size, workers=cfg.data.workers)

@@ -6,9 +6,9 @@ batch is exactly a :class:`jaxseg.data.pipeline.SliceSource` batch: ``image (B, 
 ``target (B, S, S, 1)``, ``classes (B, S, S)`` (1 = tumor), ``case`` (the record's position),
 ``z`` (always 0) and ``valid``, and the train step, validation and metrics run unchanged.
 
-:func:`build_record_index` and :func:`make_record_loader` have the signatures of
-``pipeline.build_slice_index`` and ``pipeline.make_loader``, which hand over to them when
-``data.format`` is not ``brats``. The index reads and prepares every record once (so a bad file
+:func:`build_record_index` has the signature of ``pipeline.build_slice_index``, which hands
+over to it when ``data.format`` is not ``brats``; ``pipeline.make_loader`` then builds the same
+loader around :class:`RecordSource`. The index reads and prepares every record once (so a bad file
 stops the run before the first step, naming the file) and is stored in the run's cache folder.
 """
 from __future__ import annotations
@@ -17,12 +17,9 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import grain
-import jax
 import numpy as np
-from jax.sharding import Mesh
 
-from jaxseg.config import Config, DataConfig, canonical_modalities
+from jaxseg.config import DataConfig
 from jaxseg.data import brats, pipeline, preprocess
 from jaxseg.data.records import Record, load_record, to_volume
 from jaxseg.errors import JaxsegError
@@ -106,25 +103,3 @@ class RecordSource(pipeline.CaseIndexedSource):
         return {"image": np.array(prepared.slices[0]), "target": brats.make_target(classes, self._cfg.target),
                 "classes": classes, "case": np.int32(record_index), "z": np.int32(0),
                 "valid": np.bool_(self._valid[i])}
-
-
-def make_record_loader(cfg: Config, records: Sequence[Record], *, train: bool, seed: int,
-                       index: np.ndarray | None = None, mesh: Mesh | None = None,
-                       cache_dir: str | Path | None = None) -> grain.DataLoader:
-    """:func:`jaxseg.data.pipeline.make_loader` for 2D records: same batches, order, sharding,
-    padding of validation and augmentation."""
-    pipeline._check_batch(cfg.train.batch_size, mesh.shape["data"] if mesh is not None else jax.device_count())
-    if not 0 <= seed < 2 ** 32:
-        raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
-    modalities = canonical_modalities(cfg)
-    if index is None:
-        index = build_record_index(records, modalities, cfg.data, seed, train, cache_dir)
-    index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
-    if not len(index):
-        raise JaxsegError(f"data: no {'training' if train else 'validation'} slices among {len(records)} "
-                          "records (check data.min_tumor_pixels, data.empty_slice_fraction)")
-    index, valid = pipeline.padded_index(index, cfg.train.batch_size, train, "training slices")
-    source = RecordSource(records, modalities, cfg.data, index, valid, cache_dir)
-    augment = pipeline.Augment(cfg.data.augment)
-    return pipeline.build_loader(source, [augment] if train and augment.active else [], train=train, seed=seed,
-                                 global_batch=cfg.train.batch_size, workers=cfg.data.workers)
