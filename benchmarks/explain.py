@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import Variant, print_table, proc_status_mb, run_side_by_side  # noqa: E402
+from harness import Variant, add_variant_option, env_variants, print_table, proc_status_mb, run_side_by_side  # noqa: E402
 
 
 def _slices(n, size, cin, seed=0):
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--features", default="32,64,128,256,512")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default="", help="gradcam or mc")
+    add_variant_option(ap)
     args = ap.parse_args()
     if args.quick:
         args.slices, args.size, args.features, args.samples, args.reps = 20, 32, "4,8,16", 4, 2
@@ -143,7 +144,7 @@ def main() -> None:
                       batch=args.batch, samples=args.samples, dropout=args.dropout, mc_chunk=args.mc_chunk)
         torch_name = "torch+captum" if task == "gradcam" else "torch eager"
         variants = [Variant("jax", jax_setup, common, env={"JAXSEG_CONV": "auto"}),
-                    Variant(torch_name, torch_setup, common)]
+                    Variant(torch_name, torch_setup, common)] + env_variants(args.jax_variant, jax_setup, common)
         what = (f"Grad-CAM (dec0, mean WT) of {args.slices} slices" if task == "gradcam"
                 else f"{args.samples} MC-dropout passes of {args.slices} slices")
         what += f", {args.size} px, U-Net {features}, {args.batch} slices per pass"

@@ -48,6 +48,24 @@ class Variant:
     setup_timeout: float = 1800.0
 
 
+def add_variant_option(ap) -> None:
+    """``--jax-variant NAME:K=V[;K=V]`` (repeatable): one more jaxseg column run with these
+    environment variables, e.g. ``--jax-variant "no ynn:XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type="``."""
+    ap.add_argument("--jax-variant", action="append", default=[], metavar="NAME:K=V[;K=V]",
+                    help="an extra jaxseg variant run with these environment variables "
+                         "(XLA_FLAGS, JAXSEG_CONV, ...); repeatable")
+
+
+def env_variants(specs: list[str], setup, kwargs: dict) -> list[Variant]:
+    """The ``--jax-variant`` columns: ``setup(**kwargs)`` under each spec's environment."""
+    out = []
+    for spec in specs:
+        name, _, env = spec.partition(":")
+        out.append(Variant(name.strip(), setup, dict(kwargs),
+                           env=dict(kv.split("=", 1) for kv in env.split(";") if kv)))
+    return out
+
+
 def _worker(variant: Variant, warmup: int, conn) -> None:
     try:
         os.environ.update(variant.env)

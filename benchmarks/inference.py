@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import Variant, print_table, proc_status_mb, run_side_by_side  # noqa: E402
+from harness import Variant, add_variant_option, env_variants, print_table, proc_status_mb, run_side_by_side  # noqa: E402
 
 
 def _image(shape, seed=0):
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--features-2d", default="32,64,128,256,512")
     ap.add_argument("--features-3d", default="16,32,64,128,256")
     ap.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
+    add_variant_option(ap)
     args = ap.parse_args()
     if args.quick:
         args.size, args.volume, args.window = 64, "48,48,40", 32
@@ -136,7 +137,7 @@ def main() -> None:
             Variant("jax xla-conv", jax_setup, common, env={"JAXSEG_CONV": "xla"}),
             Variant("torch eager", torch_setup, dict(common, channels_last=False)),
             Variant("torch eager CL", torch_setup, dict(common, channels_last=True)),
-        ]
+        ] + env_variants(args.jax_variant, jax_setup, common)
         if args.only:
             keep = {s.strip() for s in args.only.split(",")}
             variants = [v for v in variants if v.name in keep]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import Variant, print_table, proc_status_mb, run_side_by_side  # noqa: E402
+from harness import Variant, add_variant_option, env_variants, print_table, proc_status_mb, run_side_by_side  # noqa: E402
 
 
 def _data(batch: int, size: int, cin: int, seed: int = 0):
@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile-timeout", type=float, default=900.0, help="seconds torch.compile may take")
     ap.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
+    add_variant_option(ap)
     args = ap.parse_args()
     if args.quick:
         args.size, args.features, args.reps, args.warmup = 64, "8,16,32,64", 3, 1
@@ -126,6 +127,7 @@ def main() -> None:
         Variant("jax xla-conv", jax_setup, dict(common, bf16=False), env={"JAXSEG_CONV": "xla"}),
         Variant("jax", jax_setup, dict(common, bf16=False), env={"JAXSEG_CONV": "auto"}),
     ]
+    variants += env_variants(args.jax_variant, jax_setup, dict(common, bf16=False))
     if args.bf16:
         variants.append(Variant("jax bf16", jax_setup, dict(common, bf16=True), env={"JAXSEG_CONV": "auto"}))
     variants += [

@@ -40,8 +40,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from jaxseg import xla_cpu_convolutions
+
 MODES = ("auto", "fast", "xla")
 _WGRAD_LOOP = os.environ.get("JAXSEG_WGRAD_LOOP", "1") == "1"  # experiment switch (benchmarks/NOTES.md)
+# Which weight gradient the fast path uses: "auto" (see _tap_weight_grad), "taps" or "xla".
+_WGRAD = os.environ.get("JAXSEG_WGRAD", "auto")
+if _WGRAD not in ("auto", "taps", "xla"):
+    raise ValueError(f"JAXSEG_WGRAD must be auto, taps or xla, got {_WGRAD!r}")
 _mode = os.environ.get("JAXSEG_CONV", "auto")
 if _mode not in MODES:
     raise ValueError(f"JAXSEG_CONV must be one of {MODES}, got {_mode!r}")
@@ -139,8 +145,27 @@ def _fast_conv_fwd(x, w, strides, padding, precision, preferred_element_type):
     return _plain_conv(x, w, strides, padding, precision, preferred_element_type), (x, w)
 
 
+def _tap_weight_grad(in_channels: int) -> bool:
+    """Whether the fast path computes the weight gradient as tap products (else XLA's own).
+
+    With XLA's own convolutions (jaxseg's default CPU flags, ``jaxseg.CPU_XLA_FLAGS``) its
+    weight-gradient convolution beat the tap products for every U-Net layer of 16 or more input
+    channels (e.g. 91 against 115 ms at 256^2 x 32 -> 32, batch 4); with YNNPACK's convolutions
+    (jaxlib's default) the tap products won (163 against 277 ms). Below 16 input channels the
+    tap products won either way.
+    ``JAXSEG_WGRAD=taps|xla`` forces one (benchmarks and tests).
+    """
+    if _WGRAD != "auto":
+        return _WGRAD == "taps"
+    return not (xla_cpu_convolutions() and in_channels >= 16)
+
+
 def _fast_conv_bwd(strides, padding, precision, preferred_element_type, res, dy):
     x, w = res
+    if not _tap_weight_grad(x.shape[-1]):
+        _, vjp = jax.vjp(lambda x_, w_: _plain_conv(x_, w_, strides, padding, precision,
+                                                    preferred_element_type), x, w)
+        return vjp(dy)
     # The input gradient is XLA's own transpose: a forward convolution, which is fast.
     _, vjp_x = jax.vjp(lambda x_: _plain_conv(x_, w, strides, padding, precision,
                                               preferred_element_type), x)

@@ -159,3 +159,32 @@ def test_fast_3d_lowers_to_2d_convolutions():
         text = f.lower(x, w).as_text()
     convs = [line for line in text.splitlines() if "stablehlo.convolution" in line]
     assert convs and all("tensor<2x4x4x4x" not in line.split("->")[0] for line in convs)
+
+
+@pytest.mark.parametrize("wgrad", ["taps", "xla", "auto"])
+@pytest.mark.parametrize("cin", [3, 16])
+def test_fast_path_weight_gradient_choices_match_xla(monkeypatch, wgrad, cin):
+    """Either weight gradient the fast path may pick (tap products, or XLA's own with the
+    matmul upsampler around it) gives XLA's gradients, below and above the 16-channel switch."""
+    monkeypatch.setattr(C, "_WGRAD", wgrad)
+    x, w = _inputs(2, 3, cin=cin, cout=8, size=6)
+    f = _conv_fn(2, 1, "SAME")
+    results = {}
+    for mode in ("fast", "xla"):
+        with C.conv_mode(mode):
+            y, vjp = jax.vjp(jax.jit(f), x, w)
+            results[mode] = (y, *vjp(jax.random.normal(jax.random.key(5), y.shape)))
+    for a, b, name in zip(results["fast"], results["xla"], ("y", "dx", "dw")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_weight_gradient_choice_follows_the_convolution_library(monkeypatch):
+    """auto: XLA's weight gradient where XLA (not YNNPACK) runs convolutions and the layer has
+    16+ input channels, the tap products otherwise; JAXSEG_WGRAD forces either."""
+    monkeypatch.setattr(C, "_WGRAD", "auto")
+    monkeypatch.setattr(C, "xla_cpu_convolutions", lambda: True)
+    assert C._tap_weight_grad(4) and not C._tap_weight_grad(16) and not C._tap_weight_grad(512)
+    monkeypatch.setattr(C, "xla_cpu_convolutions", lambda: False)
+    assert C._tap_weight_grad(4) and C._tap_weight_grad(512)
+    monkeypatch.setattr(C, "_WGRAD", "xla")
+    assert not C._tap_weight_grad(4)
