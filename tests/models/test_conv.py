@@ -188,3 +188,20 @@ def test_weight_gradient_choice_follows_the_convolution_library(monkeypatch):
     assert C._tap_weight_grad(4) and C._tap_weight_grad(512)
     monkeypatch.setattr(C, "_WGRAD", "xla")
     assert not C._tap_weight_grad(4)
+
+
+@pytest.mark.parametrize("cin,cout", [(3, 4), (5, 4), (4, 4)])
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, "SAME"), (3, 1, "VALID"), (3, 1, ((2, 0), (1, 1), (0, 1))),
+                                              (3, 2, "SAME"), (1, 1, "SAME")])
+def test_fast_3d_both_stackings_match_xla(cin, cout, k, stride, padding):
+    """Depth taps stacked on the inputs (cin < cout or strided) or on the outputs (cin >= cout):
+    values and both gradients equal XLA's 3D convolution's."""
+    x, w = _inputs(3, k, cin=cin, cout=cout, size=6)
+    f = _conv_fn(3, stride, padding)
+    results = {}
+    for mode in ("fast", "xla"):
+        with C.conv_mode(mode):
+            y, vjp = jax.vjp(jax.jit(f), x, w)
+            results[mode] = (y, *vjp(jax.random.normal(jax.random.key(3), y.shape)))
+    for a, b, name in zip(results["fast"], results["xla"], ("y", "dx", "dw")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
