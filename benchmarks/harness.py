@@ -157,7 +157,22 @@ def machine_line() -> str:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"machine: {cpu}, {os.cpu_count()} logical cores, load average {load[0]:.2f}; "
-            f"python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+            f"python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
+            f"(jaxseg workers add {_jaxseg_flags()} unless JAXSEG_XLA_DEFAULTS=0)")
+
+
+def _jaxseg_flags() -> str:
+    """jaxseg's default XLA flags, read from its source (the parent must not import jax)."""
+    import ast
+    init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxseg", "__init__.py")
+    try:
+        tree = ast.parse(open(init).read())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CPU_XLA_FLAGS":
+                return " ".join(ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return "?"
 
 
 def print_table(title: str, results: list[Result], reference: str, unit: str = "s",

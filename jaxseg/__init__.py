@@ -16,12 +16,23 @@ __version__ = "0.1.0"
 # reductions stay with YNNPACK. Measurements: benchmarks/NOTES.md, section 10.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# XLA aborts the process on a flag it does not know, and experimental flags come and go: add
+# them only for the jaxlib series they were measured on.
+_FLAGS_JAXLIB = "0.10."
+
+
+def _jaxlib_version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def _add_default_xla_flags() -> None:
     """Append :data:`CPU_XLA_FLAGS` to ``XLA_FLAGS``, except flags the user already set.
-    ``JAXSEG_XLA_DEFAULTS=0`` turns this off."""
-    if os.environ.get("JAXSEG_XLA_DEFAULTS", "1") == "0":
+    ``JAXSEG_XLA_DEFAULTS=0`` turns this off; so does a jaxlib other than 0.10.x."""
+    if os.environ.get("JAXSEG_XLA_DEFAULTS", "1") == "0" or not _jaxlib_version().startswith(_FLAGS_JAXLIB):
         return
     current = os.environ.get("XLA_FLAGS", "")
     extra = [flag for flag in CPU_XLA_FLAGS if flag.split("=", 1)[0] not in current]

@@ -61,3 +61,9 @@ def test_the_flags_reach_the_compiler(defaults, ynn):
     env.update(JAX_PLATFORMS="cpu", JAXSEG_XLA_DEFAULTS=defaults)
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(ynn)
+
+
+def test_no_flags_for_another_jaxlib(monkeypatch):
+    """XLA aborts on a flag it does not know: other jaxlib series get none of ours."""
+    monkeypatch.setattr(jaxseg, "_jaxlib_version", lambda: "0.11.0")
+    assert _flags_after_import(monkeypatch, {}) == ""

@@ -4,22 +4,24 @@ All models build their convolutions through :func:`Conv` and :func:`ConvTranspos
 convolution primitive is chosen here and nowhere else. Parameters keep Flax's layout whatever
 the primitive: ``kernel`` ``(*window, in, out)``, ``bias`` ``(out,)``.
 
-**Why.** XLA's CPU backend runs a convolution's *weight* gradient 2-3x slower than the forward
-convolution (it is a convolution whose "window" is the whole image), and a 2x2 stride-2
-transposed convolution goes through the general convolution of a stride-dilated input. Both
-are plain matrix products in disguise (measurements: benchmarks/NOTES.md):
+**Why.** On CPU, a 2x2 stride-2 transposed convolution goes through XLA's general convolution
+of a stride-dilated input (2.1 s of a 4.9 s train step), a 3D convolution ran 2-3x slower
+than the same work as a 2D one, and a weight gradient can be slower than the same sum written
+as matrix products. Measurements and the history: benchmarks/NOTES.md (section 10 is current).
 
 - weight gradient of a convolution with window ``k``: for every tap ``t`` of the window,
   ``dW[t] = x_t^T dy`` where ``x_t`` is the (strided) shifted input that tap sees, flattened to
-  ``(B * out_pixels, in)`` (:func:`weight_grad`). The input gradient stays XLA's own (a forward
-  convolution, which XLA runs fast).
+  ``(B * out_pixels, in)`` (:func:`weight_grad`), where that beats XLA's own weight gradient:
+  below 16 input channels, or when YNNPACK runs the convolutions (:func:`_tap_weight_grad`).
+  The input gradient stays XLA's own (a forward convolution).
 - a transposed convolution whose window equals its stride (the U-Nets' 2x2 / 2x2x2 upsampler) is
   one ``(B * pixels, in) @ (in, prod(window) * out)`` product and a reshape
   (:func:`upsample_matmul`); its gradients are matrix products too.
+- a 3D convolution is one 2D convolution with the depth taps stacked on the output or the
+  input channels (:func:`_conv3d_via_2d`); its gradients follow by autodiff through the 2D one.
 
-XLA's CPU backend also ran a 3D convolution 2.4x slower than the same work as one 2D one, so
-on the fast path a 3D convolution is a 2D one over depth taps stacked on the channel axis
-(:func:`_conv3d_via_2d`), whose gradients follow by autodiff through the 2D fast convolution.
+The XLA flag that gives convolutions to XLA rather than YNNPACK is set by ``import jaxseg``
+(``jaxseg.CPU_XLA_FLAGS``); this module only reads which library runs them.
 
 **Which path.** ``mode`` is ``"auto"`` (default), ``"fast"`` or ``"xla"``: read from
 ``JAXSEG_CONV`` at import, changed with :func:`set_conv_mode` or the :func:`conv_mode` context.

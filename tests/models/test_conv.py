@@ -37,18 +37,21 @@ def _inputs(nd, k, cin=3, cout=4, size=7, seed=0):
     return x, w
 
 
-@pytest.mark.parametrize("nd,k,stride,padding", CASES)
-def test_fast_gradients_match_xla_autodiff(nd, k, stride, padding):
-    x, w = _inputs(nd, k)
-    f = _conv_fn(nd, stride, padding)
+def _assert_fast_matches_xla(f, x, w, tol=1e-5, seed=5):
+    """``f``'s value and both gradients on the fast path equal XLA's convolution's."""
     results = {}
     for mode in ("fast", "xla"):
         with C.conv_mode(mode):
             y, vjp = jax.vjp(jax.jit(f), x, w)
-            ct = jax.random.normal(jax.random.key(5), y.shape)
-            results[mode] = (y, *vjp(ct))
+            results[mode] = (y, *vjp(jax.random.normal(jax.random.key(seed), y.shape)))
     for a, b, name in zip(results["fast"], results["xla"], ("y", "dx", "dw")):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("nd,k,stride,padding", CASES)
+def test_fast_gradients_match_xla_autodiff(nd, k, stride, padding):
+    x, w = _inputs(nd, k)
+    _assert_fast_matches_xla(_conv_fn(nd, stride, padding), x, w)
 
 
 @pytest.mark.parametrize("nd,k,stride,padding,order", [(*CASES[0], 2), (*CASES[2], 1), (*CASES[4], 1),
@@ -151,9 +154,11 @@ def test_bad_mode_is_rejected():
     assert C.get_conv_mode() in C.MODES
 
 
-def test_fast_3d_lowers_to_2d_convolutions():
-    """The fast 3D path stacks depth taps on channels: only 2D (4-D operand) convolutions remain."""
-    x, w = _inputs(3, 3, size=4)
+@pytest.mark.parametrize("cin", [3, 5])
+def test_fast_3d_lowers_to_2d_convolutions(cin):
+    """The fast 3D path stacks depth taps on channels (inputs for 3 -> 4, outputs for 5 -> 4):
+    only 2D (4-D operand) convolutions remain."""
+    x, w = _inputs(3, 3, cin=cin, size=4)
     f = jax.jit(jax.grad(lambda x, w: (_conv_fn(3, 1, "SAME")(x, w) ** 2).sum(), argnums=(0, 1)))
     with C.conv_mode("fast"):
         text = f.lower(x, w).as_text()
@@ -168,14 +173,7 @@ def test_fast_path_weight_gradient_choices_match_xla(monkeypatch, wgrad, cin):
     matmul upsampler around it) gives XLA's gradients, below and above the 16-channel switch."""
     monkeypatch.setattr(C, "_WGRAD", wgrad)
     x, w = _inputs(2, 3, cin=cin, cout=8, size=6)
-    f = _conv_fn(2, 1, "SAME")
-    results = {}
-    for mode in ("fast", "xla"):
-        with C.conv_mode(mode):
-            y, vjp = jax.vjp(jax.jit(f), x, w)
-            results[mode] = (y, *vjp(jax.random.normal(jax.random.key(5), y.shape)))
-    for a, b, name in zip(results["fast"], results["xla"], ("y", "dx", "dw")):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+    _assert_fast_matches_xla(_conv_fn(2, 1, "SAME"), x, w, tol=1e-4)
 
 
 def test_weight_gradient_choice_follows_the_convolution_library(monkeypatch):
@@ -197,11 +195,4 @@ def test_fast_3d_both_stackings_match_xla(cin, cout, k, stride, padding):
     """Depth taps stacked on the inputs (cin < cout or strided) or on the outputs (cin >= cout):
     values and both gradients equal XLA's 3D convolution's."""
     x, w = _inputs(3, k, cin=cin, cout=cout, size=6)
-    f = _conv_fn(3, stride, padding)
-    results = {}
-    for mode in ("fast", "xla"):
-        with C.conv_mode(mode):
-            y, vjp = jax.vjp(jax.jit(f), x, w)
-            results[mode] = (y, *vjp(jax.random.normal(jax.random.key(3), y.shape)))
-    for a, b, name in zip(results["fast"], results["xla"], ("y", "dx", "dw")):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+    _assert_fast_matches_xla(_conv_fn(3, stride, padding), x, w, tol=1e-4, seed=3)
