@@ -50,7 +50,7 @@ class Variant:
 
 def add_variant_option(ap) -> None:
     """``--jax-variant NAME:K=V[;K=V]`` (repeatable): one more jaxseg column run with these
-    environment variables, e.g. ``--jax-variant "no ynn:XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type="``."""
+    environment variables, e.g. ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``."""
     ap.add_argument("--jax-variant", action="append", default=[], metavar="NAME:K=V[;K=V]",
                     help="an extra jaxseg variant run with these environment variables "
                          "(XLA_FLAGS, JAXSEG_CONV, ...); repeatable")
@@ -158,7 +158,7 @@ def machine_line() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"machine: {cpu}, {os.cpu_count()} logical cores, load average {load[0]:.2f}; "
             f"python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
-            f"(jaxseg workers add {_jaxseg_flags()} unless JAXSEG_XLA_DEFAULTS=0)")
+            f"(jaxseg adds {_jaxseg_flags()} unless already set or JAXSEG_XLA_DEFAULTS=0)")
 
 
 def _jaxseg_flags() -> str:

@@ -15,7 +15,10 @@
 
 Variants: ``jax`` (default convolution path), ``jax xla-conv`` (``JAXSEG_CONV=xla``), ``torch
 eager`` (reference), ``torch eager CL`` (channels_last). Forward passes have no weight gradient,
-so the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast path).
+so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
+path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
+default XLA flags (``jaxseg.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
+adds a column without them.
 Each variant runs in its own process (benchmarks/harness.py).
 """
 from __future__ import annotations

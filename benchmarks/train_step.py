@@ -7,8 +7,12 @@ One step = forward, BCE+Dice, backward, Adam, for:
 
 - ``jax xla-conv``: jaxseg's jitted train step (``jaxseg.train.step.make_train_step``, state
   donated) with XLA's own convolution gradients (``JAXSEG_CONV=xla``);
-- ``jax``: the same with ``JAXSEG_CONV=auto``, the default, which on CPU takes the convolution
-  of ``jaxseg/models/conv.py`` whose weight gradient is a matrix product;
+- ``jax``: the same with ``JAXSEG_CONV=auto``, the default, which on CPU takes the CPU forms
+  of ``jaxseg/models/conv.py`` (matrix-product upsampling; tap-product weight gradients below
+  16 input channels);
+- ``--jax-variant "NAME:K=V;K=V"``: more jaxseg columns with other environment variables, e.g.
+  ``"jax jaxlib-flags:JAXSEG_XLA_DEFAULTS=0"`` without jaxseg's default XLA flags
+  (``jaxseg.CPU_XLA_FLAGS``, which every other jax column has);
 - ``jax bf16`` (``--bf16``): the default path computing in bfloat16 (parameters float32);
 - ``torch eager`` (the reference), ``torch eager CL`` (channels_last memory format) and
   ``torch.compile`` (skipped with ``--no-compile``, reported if it does not finish in time):
