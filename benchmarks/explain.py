@@ -11,8 +11,8 @@ explain`` does:
   probability: jaxseg's ``gradcam_volume`` (one jitted ``jax.grad`` per chunk) against Captum's
   ``LayerGradCam`` on the last decoder block, upsampled bilinearly with
   ``LayerAttribution.interpolate`` and divided by each map's maximum as jaxseg does.
-- **20 MC-dropout passes of the volume**: jaxseg's ``mc_dropout`` (the 20 passes vmapped, or
-  ``--mc-chunk`` at a time) against a torch loop of 20 passes with the dropout modules in train
+- **20 MC-dropout passes of the volume**: jaxseg's ``mc_dropout`` (5 passes at a time as
+  ``jaxseg explain`` runs them, or ``--mc-chunk K``; 0 = all 20 in one vmap) against a torch loop of 20 passes with the dropout modules in train
   mode (batch norm in eval mode); both return mean, variance, entropy and mutual information.
 
 Each variant runs in its own process (benchmarks/harness.py). Captum 0.9 installs beside torch
@@ -36,6 +36,14 @@ from harness import Variant, add_variant_option, env_variants, print_table, proc
 def _slices(n, size, cin, seed=0):
     import numpy as np
     return np.random.default_rng(seed).standard_normal((n, size, size, cin), dtype=np.float32)
+
+
+def _chunk(mc_chunk: int):
+    """``--mc-chunk`` as ``mc_dropout``'s ``chunk``: -1 = jaxseg explain's default, 0 = all."""
+    if mc_chunk < 0:
+        from jaxseg.explain.run import MC_SLICE_CHUNK
+        return MC_SLICE_CHUNK
+    return mc_chunk or None
 
 
 def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: int, samples: int,
@@ -64,7 +72,7 @@ def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: in
                 if len(chunk) < batch:  # one compiled program, as jaxseg explain pads
                     chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
                 stats_ = mc_dropout(graphdef, params, stats, chunk, jax.random.fold_in(key, i), samples,
-                                    "wt", chunk=mc_chunk or None)
+                                    "wt", chunk=_chunk(mc_chunk))
                 out.append({k: np.asarray(v) for k, v in stats_.items()})
             return out
     return run, {"_base_rss_mb": base}
@@ -127,7 +135,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--dropout", type=float, default=0.2)
-    ap.add_argument("--mc-chunk", type=int, default=0, help="jaxseg: MC passes at once (0 = all, the default)")
+    ap.add_argument("--mc-chunk", type=int, default=-1,
+                    help="jaxseg: MC passes at once (0 = all in one vmap; default -1 = what "
+                         "`jaxseg explain` uses, jaxseg.explain.run.MC_SLICE_CHUNK)")
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features", default="32,64,128,256,512")
     ap.add_argument("--reps", type=int, default=3)

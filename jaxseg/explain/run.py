@@ -181,9 +181,16 @@ def _default_layer(predictor: Predictor) -> str:
     return "dec0" if "dec0" in names else names[-1]
 
 
+# MC-dropout passes run at once per slice batch. All 20 at once (one vmap) took 5.1 GB for 16
+# slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
+# (benchmarks/explain.py, NOTES.md section 10).
+MC_SLICE_CHUNK = 5
+
+
 def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int, kind: str,
                to_volume: Callable) -> dict[str, np.ndarray]:
-    """MC-dropout statistics of every slice, in chunks of the predictor's batch size."""
+    """MC-dropout statistics of every slice, in chunks of the predictor's batch size, the passes
+    :data:`MC_SLICE_CHUNK` at a time."""
     parts: dict[str, list[np.ndarray]] = {}
     size = predictor.batch_size
     for i, start in enumerate(range(0, len(slices), size)):
@@ -191,7 +198,7 @@ def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int,
         pad = size - len(chunk)  # one compiled program for every chunk
         padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
         stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats, padded,
-                           jax.random.fold_in(key, i), n, kind)
+                           jax.random.fold_in(key, i), n, kind, chunk=MC_SLICE_CHUNK)
         for name, value in stats.items():
             parts.setdefault(name, []).append(np.asarray(value)[: size - pad])
     mc = {name: to_volume(np.concatenate(values)) for name, values in parts.items()}
