@@ -148,7 +148,8 @@ def _fast_conv_fwd(x, w, strides, padding, precision, preferred_element_type):
 
 
 def _tap_weight_grad(in_channels: int) -> bool:
-    """Whether the fast path computes the weight gradient as tap products (else XLA's own).
+    """Whether the fast path computes the weight gradient as tap products (else it runs XLA's
+    convolution and its own gradients).
 
     With XLA's own convolutions (jaxseg's default CPU flags, ``jaxseg.CPU_XLA_FLAGS``) its
     weight-gradient convolution beat the tap products for every U-Net layer of 16 or more input
@@ -164,10 +165,6 @@ def _tap_weight_grad(in_channels: int) -> bool:
 
 def _fast_conv_bwd(strides, padding, precision, preferred_element_type, res, dy):
     x, w = res
-    if not _tap_weight_grad(x.shape[-1]):
-        _, vjp = jax.vjp(lambda x_, w_: _plain_conv(x_, w_, strides, padding, precision,
-                                                    preferred_element_type), x, w)
-        return vjp(dy)
     # The input gradient is XLA's own transpose: a forward convolution, which is fast.
     _, vjp_x = jax.vjp(lambda x_: _plain_conv(x_, w, strides, padding, precision,
                                               preferred_element_type), x)
@@ -177,6 +174,13 @@ def _fast_conv_bwd(strides, padding, precision, preferred_element_type, res, dy)
 
 
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def _conv_nd(x, w, strides, padding, precision, preferred_element_type):
+    """The CPU path's 1D/2D convolution: tap-product weight gradient where
+    :func:`_tap_weight_grad` says it wins, XLA's own convolution (and its autodiff) otherwise."""
+    conv = _fast_conv if _tap_weight_grad(x.shape[-1]) else _plain_conv
+    return conv(x, w, strides, padding, precision, preferred_element_type)
 
 
 def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
@@ -194,7 +198,7 @@ def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
       ``z``, and ``y[d] = sum_t z[d + t, ..., t]``. No copy of the input; ``kd`` times the output,
       over ``kd - 1`` extra planes. E.g. 128^3 x 32 -> 16: 1.31 s against 1.91 s.
 
-    Gradients follow by autodiff through the 2D fast convolution.
+    Gradients follow by autodiff through the 2D convolution (:func:`_conv_nd`).
     """
     kd = w.shape[0]
     b, depth, _, _, c = x.shape
@@ -205,7 +209,7 @@ def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
         o = w.shape[-1]
         planes = xp.reshape(b * xp.shape[1], *xp.shape[2:])
         w2 = jnp.moveaxis(w, 0, -2).reshape(*w.shape[1:3], c, kd * o)  # (kh, kw, C, kd * O)
-        z = _fast_conv(planes, w2, strides[1:], padding[1:], precision, preferred_element_type)
+        z = _conv_nd(planes, w2, strides[1:], padding[1:], precision, preferred_element_type)
         z = z.reshape(b, xp.shape[1], *z.shape[1:3], kd, o)
         y = z[:, 0:out_depth, :, :, 0]
         for t in range(1, kd):
@@ -215,7 +219,7 @@ def _conv3d_via_2d(x, w, strides, padding, precision, preferred_element_type):
     stacked = taps[0] if kd == 1 else jnp.concatenate(taps, axis=-1)  # (B, D_out, H, W, kd * C)
     stacked = stacked.reshape(b * out_depth, *stacked.shape[2:])
     w2 = jnp.moveaxis(w, 0, 2).reshape(*w.shape[1:3], kd * c, w.shape[-1])
-    y = _fast_conv(stacked, w2, strides[1:], padding[1:], precision, preferred_element_type)
+    y = _conv_nd(stacked, w2, strides[1:], padding[1:], precision, preferred_element_type)
     return y.reshape(b, out_depth, *y.shape[1:])
 
 
@@ -258,7 +262,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     def fast(l, r):
         if nd == 3:
             return _conv3d_via_2d(l, r, strides, pads, precision, preferred_element_type)
-        return _fast_conv(l, r, strides, pads, precision, preferred_element_type)
+        return _conv_nd(l, r, strides, pads, precision, preferred_element_type)
 
     return _select(fast, lambda l, r: plain(l, r), lhs, rhs)
 

@@ -169,8 +169,8 @@ def test_fast_3d_lowers_to_2d_convolutions(cin):
 @pytest.mark.parametrize("wgrad", ["taps", "xla", "auto"])
 @pytest.mark.parametrize("cin", [3, 16])
 def test_fast_path_weight_gradient_choices_match_xla(monkeypatch, wgrad, cin):
-    """Either weight gradient the fast path may pick (tap products, or XLA's own with the
-    matmul upsampler around it) gives XLA's gradients, below and above the 16-channel switch."""
+    """Whichever weight gradient the fast path picks (tap products, or XLA's convolution and
+    its autodiff) gives XLA's gradients, below and above the 16-channel switch."""
     monkeypatch.setattr(C, "_WGRAD", wgrad)
     x, w = _inputs(2, 3, cin=cin, cout=8, size=6)
     _assert_fast_matches_xla(_conv_fn(2, 1, "SAME"), x, w, tol=1e-4)
