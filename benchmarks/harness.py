@@ -77,6 +77,8 @@ def _worker(variant: Variant, warmup: int, conn) -> None:
         first = time.perf_counter() - t1
         for _ in range(max(warmup - 1, 0)):
             run()
+        if "jax" in sys.modules:  # the flags XLA read in this worker (jaxseg adds its own on import)
+            info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         conn.send(("ready", {"setup_s": t1 - t0, "first_s": first, "base_mb": base, **info}))
         while True:
             cmd = conn.recv()
@@ -157,22 +159,7 @@ def machine_line() -> str:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"machine: {cpu}, {os.cpu_count()} logical cores, load average {load[0]:.2f}; "
-            f"python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} "
-            f"(jaxseg adds {_jaxseg_flags()} unless already set or JAXSEG_XLA_DEFAULTS=0)")
-
-
-def _jaxseg_flags() -> str:
-    """jaxseg's default XLA flags, read from its source (the parent must not import jax)."""
-    import ast
-    init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxseg", "__init__.py")
-    try:
-        tree = ast.parse(open(init).read())
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CPU_XLA_FLAGS":
-                return " ".join(ast.literal_eval(node.value))
-    except (OSError, SyntaxError, ValueError):
-        pass
-    return "?"
+            f"python {platform.python_version()}")
 
 
 def print_table(title: str, results: list[Result], reference: str, unit: str = "s",
@@ -195,6 +182,9 @@ def print_table(title: str, results: list[Result], reference: str, unit: str = "
               f"{ref / r.median:>21.2f}x{peak:>10.0f}{base:>9.0f}{peak - base:>11.0f}"
               f"{r.info.get('first_s', float('nan')):>14.2f}"
               + "".join(f"{str(r.info.get(e, '')):>14}" for e in extra))
+    for r in results:
+        if "xla_flags" in r.info:
+            print(f"XLA_FLAGS of {r.name}: {r.info['xla_flags']!r}")
     print(f"(speed vs {reference} = its median / this median; > 1 is faster. {len(results[0].times) if results else 0} "
           f"interleaved repetitions after warm-up. Memory: worker VmHWM (peak), VmRSS after imports (base).)",
           flush=True)
