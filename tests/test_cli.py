@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from jaxseg import cli
 from tests.data.test_bad_inputs import BAD_INPUTS
 
 runner = CliRunner()

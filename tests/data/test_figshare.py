@@ -143,7 +143,7 @@ def test_2d_formats_refuse_regions_and_classes():
 
 def test_cli_inspect_of_a_figshare_folder(tmp_path):
     from typer.testing import CliRunner
-    import cli
+    from jaxseg import cli
     image, mask = tumor_slice((32, 24), (10, 10), 4)
     write_figshare_mat(tmp_path / "1.mat", image, mask, 1, "A")
     result = CliRunner().invoke(cli.app, ["data", "inspect", str(tmp_path)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from jaxseg import cli
 from jaxseg import config as config_lib
 from jaxseg.data import phantom
 from jaxseg.errors import JaxsegError

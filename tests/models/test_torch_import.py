@@ -135,7 +135,7 @@ def imported(files, tmp_path_factory):
     """``jaxseg import-weights unet.pth --config small.toml --out imported``: (run folder, config file)."""
     from typer.testing import CliRunner
 
-    import cli
+    from jaxseg import cli
     folder = tmp_path_factory.mktemp("imported")
     config = folder / "small.toml"
     config.write_text(config_lib.dumps(config_lib.load_from_dict({}, SMALL_OVERRIDES)))
@@ -171,7 +171,7 @@ def test_the_imported_run_folder_restores_and_training_starts_from_it(twin, file
 def test_predict_uses_the_imported_folder_and_the_command_reports_a_misfit(files, imported, tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from jaxseg import cli
     from jaxseg.data import phantom
     run, config = imported
     runner = CliRunner()

@@ -261,7 +261,7 @@ def test_a_single_flair_volume_for_a_flair_model(flair_run, phantom_case, tmp_pa
 def test_cli_serve_reports_a_bad_checkpoint_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from jaxseg import cli
     result = CliRunner().invoke(cli.app, ["serve", "--checkpoint", str(tmp_path / "nowhere"), "--port", "0"])
     assert result.exit_code == 2 and "no such checkpoint folder" in result.output
     assert "Traceback" not in result.output

@@ -123,7 +123,7 @@ def test_predict_on_an_image_folder_mirrors_its_patient_folders(lgg_run, tmp_pat
 
 def test_cli_predict_and_evaluate_on_an_image_folder(lgg_run, tmp_path):
     from typer.testing import CliRunner
-    import cli
+    from jaxseg import cli
     root, _, result = lgg_run
     runner = CliRunner()
     out = runner.invoke(cli.app, ["predict", str(root), "--checkpoint", str(result.workdir), "--out", str(tmp_path / "p")])

@@ -94,7 +94,7 @@ def test_the_loop_trains_a_3d_model_on_patches(smoke_run_3d):
 def test_train_smoke_flag_trains_the_config_at_its_smoke_size(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from jaxseg import cli
     seen = {}
 
     def fake_train(cfg, workdir, quiet=False):

@@ -1,0 +1,230 @@
+"""The `jaxseg` command line: each command parses its arguments and makes one library call.
+
+Errors a user can cause arrive as :class:`jaxseg.errors.JaxsegError` and are printed as one line
+with exit status 2, never a traceback. Heavy imports (jax) happen inside the commands so that
+``jaxseg --help`` is instant.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Explainable brain-tumor MRI segmentation in pure JAX.")
+data_app = typer.Typer(no_args_is_help=True, help="Look at datasets.")
+app.add_typer(data_app, name="data")
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn user errors into one line on stderr and exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jaxseg.errors import JaxsegError
+        try:
+            return fn(*args, **kwargs)
+        except JaxsegError as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except OSError as e:  # the system's word on a path: permission denied, disk full, ...
+            where = f"{e.filename}: " if e.filename else ""
+            typer.secho(f"error: {where}{e.strerror or e}", err=True, fg="red")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+    return wrapper
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+@_user_errors
+def train(
+    config: str = typer.Option(..., "--config", "-c", help="configs/<name>[.toml] or a path"),
+    workdir: Path = typer.Option(Path("runs/latest"), "--workdir", "-w",
+                                 help="run folder: checkpoints, metrics, resolved config; resumes if present"),
+    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set train.epochs=3"),
+    distributed: bool = typer.Option(False, "--distributed",
+                                     help="multi-host: call jax.distributed.initialize (also JAXSEG_DISTRIBUTED=1)"),
+    coordinator: Optional[str] = typer.Option(None, help="multi-host coordinator host:port"),
+    num_processes: Optional[int] = typer.Option(None, help="multi-host process count"),
+    process_id: Optional[int] = typer.Option(None, help="this process's index"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    smoke: bool = typer.Option(False, "--smoke", help="the config at its smoke size (toy model and data)"),
+) -> None:
+    """Train a model; resumes from the newest checkpoint in --workdir."""
+    from jaxseg import config as config_lib
+    cfg = config_lib.load(config, set_)
+    if smoke:
+        cfg = config_lib.smoke(cfg)
+    from jaxseg.train import loop
+    if distributed or os.environ.get("JAXSEG_DISTRIBUTED") == "1":
+        loop.initialize_distributed(coordinator, num_processes, process_id)
+    result = loop.train(cfg, workdir, quiet=quiet)
+    _say(f"trained {result.steps} steps; best validation Dice {result.best_dice:.4f}; run in {result.workdir}")
+
+
+@app.command()
+@_user_errors
+def predict(
+    path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, a folder of cases, or 2D slices "
+                                          "(.mat, .png, .tif files or folders)"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a run folder made by `jaxseg train`"),
+    out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
+    probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
+    batch_size: int = typer.Option(16, help="slices per forward pass"),
+    min_component_ml: float = typer.Option(0.0, min=0.0, help="remove tumor components smaller than this (mL)"),
+) -> None:
+    """Segment volumes; write labels in each input's own geometry and label convention."""
+    from jaxseg.infer.predict import predict as run
+    for p in run(path, checkpoint, out, probabilities=probabilities, batch_size=batch_size,
+                 min_component_ml=min_component_ml,
+                 progress=lambda case: _say(f"predicting {case}")):
+        volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
+        typer.echo(f"{p.case_id}: {p.segmentation}" + (f"  ({volumes})" if volumes else ""))
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="folder of predicted label maps (<case>.nii.gz)"),
+    ref: Path = typer.Option(..., "--ref", help="folder (searched recursively) with <case>_seg.nii.gz"),
+    out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="folder for per_case.csv, summary.csv"),
+    figures: bool = typer.Option(True, "--figures/--no-figures",
+                                 help="also write gallery.png (best/worst slices) and panels/<case>.png"),
+) -> None:
+    """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
+    from rich.console import Console
+    from jaxseg.evaluate import evaluate_folders
+    summary = evaluate_folders(pred, ref, out, figures=figures)
+    Console().print(summary.render())
+    _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
+         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else ""))
+
+
+@app.command()
+@_user_errors
+def explain(
+    path: Path = typer.Argument(..., help="a NIfTI volume or a case folder"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+                                              help="a run folder; default: the model of `jaxseg demo`"),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o",
+                             help="report.html, or a folder for every map, the JSON summary and the report"),
+    layer: Optional[str] = typer.Option(None, help="Grad-CAM layer: enc0..encN, decN..dec0 (default dec0)"),
+    target: str = typer.Option("mean", help="Grad-CAM score: mean, predicted, or REGION / predicted:REGION"),
+    mc_samples: int = typer.Option(20, min=1, help="MC-dropout passes"),
+    seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
+) -> None:
+    """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
+    from jaxseg.explain.run import ExplainSettings, explain as run
+    result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
+                                                        seed=seed), say=_say)
+    typer.echo(result.summary["caption"])
+    typer.echo(f"report: {result.report}")
+
+
+@app.command("import-weights")
+@_user_errors
+def import_weights(
+    weights: Path = typer.Argument(..., help="a PyTorch state dict: model.pth or model.safetensors"),
+    out: Path = typer.Option(..., "--out", "-o", help="the run folder to write (config.toml + best/)"),
+    arch: str = typer.Option("resunet34", "--arch", help="the architecture of the weights"),
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+                                         help="data and model settings; default: read off the weights"),
+    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set data.target=regions"),
+) -> None:
+    """Convert PyTorch weights (smp Unet, or a torchvision ResNet encoder) into a run folder."""
+    from jaxseg.train.pretrained import import_weights as run
+    result = run(weights, out, arch=arch, config=config, overrides=set_)
+    _say(result.config_note)
+    part = "the whole model" if result.layout == "smp" else "the encoder (decoder and head initialised fresh)"
+    typer.echo(f"imported {part} from {weights} ({result.layout} layout) into {result.run}; use "
+               f"--checkpoint {out} or --set model.pretrained={out}")
+
+
+@app.command()
+@_user_errors
+def phantom(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write cases into"),
+    cases: int = typer.Option(8, "--cases", "-n", min=1, help="how many cases"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same phantoms"),
+    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="voxels X Y Z"),
+) -> None:
+    """Write synthetic BraTS-2021-named cases with ground truth."""
+    from jaxseg.data.phantom import write_phantoms
+    written = write_phantoms(out, cases, seed, tuple(shape))
+    typer.echo(f"wrote {len(written)} cases to {out}")
+
+
+@app.command()
+@_user_errors
+def serve(
+    checkpoint: List[Path] = typer.Option([], "--checkpoint",
+                                          help="a run folder or a folder of runs (repeatable); default: the demo model"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (any other than 127.0.0.1 exposes the app to the network)"),
+    port: int = typer.Option(7860, min=0, max=65535, help="port (0: any free port)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder whose cases the page lists"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir",
+                                           help="uploads and results (default: a temporary folder removed at exit)"),
+    max_upload_mb: float = typer.Option(512.0, min=1.0, help="largest accepted upload, in MB"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every request"),
+) -> None:
+    """A local web app: upload a case or pick one of --data, segment and explain it, browse the report."""
+    from jaxseg.serve.app import ServeSettings, serve as run
+    run(ServeSettings(host=host, port=port, checkpoints=tuple(checkpoint), data=data, workdir=workdir,
+                      max_upload_mb=max_upload_mb, verbose=verbose), say=_say)
+
+
+@data_app.command("inspect")
+@_user_errors
+def data_inspect(
+    root: Path = typer.Argument(..., help="a dataset folder"),
+    format: str = typer.Option("auto", "--format", help="auto | brats | figshare_mat | image_folder"),
+    mask_suffix: str = typer.Option("_mask", help="image_folder: the mask of x.png is x<suffix>.png"),
+) -> None:
+    """Table of the cases (BraTS) or patients (2D slices) in a folder: geometry, labels, problems."""
+    from rich.console import Console
+    from jaxseg.data.inspect2d import inspect_folder
+    table, problems = inspect_folder(root, format, mask_suffix)
+    Console(width=200).print(table)
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def demo(
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="where everything goes"),
+    smoke: bool = typer.Option(False, "--smoke", help="a tiny run that only checks the plumbing"),
+) -> None:
+    """All of it on built-in synthetic data: phantoms, training, prediction, evaluation."""
+    from jaxseg.demo import run_demo
+    run_demo(out, smoke=smoke, say=_say)
+
+
+def _compilation_cache() -> None:
+    """Keep XLA's compiled programs between runs (a CPU compile of a U-Net step takes seconds).
+    JAX_COMPILATION_CACHE_DIR chooses the folder; JAXSEG_NO_COMPILATION_CACHE=1 turns it off."""
+    if os.environ.get("JAXSEG_NO_COMPILATION_CACHE") == "1":
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxseg" / "xla"
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))  # read when jax is imported
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def main() -> None:
+    _compilation_cache()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
