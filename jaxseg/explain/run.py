@@ -64,13 +64,16 @@ def resolve_checkpoint(checkpoint: str | Path | None, say: Callable[[str], None]
 
 def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | Path = "report.html",
             settings: ExplainSettings = ExplainSettings(),
-            say: Callable[[str], None] = lambda message: None) -> ExplainResult:
+            say: Callable[[str], None] = lambda message: None,
+            predictor: Predictor | None = None) -> ExplainResult:
     """Explain one case (a NIfTI file or a case folder).
 
     ``out`` ending in ``.html`` writes only the report there; any other ``out`` is a folder that
     receives every file: ``<case>_seg.nii.gz``, ``_prob``, ``_gradcam``, ``_mc_mean``,
     ``_mc_variance``, ``_mc_entropy``, ``_mc_mutual_information`` (NIfTI, the input's geometry),
-    ``<case>_explain.json`` and ``<case>_report.html``.
+    ``<case>_explain.json`` and ``<case>_report.html``. ``predictor``: an already restored model of
+    ``checkpoint`` (the web app keeps one per checkpoint, so a second job neither restores nor
+    compiles again); None restores it here.
     """
     started = time.perf_counter()
 
@@ -85,7 +88,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     if not path.exists():
         raise JaxsegError(f"{path}: no such file or folder")
     run = resolve_checkpoint(checkpoint, say)
-    predictor = Predictor(run, settings.batch_size)
+    if predictor is None:
+        predictor = Predictor(run, settings.batch_size)
     kind = predictor.cfg.data.target
     case = brats.case_from_path(path)
     image, truth, props = brats.load_case(case, predictor.modalities)
