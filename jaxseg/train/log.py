@@ -32,6 +32,9 @@ class RunLog:
     def start(self, total_steps: int, done: int) -> None:
         if self.write_files:  # a resumed run keeps the losses of the steps its checkpoint holds
             self.step_losses = [s for s in read_step_losses(self.workdir) if s[0] <= done]
+            # Rows beyond the checkpoint (written before a kill) go now, not at the next flush:
+            # the resumed run computes those steps again.
+            self.flush_steps()
         if self.quiet:
             return
         self.progress = Progress(
@@ -66,7 +69,7 @@ class RunLog:
             writer.writeheader()
             writer.writerows(history)
             write_text(self.workdir / "metrics.csv", buf.getvalue())
-            self._write_steps()
+            self.flush_steps()
             self._write_curves(history)
         if self.progress is not None:
             shown = {k: v for k, v in record.items() if k in ("epoch", "train_loss", "val_loss", "val_dice")
@@ -75,7 +78,11 @@ class RunLog:
                                          for k, v in shown.items()))
         self._last_time = None
 
-    def _write_steps(self) -> None:
+    def flush_steps(self) -> None:
+        """Rewrite ``steps.csv`` with every step's loss so far (the loop calls it before each
+        checkpoint, so the file always holds at least the checkpointed steps)."""
+        if not self.write_files:
+            return
         write_text(self.workdir / "steps.csv", "step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in self.step_losses))
 
     def _write_curves(self, history: list[dict[str, Any]]) -> None:
@@ -87,8 +94,8 @@ class RunLog:
                           RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
-        if self.write_files and self.step_losses:  # a run stopped mid-epoch keeps its last steps
-            self._write_steps()
+        if self.step_losses:  # a run stopped mid-epoch keeps its last steps
+            self.flush_steps()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

@@ -136,9 +136,11 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     logger.start(total_steps, step)
     try:
         for epoch in range(meta["epoch"], t.epochs):
-            sums = None
-            started = time.perf_counter()
             first = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
+            # A run resumed mid-epoch continues the epoch's running sums and clock from the
+            # checkpoint, so the epoch's loss, Dice and seconds cover all of its steps.
+            sums = sums_from_json(meta.get("epoch_sums")) if first else None
+            started = time.perf_counter() - (float(meta.get("epoch_seconds", 0.0)) if first else 0.0)
             for i in range(first, steps_per_epoch):
                 state, step_sums = train_step(state, next(batches))
                 step += 1
@@ -152,7 +154,12 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                 last_of_epoch = i + 1 == steps_per_epoch
                 stopping = max_steps is not None and step >= max_steps
                 if not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0)):
-                    meta.update(epoch=epoch, step_in_epoch=i + 1, history=history)
+                    meta.update(epoch=epoch, step_in_epoch=i + 1, history=history,
+                                epoch_sums=sums_to_json(sums),
+                                epoch_seconds=round(time.perf_counter() - started, 3))
+                    # steps.csv first: a kill before the checkpoint lands leaves rows beyond the
+                    # restored step, which the resumed run drops; the other order would lose rows.
+                    logger.flush_steps()
                     ckpts.save(state, train_iter, meta, best=False)
                 if stopping and not last_of_epoch:
                     return _finish(ckpts, logger, workdir, step, meta, history, state)
@@ -180,13 +187,33 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                 state = _plateau(state, meta, improved, t)
             history.append(record)
             logger.epoch(record, history)
-            meta.update(epoch=epoch + 1, step_in_epoch=0, history=history)
+            meta.update(epoch=epoch + 1, step_in_epoch=0, history=history, epoch_sums=None, epoch_seconds=0.0)
             ckpts.save(state, train_iter, meta, best=improved)
             if max_steps is not None and step >= max_steps:
                 break
     finally:
         logger.close()
     return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+
+def sums_to_json(sums: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An epoch's running sums (host numpy arrays and scalars) as JSON for the checkpoint meta:
+    dtype, shape and the values; JSON floats round-trip float32 and float64 exactly."""
+    if sums is None:
+        return None
+    out = {}
+    for key, value in sums.items():
+        array = np.asarray(value)
+        out[key] = {"dtype": array.dtype.str, "shape": list(array.shape), "values": array.ravel().tolist()}
+    return out
+
+
+def sums_from_json(saved: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """The inverse of :func:`sums_to_json` (``None`` for a checkpoint without sums)."""
+    if not saved:
+        return None
+    return {key: np.asarray(v["values"], dtype=np.dtype(v["dtype"])).reshape(v["shape"])
+            for key, v in saved.items()}
 
 
 def _slice_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
