@@ -85,13 +85,17 @@ def save_model(workdir: str | Path, params: Any, batch_stats: Any, meta: dict[st
 
 
 def find_run(checkpoint: str | Path) -> Path:
-    """The run folder for a ``--checkpoint`` argument (the run folder, or its best/ or checkpoints/)."""
+    """The folder for a ``--checkpoint`` path: a run folder (or its best/ or checkpoints/), or a
+    model folder (config.toml + model.safetensors, :mod:`jaxseg.model_store`)."""
+    from jaxseg.model_store import is_model_folder
     path = Path(checkpoint).absolute()
+    if is_model_folder(path):
+        return path
     if path.name in ("best", "checkpoints"):
         path = path.parent
     if not (path / "config.toml").is_file():
-        raise JaxsegError(f"{checkpoint}: not a jaxseg run folder (no config.toml; pass the --workdir "
-                          "of `jaxseg train`)")
+        raise JaxsegError(f"{checkpoint}: not a jaxseg run folder or model folder (no config.toml; pass the "
+                          "--workdir of `jaxseg train`, or a folder of `jaxseg export-model`)")
     if not any((path / sub).is_dir() and any((path / sub).iterdir()) for sub in ("best", "checkpoints")):
         raise JaxsegError(f"{checkpoint}: the run has no checkpoint yet")
     return path
@@ -101,9 +105,15 @@ def load_model_state(checkpoint: str | Path, target: TrainState) -> tuple[Any, A
     """Parameters and batch statistics for inference: the best checkpoint, else the newest.
 
     ``target`` is the abstract state (:func:`jaxseg.train.state.abstract_state`): shapes, dtypes
-    and shardings to restore into. Returns (params, batch_stats, meta).
+    and shardings to restore into. Returns (params, batch_stats, meta). A model folder gives
+    its model.safetensors (float16 or float32 on disk, ``target``'s dtypes in memory) and its
+    card as meta.
     """
     run = find_run(checkpoint)
+    from jaxseg import model_store
+    if model_store.is_model_folder(run):
+        params, batch_stats = model_store.load_weights(run, target.params, target.batch_stats)
+        return params, batch_stats, {"card": model_store.read_card(run)}
     # Not read_only: that option makes orbax log three warnings per manager; reading is all we do.
     options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(run / "best", options=options) as best:

@@ -1,0 +1,155 @@
+"""The parts of :func:`jaxseg.model_store.export_model` that need a model: the card's facts read
+off a run, and the float16-vs-float32 probability check."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxseg.errors import JaxsegError
+
+# The check input when none is given: one synthetic case (jaxseg.data.phantom) of this size;
+# the model's preprocessing fits it to its image size anyway.
+CHECK_PHANTOM_SHAPE = (96, 96, 48)
+CHECK_PHANTOM_SEED = 1234
+
+
+def measure_difference(source: Any, folder: Path, check_input: str | Path | None) -> tuple[float, str]:
+    """max |p(folder's model) - p(source)| over every voxel and channel of the check input.
+
+    ``source`` is the float32 :class:`~jaxseg.infer.predict.Predictor` of the run; ``folder`` the
+    freshly written model folder, loaded exactly as users will load it. Returns the difference
+    and a description of the input it was measured on.
+    """
+    from jaxseg.data import brats, phantom
+    from jaxseg.infer.predict import Predictor
+    with tempfile.TemporaryDirectory(prefix="jaxseg-check-") as scratch:
+        if check_input is None:
+            case_dir = phantom.write_phantoms(scratch, 1, CHECK_PHANTOM_SEED, CHECK_PHANTOM_SHAPE)[0]
+            described = f"a synthetic phantom ({'x'.join(map(str, CHECK_PHANTOM_SHAPE))} voxels, seed {CHECK_PHANTOM_SEED})"
+        else:
+            case_dir, described = Path(check_input), str(check_input)
+        case = brats.case_from_path(case_dir)
+        image, _, _ = brats.load_case(case, source.modalities)
+        if check_input is not None:
+            described = f"case {case.case_id} ({described})"
+        reference, _ = source.predict_image(image)
+        stored, _ = Predictor(folder, source.batch_size).predict_image(image)
+    return float(np.max(np.abs(stored.astype(np.float64) - reference))), described
+
+
+def parameter_count(params: Any) -> int:
+    import jax
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int, difference: float | None,
+               checked_on: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model card of ``run``'s model (``source``: its Predictor), updated with ``overrides``
+    (top-level keys replace; ``provenance``, ``inputs`` and ``storage`` are merged key by key)."""
+    from jaxseg.model_store import FLOAT16_TOLERANCE, best_validation, now_utc, run_provenance
+    from jaxseg.train import metrics
+    cfg = source.cfg
+    m = cfg.model
+    best = best_validation(run)
+    validation: dict[str, Any] = {}
+    if best:
+        validation = {
+            "dice": {k[len("val_dice_"):]: v for k, v in best.items() if k.startswith("val_dice_")},
+            "mean_dice": best["val_dice"], "epoch": best.get("epoch"), "step": best.get("step"),
+            "how": "during training (jaxseg train): dataset Dice summed over the validation cases' "
+                   + ("patches" if m.name == "unet3d" else f"slices at {cfg.data.image_size} px")
+                   + ", at the epoch with the best mean Dice (the exported weights)",
+        }
+    cases: dict[str, int] = {}
+    try:
+        splits = json.loads((run / "splits.json").read_text())
+        cases = {k: len(splits[k]) for k in ("train", "val", "test") if isinstance(splits.get(k), list)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    architecture = {"name": m.name, "features": list(m.features), "dropout": m.dropout,
+                    "image_size": cfg.data.image_size}
+    if m.name == "unet3d":
+        architecture["patch_size"] = cfg.data.patch_size
+    card: dict[str, Any] = {
+        "name": name,
+        "description": f"{m.name} ({cfg.data.target}) exported from run {run.name}",
+        "inputs": {"modalities": list(source.modalities), "format": cfg.data.format,
+                   "preprocessing": f"{cfg.data.normalize} normalisation, {cfg.data.crop} crop, "
+                                    f"{cfg.data.fit} to {cfg.data.image_size} px (done by jaxseg)"},
+        "target": cfg.data.target,
+        "regions": list(metrics.region_names(cfg.data.target)),
+        "architecture": architecture,
+        "parameters": parameter_count(source.params),
+        "provenance": {
+            "summary": run_provenance(run, cfg),
+            "trained_on": cfg.data.root or f"{cfg.data.phantom_cases} synthetic phantoms "
+                                             f"(seed {cfg.data.phantom_seed}, {list(cfg.data.phantom_shape)} voxels)",
+            "config": cfg.name, "cases": cases, "validation": validation,
+            "exported_from": str(run), "exported_at": now_utc(),
+        },
+        "license": "",
+        "citation": "",
+        "storage": {"dtype": dtype, "bytes": size_bytes,
+                    "float16_tolerance": FLOAT16_TOLERANCE if dtype == "float16" else None,
+                    "max_probability_difference": difference, "measured_on": checked_on},
+    }
+    from jaxseg.model_store import is_model_folder, read_card
+    if is_model_folder(run):  # re-exporting a model folder: keep its card's facts
+        previous = read_card(run)
+        for key in ("description", "provenance", "license", "citation", "limits"):
+            if key in previous:
+                card[key] = previous[key]
+        card["provenance"] = {**card["provenance"], "exported_from": str(run), "exported_at": now_utc()}
+    for key, value in overrides.items():
+        if key in ("provenance", "inputs", "storage") and isinstance(value, dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return card
+
+
+def read_card_file(path: str | Path) -> dict[str, Any]:
+    """A JSON object of card fields given on the command line (``--card``)."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JaxsegError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise JaxsegError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(card, dict):
+        raise JaxsegError(f"{path}: must hold a JSON object of model card fields")
+    return card
+
+
+def card_summary(card: dict[str, Any]) -> list[str]:
+    """A few lines of a model card for `jaxseg models`."""
+    lines = []
+    if card.get("description"):
+        lines.append(card["description"])
+    inputs = card.get("inputs", {})
+    if inputs.get("preprocessing"):
+        lines.append(f"expects: {inputs['preprocessing']}")
+    validation = card.get("provenance", {}).get("validation", {})
+    if validation.get("dice"):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in validation["dice"].items() if isinstance(v, (int, float)))
+        lines.append(f"validation Dice: {scores}" + (f" ({validation['how']})" if validation.get("how") else ""))
+    storage = card.get("storage", {})
+    if storage.get("dtype"):
+        text = f"stored {storage['dtype']}"
+        if storage.get("bytes"):
+            text += f", {storage['bytes'] / 1e6:.1f} MB"
+        if isinstance(storage.get("max_probability_difference"), (int, float)):
+            text += f"; max |p16 - p32| {storage['max_probability_difference']:.1e} on {storage.get('measured_on')}"
+        lines.append(text)
+    if card.get("parameters"):
+        lines.append(f"{card['parameters'] / 1e6:.2f} M parameters")
+    for key in ("limits", "license", "citation"):
+        if card.get(key):
+            value = card[key]
+            lines.append(f"{key}: {'; '.join(value) if isinstance(value, list) else value}")
+    return lines

@@ -1,0 +1,369 @@
+"""The models jaxseg can use without training: bundled ones, the demo model, model folders.
+
+A **model folder** is a trained model alone, small enough to ship inside the package:
+
+  ``config.toml``        the resolved config of the run it came from (rebuilds the network and
+                         its preprocessing);
+  ``model.safetensors``  parameters and batch statistics, one tensor per pytree path
+                         (``params/encoders/0/conv1/kernel``, ``batch_stats/...``), stored float16
+                         or float32 and always loaded as the abstract state's float32;
+  ``card.json``          the model card: name, description, inputs, target and regions,
+                         architecture, parameter count, provenance, license, storage dtype and the
+                         measured float16-vs-float32 probability difference (:func:`export_model`).
+
+``--checkpoint`` takes a run folder of ``jaxseg train`` or a model folder
+(:func:`jaxseg.train.checkpoint.find_run`), a bundled model's name, or ``demo``; without it the
+default bundled model is used for inputs that have its modalities (:func:`resolve_checkpoint`).
+Bundled models live in :data:`BUNDLED_DIR` (``jaxseg/bundled/<name>/``, one model folder each);
+the demo model in :func:`jaxseg.home.demo_model_dir`, written by ``jaxseg demo``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from jaxseg import config as config_lib
+from jaxseg import home
+from jaxseg.errors import JaxsegError
+from jaxseg.files import atomic_path, write_text
+
+CONFIG_FILE = "config.toml"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+FORMAT = "jaxseg-model-1"  # safetensors metadata "format": what wrote the file
+
+# Bundled model folders; tests point this at a temporary folder.
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+# The bundled model used without --checkpoint (when bundled and the input has its modalities).
+DEFAULT_MODEL = "brats2018_unet"
+DEMO_NAME = "demo"
+STORAGE_DTYPES = ("float16", "float32")
+# Largest |p16 - p32| of any voxel's probability on the check input that a float16 export may
+# have. A probability off by 1e-2 moves the 0.5 threshold only for voxels already within 0.01
+# of it, i.e. those the model is unsure about anyway.
+FLOAT16_TOLERANCE = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One model `jaxseg models` lists and ``--checkpoint`` can name.
+
+    ``source`` is ``bundled`` (inside the package), ``demo`` (what `jaxseg demo` saved) or
+    ``run`` (a folder given by the user: a run of `jaxseg train` or an exported model folder).
+    ``path`` is what :class:`jaxseg.infer.predict.Predictor` accepts. ``modalities`` are canonical
+    names (flair, t1, t1ce, t2) in the model's channel order; ``regions`` the output channels'
+    regions (WT, or WT/TC/ET). ``card`` is the model card (card.json) or None for a run folder.
+    """
+
+    name: str
+    source: str
+    path: Path
+    architecture: str
+    target: str
+    regions: tuple[str, ...]
+    modalities: tuple[str, ...]
+    provenance: str
+    description: str = ""
+    card: dict[str, Any] | None = None
+
+
+# --- the folder format ------------------------------------------------------------------------
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a model folder (config.toml and model.safetensors)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _leaf_name(path: Sequence[Any]) -> str:
+    """A pytree path as ``params/encoders/0/conv1/kernel`` (NNX's trailing ``.value`` dropped,
+    so the names do not depend on how flax flattens a Variable)."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    if len(parts) > 1 and parts[-1] == "value":
+        parts.pop()
+    return "/".join(parts)
+
+
+def flatten_model(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
+    """Parameters and batch statistics as ``{pytree path name: host array}``."""
+    import jax
+    leaves = jax.tree_util.tree_flatten_with_path({"params": params, "batch_stats": batch_stats})[0]
+    return {_leaf_name(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
+
+
+def write_weights(path: Path, params: Any, batch_stats: Any, dtype: str) -> int:
+    """Write ``model.safetensors`` with floating tensors stored as ``dtype``; returns its bytes."""
+    from safetensors.numpy import save_file
+    tensors = {name: (value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value)
+               for name, value in flatten_model(params, batch_stats).items()}
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": FORMAT, "dtype": dtype})
+    return path.stat().st_size
+
+
+def load_weights(folder: str | Path, target_params: Any, target_batch_stats: Any) -> tuple[Any, Any]:
+    """A model folder's tensors in the shapes, dtypes (float32 compute) and shardings of the
+    abstract ``target_params``/``target_batch_stats`` (``jax.ShapeDtypeStruct`` leaves)."""
+    import jax
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise JaxsegError(f"{path}: not a readable safetensors file ({e})") from None
+    tree = {"params": target_params, "batch_stats": target_batch_stats}
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    names = [_leaf_name(p) for p, _ in leaves]
+    missing = [n for n in names if n not in tensors]
+    extra = sorted(set(tensors) - set(names))
+    if missing or extra:
+        what = (f"missing {', '.join(missing[:3])}" if missing else "") + \
+               ("; " if missing and extra else "") + (f"unexpected {', '.join(extra[:3])}" if extra else "")
+        raise JaxsegError(f"{path}: does not fit the model of {Path(folder) / CONFIG_FILE} ({what})")
+    arrays = []
+    for name, (_, spec) in zip(names, leaves):
+        value = tensors[name]
+        if value.shape != tuple(spec.shape):
+            raise JaxsegError(f"{path}: tensor {name} has shape {value.shape}; the model of "
+                              f"{CONFIG_FILE} needs {tuple(spec.shape)}")
+        arrays.append(jax.device_put(value.astype(spec.dtype), getattr(spec, "sharding", None)))
+    restored = jax.tree_util.tree_unflatten(treedef, arrays)
+    return restored["params"], restored["batch_stats"]
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """``card.json`` of a model folder ({} when it has none)."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise JaxsegError(f"{path}: not a readable model card ({e})") from None
+    if not isinstance(card, dict):
+        raise JaxsegError(f"{path}: a model card must be a JSON object")
+    return card
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+def bundled_names() -> list[str]:
+    """Names of the bundled models, the default first."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    names = sorted(p.name for p in BUNDLED_DIR.iterdir()
+                   if not p.name.startswith((".", "_")) and is_model_folder(p))
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+def _entry(name: str, source: str, folder: Path) -> ModelEntry:
+    from jaxseg.train import metrics
+    cfg = config_lib.load(folder / CONFIG_FILE)
+    card = read_card(folder) if is_model_folder(folder) else None
+    return ModelEntry(
+        name=name, source=source, path=folder, architecture=cfg.model.name, target=cfg.data.target,
+        regions=tuple(metrics.region_names(cfg.data.target)), modalities=config_lib.canonical_modalities(cfg),
+        provenance=(card or {}).get("provenance", {}).get("summary") or run_provenance(folder, cfg),
+        description=(card or {}).get("description", ""), card=card)
+
+
+def list_models(runs: Iterable[str | Path] = ()) -> list[ModelEntry]:
+    """Every model jaxseg can use: the bundled models (default first), the demo model (if
+    `jaxseg demo` has saved one), then each of ``runs`` (run folders of `jaxseg train`, their
+    best/ or checkpoints/, or model folders), in that order.
+
+    Raises JaxsegError naming a path of ``runs`` that is not a trained run or model folder.
+    Reads only config.toml, card.json, splits.json and metrics.jsonl: no weights, no jax.
+    """
+    from jaxseg.train.checkpoint import find_run
+    entries = [_entry(name, "bundled", BUNDLED_DIR / name) for name in bundled_names()]
+    if is_model_folder(home.demo_model_dir()):
+        entries.append(_entry(DEMO_NAME, "demo", home.demo_model_dir()))
+    for run in runs:
+        folder = find_run(run)
+        entries.append(_entry(folder.name, "run", folder))
+    return entries
+
+
+def run_provenance(folder: Path, cfg: config_lib.Config | None = None) -> str:
+    """One line on what a run folder was trained on and its best validation Dice."""
+    cfg = cfg or config_lib.load(folder / CONFIG_FILE)
+    data = cfg.data.root or f"{cfg.data.phantom_cases} synthetic phantoms"
+    text = f"trained on {data}"
+    try:
+        splits = json.loads((folder / "splits.json").read_text())
+        text += f" ({len(splits['train'])} train / {len(splits['val'])} val cases)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    best = best_validation(folder)
+    if best:
+        text += f"; best validation Dice {best['val_dice']:.3f} (epoch {best['epoch']})"
+    return text
+
+
+def best_validation(folder: Path) -> dict[str, Any] | None:
+    """The metrics.jsonl record with the highest validation Dice, or None."""
+    try:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return None
+    validated = [r for r in records if isinstance(r, dict) and isinstance(r.get("val_dice"), (int, float))]
+    return max(validated, key=lambda r: r["val_dice"]) if validated else None
+
+
+# --- resolving --checkpoint -------------------------------------------------------------------
+
+def _needs(entry: ModelEntry) -> str:
+    return f"{entry.name} needs {', '.join(entry.modalities)} (-> {'/'.join(entry.regions)})"
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, *, modalities: Iterable[str] | None = None,
+                       input_name: str | None = None, say: Callable[[str], None] = lambda m: None) -> Path:
+    """The folder :class:`~jaxseg.infer.predict.Predictor` should load for ``--checkpoint``.
+
+    - ``None``: the first bundled model (the default first) whose modalities the input has
+      (``modalities``: the input's modality names, any aliases; None = not known, take the
+      default). Otherwise one JaxsegError saying which bundled model needs what, and that
+      ``--checkpoint demo`` or a run folder work. ``input_name`` names the input in that error.
+    - ``"demo"``: the demo model (:func:`jaxseg.home.demo_model_dir`; an error if `jaxseg demo`
+      has not saved one).
+    - a bundled model's name: that model.
+    - anything else is a path: a run folder or a model folder (``find_run``'s rules). A name
+      that is no existing path gets an error listing the valid names.
+    ``say`` hears which model was chosen when ``checkpoint`` is None.
+    """
+    from jaxseg.train.checkpoint import find_run
+    if checkpoint is None:
+        return _default_model(modalities, input_name, say)
+    text = str(checkpoint)
+    if text == DEMO_NAME:
+        folder = home.demo_model_dir()
+        if not is_model_folder(folder):
+            raise JaxsegError(f"--checkpoint demo: no demo model in {folder}; run `jaxseg demo` first "
+                              "(it saves its model there; JAXSEG_HOME moves that folder)")
+        return folder
+    if text in bundled_names():
+        return BUNDLED_DIR / text
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        names = [DEMO_NAME, *bundled_names()]
+        raise JaxsegError(f"--checkpoint {text}: no such model or folder (models: {', '.join(names)} "
+                          f"[{'bundled: ' + ', '.join(bundled_names()) if bundled_names() else 'none bundled'}]"
+                          "; or a run folder of `jaxseg train`)")
+    return find_run(path)
+
+
+def _default_model(modalities: Iterable[str] | None, input_name: str | None,
+                   say: Callable[[str], None]) -> Path:
+    from jaxseg.data import brats
+    entries = [_entry(name, "bundled", BUNDLED_DIR / name) for name in bundled_names()]
+    alternatives = "pass --checkpoint demo (the phantom model of `jaxseg demo`) or --checkpoint RUN_FOLDER"
+    if not entries:
+        raise JaxsegError(f"no --checkpoint given and no model is bundled with this installation "
+                          f"({BUNDLED_DIR} is empty); {alternatives}")
+    have = None if modalities is None else {brats.canonical_modality(m) for m in modalities}
+    for entry in entries:
+        if have is None or set(entry.modalities) <= have:
+            say(f"no --checkpoint given: using the bundled model {entry.name} "
+                f"({', '.join(entry.modalities)} -> {'/'.join(entry.regions)}; `jaxseg models` describes it)")
+            return entry.path
+    where = input_name or "the input"
+    got = ", ".join(sorted(have)) if have else "no BraTS modalities"
+    raise JaxsegError(f"{where}: has {got}; no --checkpoint given and "
+                      f"{'; '.join(map(_needs, entries))}; {alternatives}")
+
+
+# --- exporting --------------------------------------------------------------------------------
+
+def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "float16",
+                 card: dict[str, Any] | None = None, check_input: str | Path | None = None,
+                 say: Callable[[str], None] = lambda m: None) -> Path:
+    """Write ``run``'s model (its best checkpoint, else the newest; or another model folder) as a
+    model folder ``out``: config.toml, model.safetensors (floats as ``dtype``) and card.json.
+
+    The card is filled in from the run (architecture, inputs, target, parameter count,
+    provenance from config.toml, splits.json and the best validation record) and then updated
+    with ``card`` (top-level keys replace, ``provenance`` is merged). With float16 storage the
+    probabilities of the exported model are compared with the run's on ``check_input`` (a case
+    folder or file; default: a synthetic phantom), and the export is refused above
+    :data:`FLOAT16_TOLERANCE`. Written in a hidden temporary folder beside ``out`` and renamed:
+    on any error nothing is left and an existing ``out`` is untouched. Returns ``out``.
+    """
+    from jaxseg.model_export import build_card, measure_difference
+    from jaxseg.train.checkpoint import find_run
+    if dtype not in STORAGE_DTYPES:
+        raise JaxsegError(f"--dtype {dtype!r}: must be one of {', '.join(STORAGE_DTYPES)}")
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise JaxsegError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names the model)")
+    if name == DEMO_NAME and Path(out).absolute() != home.demo_model_dir().absolute():
+        raise JaxsegError(f"--name {name!r}: reserved for the model of `jaxseg demo`; choose another name")
+    run = find_run(run)
+    out = Path(out).absolute()
+    if out.exists() and not is_model_folder(out):
+        raise JaxsegError(f"{out}: exists and is not a model folder; choose a new --out")
+    if out == run or run in out.parents:
+        raise JaxsegError(f"{out}: inside the run being exported; choose a folder elsewhere")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        from jaxseg.infer.predict import Predictor
+        source = Predictor(run)
+        cfg = config_lib.load_from_dict({**config_lib.to_dict(source.cfg),
+                                         "model": {**config_lib.to_dict(source.cfg.model), "pretrained": ""}})
+        write_text(tmp / CONFIG_FILE, config_lib.dumps(cfg))
+        size = write_weights(tmp / WEIGHTS_FILE, source.params, source.batch_stats, dtype)
+        difference, checked_on = None, None
+        if dtype == "float16":
+            difference, checked_on = measure_difference(source, tmp, check_input)
+            say(f"float16 vs float32: max probability difference {difference:.2e} on {checked_on}")
+            if not math.isfinite(difference) or difference > FLOAT16_TOLERANCE:
+                raise JaxsegError(f"{run}: float16 storage changes a probability by {difference:.3g} on "
+                                  f"{checked_on} (tolerance {FLOAT16_TOLERANCE:g}); export with --dtype float32")
+        full = build_card(run, source, name=name, dtype=dtype, size_bytes=size, difference=difference,
+                          checked_on=checked_on, overrides=card or {})
+        write_text(tmp / CARD_FILE, json.dumps(full, indent=2) + "\n")
+        _replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing model folder ``out`` is moved aside first and
+    deleted only once the new one is in place."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
