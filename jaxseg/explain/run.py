@@ -28,8 +28,10 @@ from jaxseg.explain.volume3d import explain_volume
 from jaxseg.files import write_text
 from jaxseg.train import metrics as M
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
+from jaxseg.model_store import resolve_checkpoint
 
-# Where `jaxseg demo` leaves its model; explain falls back to it without --checkpoint.
+# Where `make demo` leaves its run. Kept for the web app's catalog only: explain itself finds the
+# demo model with `--checkpoint demo` in the per-user folder (jaxseg.model_store).
 DEMO_RUN = Path("demo_output") / "run"
 
 
@@ -50,16 +52,6 @@ class ExplainResult:
     report: Path | None
     files: dict[str, Path]
     summary: dict[str, Any]
-
-
-def resolve_checkpoint(checkpoint: str | Path | None, say: Callable[[str], None]) -> Path:
-    if checkpoint is not None:
-        return Path(checkpoint)
-    if (DEMO_RUN / "config.toml").is_file():
-        say(f"no --checkpoint given: using the model trained by `jaxseg demo` in {DEMO_RUN.absolute()}")
-        return DEMO_RUN
-    raise JaxsegError("no --checkpoint given and no demo model at demo_output/run; run `jaxseg demo` "
-                      "first or pass --checkpoint RUN_FOLDER")
 
 
 def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | Path = "report.html",
@@ -87,11 +79,12 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--target {settings.target!r}: {e} (e.g. mean, predicted, ET, predicted:TC)") from None
     if not path.exists():
         raise JaxsegError(f"{path}: no such file or folder")
-    run = resolve_checkpoint(checkpoint, say)
+    case = brats.case_from_path(path)
+    # None: the bundled model whose modalities this case has; "demo", a bundled name, or a path.
+    run = resolve_checkpoint(checkpoint, modalities=case.images, input_name=str(path), say=say)
     if predictor is None:
         predictor = Predictor(run, settings.batch_size)
     kind = predictor.cfg.data.target
-    case = brats.case_from_path(path)
     image, truth, props = brats.load_case(case, predictor.modalities)
     step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
          f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
