@@ -20,6 +20,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Look at datasets.")
 app.add_typer(data_app, name="data")
 
 EXIT_USER_ERROR = 2
+CHECKPOINT_HELP = ("a run folder of `jaxseg train`, a model folder, a bundled model's name, or `demo` "
+                   "(the model of `jaxseg demo`); default: the bundled model for the input's modalities "
+                   "(`jaxseg models` lists them)")
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -78,7 +81,7 @@ def train(
 def predict(
     path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, a folder of cases, or 2D slices "
                                           "(.mat, .png, .tif files or folders)"),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="a run folder made by `jaxseg train`"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
     batch_size: int = typer.Option(16, help="slices per forward pass"),
@@ -88,7 +91,7 @@ def predict(
     from jaxseg.infer.predict import predict as run
     for p in run(path, checkpoint, out, probabilities=probabilities, batch_size=batch_size,
                  min_component_ml=min_component_ml,
-                 progress=lambda case: _say(f"predicting {case}")):
+                 progress=lambda case: _say(f"predicting {case}"), say=_say):
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
         typer.echo(f"{p.case_id}: {p.segmentation}" + (f"  ({volumes})" if volumes else ""))
 
@@ -115,8 +118,7 @@ def evaluate(
 @_user_errors
 def explain(
     path: Path = typer.Argument(..., help="a NIfTI volume or a case folder"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
-                                              help="a run folder; default: the model of `jaxseg demo`"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
     out: Path = typer.Option(Path("report.html"), "--out", "-o",
                              help="report.html, or a folder for every map, the JSON summary and the report"),
     layer: Optional[str] = typer.Option(None, help="Grad-CAM layer: enc0..encN, decN..dec0 (default dec0)"),
@@ -130,6 +132,43 @@ def explain(
                                                         seed=seed), say=_say)
     typer.echo(result.summary["caption"])
     typer.echo(f"report: {result.report}")
+
+
+@app.command()
+@_user_errors
+def models(
+    runs: List[Path] = typer.Argument(None, help="run folders of `jaxseg train` or model folders to list too"),
+) -> None:
+    """List the models jaxseg can use: bundled ones, the demo model and the given run folders."""
+    from rich.console import Console
+    from jaxseg.model_export import render_models
+    from jaxseg.model_store import BUNDLED_DIR, list_models
+    entries = list_models(runs or ())
+    console = Console(width=max(Console().width, 120))
+    if not entries:
+        typer.echo(f"no models: none bundled ({BUNDLED_DIR}), no demo model yet (`jaxseg demo` makes one); "
+                   "give run folders to list them")
+        return
+    render_models(entries, console)
+
+
+@app.command("export-model")
+@_user_errors
+def export_model(
+    run: Path = typer.Argument(..., help="a run folder of `jaxseg train` (its best model) or a model folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="the model folder to write (config.toml, model.safetensors, card.json)"),
+    name: str = typer.Option(..., "--name", help="the model's name (the name --checkpoint uses once bundled)"),
+    dtype: str = typer.Option("float16", "--dtype", help="storage: float16 (half the size, checked) or float32"),
+    card: Optional[Path] = typer.Option(None, "--card", help="a JSON file of model card fields to add or replace"),
+    check_input: Optional[Path] = typer.Option(None, "--check-input",
+                                               help="the case the float16 check runs on (default: a phantom)"),
+) -> None:
+    """Package a run's model as a model folder that --checkpoint, `jaxseg models` and serve use."""
+    from jaxseg.model_export import read_card_file
+    from jaxseg.model_store import export_model as run_export
+    fields = read_card_file(card) if card is not None else {}
+    folder = run_export(run, out, name=name, dtype=dtype, card=fields, check_input=check_input, say=_say)
+    typer.echo(f"exported {run} as model {name} into {folder}; use --checkpoint {folder}")
 
 
 @app.command("import-weights")
@@ -169,19 +208,32 @@ def phantom(
 @_user_errors
 def serve(
     checkpoint: List[Path] = typer.Option([], "--checkpoint",
-                                          help="a run folder or a folder of runs (repeatable); default: the demo model"),
+                                          help="a run folder or a folder of runs (repeatable); default: the bundled and demo models"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (any other than 127.0.0.1 exposes the app to the network)"),
     port: int = typer.Option(7860, min=0, max=65535, help="port (0: any free port)"),
     data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder whose cases the page lists"),
     workdir: Optional[Path] = typer.Option(None, "--workdir",
-                                           help="uploads and results (default: a temporary folder removed at exit)"),
+                                           help="uploads and results, kept over restarts (default: a temporary folder removed at exit)"),
     max_upload_mb: float = typer.Option(512.0, min=1.0, help="largest accepted upload, in MB"),
+    max_sessions: int = typer.Option(100, min=1, help="live sessions at once (a session starts with a first upload or job)"),
+    session_ttl: float = typer.Option(240.0, min=0.01, help="minutes without a request before a session and its files are removed"),
+    max_queue: int = typer.Option(8, min=1, help="jobs waiting for the model, all sessions together (more: 429)"),
+    max_jobs_per_session: int = typer.Option(1, min=1, help="queued or running jobs of one session (more: 429)"),
+    max_connections: int = typer.Option(500, min=1, help="open connections and requests at once (more: 503)"),
+    keep_alive: float = typer.Option(5.0, min=0.1, help="seconds an idle connection stays open"),
+    body_timeout: float = typer.Option(30.0, min=0.1, help="seconds a request body may stall before it is dropped"),
+    allowed_host: List[str] = typer.Option([], "--allowed-host",
+                                           help="another Host name to answer, e.g. a reverse proxy's public name (repeatable)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every request"),
 ) -> None:
     """A local web app: upload a case or pick one of --data, segment and explain it, browse the report."""
-    from jaxseg.serve.app import ServeSettings, serve as run
+    from jaxseg.serve.app import ServeSettings
+    from jaxseg.serve.server import serve as run
     run(ServeSettings(host=host, port=port, checkpoints=tuple(checkpoint), data=data, workdir=workdir,
-                      max_upload_mb=max_upload_mb, verbose=verbose), say=_say)
+                      max_upload_mb=max_upload_mb, max_sessions=max_sessions, session_ttl=session_ttl * 60,
+                      max_queue=max_queue, max_jobs_per_session=max_jobs_per_session,
+                      max_connections=max_connections, keep_alive=keep_alive, body_timeout=body_timeout,
+                      allowed_hosts=tuple(h.lower() for h in allowed_host), verbose=verbose), say=_say)
 
 
 @data_app.command("inspect")
