@@ -142,14 +142,33 @@ def card_summary(card: dict[str, Any]) -> list[str]:
     if storage.get("dtype"):
         text = f"stored {storage['dtype']}"
         if storage.get("bytes"):
-            text += f", {storage['bytes'] / 1e6:.1f} MB"
+            size = storage["bytes"]
+            text += f", {size / 1e6:.1f} MB" if size >= 1e6 else f", {size / 1e3:.1f} kB"
         if isinstance(storage.get("max_probability_difference"), (int, float)):
             text += f"; max |p16 - p32| {storage['max_probability_difference']:.1e} on {storage.get('measured_on')}"
         lines.append(text)
     if card.get("parameters"):
-        lines.append(f"{card['parameters'] / 1e6:.2f} M parameters")
+        lines.append(f"{card['parameters']:,} parameters")
     for key in ("limits", "license", "citation"):
         if card.get(key):
             value = card[key]
             lines.append(f"{key}: {'; '.join(value) if isinstance(value, list) else value}")
     return lines
+
+
+def render_models(entries: Any, console: Any) -> None:
+    """Print `jaxseg models`: one table row per :class:`~jaxseg.model_store.ModelEntry`, then
+    each model card's summary."""
+    from rich.table import Table
+    table = Table(title="models (--checkpoint NAME, or the path)")
+    for column in ("name", "source", "inputs", "target", "architecture", "provenance", "path"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        target = f"{e.target}: {'/'.join(e.regions)}"
+        table.add_row(e.name, e.source, ", ".join(e.modalities), target, e.architecture, e.provenance, str(e.path))
+    console.print(table)
+    for e in entries:
+        if e.card:
+            console.print(f"\n[bold]{e.name}[/bold] ({e.source}) model card:")
+            for line in card_summary(e.card):
+                console.print(f"  {line}", markup=False, highlight=False)

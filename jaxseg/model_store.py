@@ -265,10 +265,9 @@ def resolve_checkpoint(checkpoint: str | Path | None, *, modalities: Iterable[st
         return BUNDLED_DIR / text
     path = Path(checkpoint).expanduser()
     if not path.exists():
-        names = [DEMO_NAME, *bundled_names()]
-        raise JaxsegError(f"--checkpoint {text}: no such model or folder (models: {', '.join(names)} "
-                          f"[{'bundled: ' + ', '.join(bundled_names()) if bundled_names() else 'none bundled'}]"
-                          "; or a run folder of `jaxseg train`)")
+        bundled = ", ".join(f"{n} (bundled)" for n in bundled_names()) or "no model is bundled"
+        raise JaxsegError(f"--checkpoint {text}: no such model or folder; the names are: {DEMO_NAME} "
+                          f"(the model of `jaxseg demo`), {bundled}; anything else is a run or model folder")
     return find_run(path)
 
 

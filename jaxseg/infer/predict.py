@@ -25,6 +25,7 @@ from jaxseg.data import brats, nifti, patches, pipeline, preprocess, records
 from jaxseg.errors import JaxsegError
 from jaxseg.infer import sliding_window
 from jaxseg.models import registry
+from jaxseg.model_store import resolve_checkpoint
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 
@@ -148,10 +149,11 @@ class Prediction:
     volumes_ml: dict[str, float]
 
 
-def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out: str | Path, *,
+def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | None, out: str | Path, *,
             probabilities: bool = False,
             batch_size: int = 16, min_component_ml: float = 0.0,
-            progress: Callable[[str], None] | None = None) -> list[Prediction]:
+            progress: Callable[[str], None] | None = None,
+            say: Callable[[str], None] = lambda message: None) -> list[Prediction]:
     """Segment a volume, a case folder, a folder of cases, or a list of any of these (the model
     is restored and compiled once for all of them).
 
@@ -162,12 +164,19 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out
     removes tumor components smaller than that (:func:`remove_small_components`).
     2D slices (``.mat``, ``.png``, ``.tif`` files or folders of them, or any input of a run trained
     on a 2D ``data.format``) go to :func:`jaxseg.infer.predict2d.predict_slices`: PNG masks.
+    ``checkpoint``: a run or model folder, a bundled model's name, ``demo``, or None for the
+    bundled model whose modalities every case has (:func:`jaxseg.model_store.resolve_checkpoint`;
+    ``say`` hears which). Every case is checked for the model's modalities before any is written.
     """
     paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
     out = Path(out)
     for p in paths:
         if not p.exists():
             raise JaxsegError(f"{p}: no such file or folder")
+    if checkpoint is None:
+        checkpoint = _default_checkpoint(paths, say)
+    else:
+        checkpoint = resolve_checkpoint(checkpoint)
     if load_run_config(find_run(checkpoint)).data.format != "brats" or any(map(records.is_2d_input, paths)):
         if min_component_ml > 0:
             raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
@@ -175,9 +184,15 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out
         return predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
                               progress=progress)
     cases = [case for p in paths for case in _cases_at(p)]
-    predictor = Predictor(checkpoint, batch_size)
     if len(cases) > 1 and out.name.endswith((".nii", ".nii.gz")):
         raise JaxsegError(f"{out}: {', '.join(map(str, paths))} hold {len(cases)} cases; --out must be a folder")
+    needed = config_lib.canonical_modalities(load_run_config(find_run(checkpoint)))
+    for case in cases:  # before any case is written
+        missing = [m for m in needed if m not in case.images]
+        if missing:
+            raise JaxsegError(f"{case.expected_file(missing[0])}: missing: case {case.case_id} has no "
+                              f"{', '.join(missing)} image; the model needs {', '.join(needed)}")
+    predictor = Predictor(checkpoint, batch_size)
     results = []
     for case in cases:
         if progress is not None:
@@ -198,6 +213,21 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path, out
             volumes = {"WT": volumes["WT"]}
         results.append(Prediction(case.case_id, target, prob_path, volumes))
     return results
+
+
+def _default_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> Path:
+    """The bundled model for inputs given without ``--checkpoint``: one whose modalities every
+    case has; else the error of the first case that lacks them."""
+    if any(map(records.is_2d_input, paths)):
+        return resolve_checkpoint(None, modalities=(), input_name=str(paths[0]))  # raises: no 2D bundled model
+    cases = [case for p in paths for case in _cases_at(p)]
+    common = set.intersection(*(set(case.images) for case in cases))
+    try:
+        return resolve_checkpoint(None, modalities=common, say=say)
+    except JaxsegError:
+        for case in cases:
+            resolve_checkpoint(None, modalities=case.images, input_name=f"case {case.case_id} ({case.folder})")
+        raise
 
 
 def _cases_at(path: Path) -> list[brats.Case]:
