@@ -2,7 +2,8 @@
 
 Phantoms -> a short training run -> predictions for the held-out test cases -> evaluation
 against their ground truth -> an explain report of one held-out case; prints where every
-result is.
+result is. Everything goes to ``out``; the model is also saved as a model folder in the per-user
+folder (:func:`jaxseg.home.demo_model_dir`), which ``--checkpoint demo`` selects from anywhere.
 """
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from typing import Callable
 
 from jaxseg import config as config_lib
 from jaxseg.data import split
+
+
+DEMO_CARD = {
+    "description": "the model of `jaxseg demo`: learned synthetic phantoms, meaningless on real MRI",
+    "limits": ["trained on synthetic phantoms only; for trying the commands, not for real scans"],
+    "license": "Apache-2.0 (jaxseg's own; no external data)",
+}
 
 
 def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None] = print) -> dict[str, Path]:
@@ -48,9 +56,15 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
     explain(run / "phantoms" / held_out[0], run, report,
             ExplainSettings(mc_samples=4) if smoke else ExplainSettings())
 
+    # Saved where `--checkpoint demo` finds it from any folder (float32: it is small anyway).
+    from jaxseg import home
+    from jaxseg.model_store import export_model
+    model = export_model(run, home.demo_model_dir(), name="demo", dtype="float32", card=DEMO_CARD)
+    say(f"      saved the model as `--checkpoint demo` in {model}")
+
     made = {"run": run, "metrics": run / "metrics.csv", "curves": run / "training_curves.png",
             "predictions": predictions, "evaluation": evaluation / "summary.csv",
-            "gallery": evaluation / "gallery.png", "report": report}
+            "gallery": evaluation / "gallery.png", "report": report, "model": model}
     say("done. Results:")
     for name, path in made.items():
         say(f"  {name:12s} {path}")

@@ -8,6 +8,10 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# What jaxseg keeps for itself (the demo model) goes to a per-run folder, never the user's own.
+if "JAXSEG_HOME" not in os.environ:
+    import tempfile
+    os.environ["JAXSEG_HOME"] = tempfile.mkdtemp(prefix="jaxseg-test-home-")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
