@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import importlib.resources
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -147,15 +149,27 @@ _MODALITY_ALIASES = {"flair": "flair", "t2f": "flair", "t1": "t1", "t1n": "t1", 
                      "t1c": "t1ce", "t2": "t2", "t2w": "t2"}
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs installed with jaxseg (the repository's ``configs/``, the package
+    ``jaxseg.configs``): name -> file, sorted by name."""
+    folder = importlib.resources.files("jaxseg.configs")
+    return {f.name[:-len(".toml")]: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".toml")}
+
+
 def resolve_path(name: str | Path) -> Path:
-    """Find a config by path, by path without ``.toml``, or by bare name under ``configs/``."""
+    """Find a config: a path to a TOML file (``.toml`` may be left off), else a shipped config by
+    name (``demo``, ``demo.toml`` or ``configs/demo``), wherever the current folder is."""
     p = Path(name)
-    candidates = [p, p.with_name(p.name + ".toml"), Path("configs") / p, Path("configs") / (p.name + ".toml"),
-                  Path(__file__).resolve().parent.parent / "configs" / (p.stem + ".toml")]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise JaxsegError(f"{name}: no such config file (looked for {p} and {p}.toml, and in configs/)")
+    for candidate in (p, p.with_name(p.name + ".toml")):
+        if candidate.is_file():
+            return candidate
+    shipped = shipped_configs()
+    stem = p.name[:-len(".toml")] if p.name.endswith(".toml") else p.name
+    if (p.parent == Path(".") or p.parent == Path("configs")) and stem in shipped:
+        return shipped[stem]
+    raise JaxsegError(f"{name}: no such config file, and no shipped config of that name "
+                      f"(shipped: {', '.join(shipped)}; or give the path of a .toml file)")
 
 
 def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -213,7 +227,9 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: tuple[str, ...])
         where = ".".join(prefix + (key,))
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise JaxsegError(f"{source}: unknown setting {where!r} (known here: {known})")
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean {'.'.join(prefix + (close[0],))!r}? " if close else ""
+            raise JaxsegError(f"{source}: unknown setting {where!r} ({hint}known here: {known})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, source, prefix + (key,))
