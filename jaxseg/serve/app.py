@@ -1,91 +1,130 @@
-"""The web app: a standard-library HTTP server, one static page and a small JSON API.
+"""The web app's state and rules, without HTTP: settings, catalog, sessions, the job queue and
+the predictor cache. `jaxseg.serve.web` puts routes on it, `jaxseg.serve.server` runs it on uvicorn.
 
-Routes (every ``/api`` answer is JSON; errors are ``{"error": "<one line>"}`` with a 4xx status):
-
-  GET    /                          the page (static/index.html, app.js, app.css)
-  GET    /api/info                  checkpoints, whether a dataset is listed, limits, this session's uploads and jobs
-  GET    /api/cases                 the cases of ``--data`` (id, modalities, seg present)
-  POST   /api/upload/<slot>         raw body = one NIfTI file (slot flair|t1|t1ce|t2|seg); header X-Filename
-  DELETE /api/upload/<slot>         forget an upload
-  POST   /api/jobs                  {"checkpoint", "source": "upload"|"case", "case", "mc_samples", "target"}
-  GET    /api/jobs/<id>             state, place in the queue, steps, progress, error, results
-  GET    /api/jobs/<id>/report      the job's self-contained report (the page shows it in an iframe)
-  GET    /api/jobs/<id>/files/<key> a download: segmentation, report, probabilities, gradcam, mc_*, summary
-
-A session is a random token in an HttpOnly, SameSite=Strict cookie; jobs are looked up in the
-requesting session only, so one browser never sees another's files. Bound to a loopback address
-the server also refuses requests whose Host header is not a loopback name (DNS rebinding).
+Every refusal a client can cause is a :class:`Refused` with its HTTP status (or a JaxsegError,
+answered 400); both carry one line for the page to show.
 """
 from __future__ import annotations
 
 import dataclasses
-import http.cookies
-import json
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import threading
-import traceback
-import urllib.parse
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
 from jaxseg.errors import JaxsegError
-from jaxseg.serve import catalog, jobs, sessions
+from jaxseg.serve import catalog, jobs, predictors, sessions
 
-STATIC = Path(__file__).parent / "static"
-STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-                "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-                "/static/app.css": ("app.css", "text/css; charset=utf-8")}
-COOKIE = "jaxseg_session"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_JSON_BYTES = 64 * 1024
 MAX_MC_SAMPLES = 50
-PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none'; "
-               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 7860  # 0: any free port (the URL printed says which)
-    checkpoints: tuple[Path, ...] = ()  # run folders or folders of runs; () = the demo model
+    checkpoints: tuple[Path, ...] = ()  # run folders or folders of runs; () = the default models
     data: Path | None = None  # a dataset folder whose cases the page lists
     workdir: Path | None = None  # sessions, uploads and results; None = a temporary folder, removed at exit
     max_upload_mb: float = 512.0
+    max_sessions: int = 100  # live sessions; a new client beyond them gets 503
+    session_ttl: float = 4 * 3600.0  # seconds without a request before a session and its files go
+    max_queue: int = 8  # jobs waiting (all sessions); more get 429
+    max_jobs_per_session: int = 1  # queued or running jobs of one session; more get 429
+    predictor_cache: int = 2  # restored, compiled models kept between jobs
+    max_connections: int = 500  # open connections and requests at once (uvicorn limit_concurrency); more get 503
+    keep_alive: float = 5.0  # seconds an idle connection stays open (also before its first request)
+    body_timeout: float = 30.0  # seconds a request body may pause before the request is dropped (408)
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names to answer (a reverse proxy's public name)
     verbose: bool = False  # log every request
+
+    @property
+    def host_names(self) -> tuple[str, ...] | None:
+        """The Host header names answered, or None for any (bound to a non-loopback address
+        without --allowed-host)."""
+        if self.host in LOOPBACK:
+            return (*LOOPBACK, *self.allowed_hosts)
+        return tuple(self.allowed_hosts) or None
+
+
+class Refused(Exception):
+    """A request the app will not do: an HTTP status and one line saying why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 class App:
-    """Everything the request handlers share: settings, catalog, sessions, the job runner."""
+    """Everything the routes share. ``close()`` stops the worker and tidies the working folder."""
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
         self.checkpoints = {c.id: c for c in catalog.find_checkpoints(settings.checkpoints)}
         self.cases = catalog.find_dataset_cases(settings.data)
         self.own_workdir = settings.workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="jaxseg-serve-")) if self.own_workdir else Path(settings.workdir)
-        self.sessions = sessions.SessionStore(self.workdir / "sessions")
-        self.runner = jobs.JobRunner()
+        self.workdir = (Path(tempfile.mkdtemp(prefix="jaxseg-serve-")) if self.own_workdir
+                        else Path(settings.workdir)).absolute()
+        self.sessions = sessions.SessionStore(self.workdir / "sessions", settings.max_sessions, settings.session_ttl)
+        self.restored_sessions = self.sessions.load(jobs.load_job)
+        self.runner = jobs.JobRunner(settings.max_queue)
+        self.predictors = predictors.PredictorCache(settings.predictor_cache)
         self.max_upload_bytes = int(settings.max_upload_mb * 1024 * 1024)
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="jaxseg-serve-sessions", daemon=True)
+        self._sweeper.start()
 
-    def info(self, session: sessions.Session) -> dict[str, Any]:
-        with session.lock:  # another request of this session may be adding an upload or a job
-            uploads, session_jobs = dict(session.uploads), list(session.jobs.values())
-        return {"checkpoints": [c.describe() for c in self.checkpoints.values()], "data": bool(self.cases),
+    # ----------------------------------------------------------------------------- sessions
+    def session(self, token: str | None) -> sessions.Session | None:
+        return self.sessions.get(token)
+
+    def new_session(self) -> tuple[sessions.Session, str]:
+        try:
+            return self.sessions.create()
+        except sessions.SessionsFull:
+            raise Refused(503, f"the server has as many sessions as it allows ({self.settings.max_sessions}, "
+                               "jaxseg serve --max-sessions); try again later") from None
+
+    def _sweep(self) -> None:
+        interval = min(60.0, max(0.05, self.settings.session_ttl / 4))
+        while not self._stop.wait(interval):
+            self.sessions.sweep()
+
+    # ----------------------------------------------------------------------------- answers
+    def info(self, session: sessions.Session | None) -> dict[str, Any]:
+        uploads, session_jobs = {}, []
+        if session is not None:
+            with session.lock:  # another request of this session may be adding an upload or a job
+                uploads, session_jobs = dict(session.uploads), list(session.jobs.values())
+        return {"checkpoints": [c.describe() for c in self.checkpoints.values()],
+                "message": None if self.checkpoints else catalog.NO_MODEL, "data": bool(self.cases),
                 "data_root": str(self.settings.data) if self.settings.data else None,
                 "max_upload_bytes": self.max_upload_bytes, "slots": list(sessions.SLOTS),
                 "uploads": {slot: u.describe() for slot, u in uploads.items()},
                 "jobs": [self.job_status(j) for j in sorted(session_jobs, key=lambda j: j.created)]}
 
-    def start_job(self, session: sessions.Session, request: dict[str, Any]) -> jobs.Job:
-        """Check a job request and queue it. Raises JaxsegError saying what is wrong."""
-        from jaxseg.explain.run import ExplainSettings, explain
+    def job_status(self, job: jobs.Job) -> dict[str, Any]:
+        status = {"id": job.id, "description": job.description, "state": job.state, "steps": list(job.steps),
+                  "progress": job.progress, "error": job.error, "queue_position": self.runner.position(job)}
+        if job.state == "done":
+            s = job.summary
+            status["result"] = {
+                "case": s.get("case"), "caption": s.get("caption"), "volumes_ml": s.get("volumes_ml"),
+                "faithfulness_auc": s.get("faithfulness_auc"), "report_url": f"/api/jobs/{job.id}/report",
+                "files": [{"key": k, "label": label, "name": job.files[k].name,
+                           "url": f"/api/jobs/{job.id}/files/{k}"} for k, label in jobs.FILE_LABELS.items()
+                          if k in job.files]}
+        return status
 
+    # ----------------------------------------------------------------------------- jobs
+    def check_job_request(self, session: sessions.Session | None, request: dict[str, Any]):
+        """Check a job request; returns (checkpoint, settings, prepare, description). Raises
+        JaxsegError / Refused saying what is wrong (before any session or folder is made)."""
+        from jaxseg.explain.run import ExplainSettings
+
+        if not self.checkpoints:
+            raise Refused(409, catalog.NO_MODEL)
         checkpoint = self.checkpoints.get(str(request.get("checkpoint")))
         if checkpoint is None:
             raise JaxsegError("choose a model from the list")
@@ -106,260 +145,63 @@ class App:
             if missing:
                 raise JaxsegError(f"case {case.case_id} has no {', '.join(missing)} image, which this model needs")
             # One of the case's own files: its siblings make the case whatever the folder layout.
-            prepare: Callable[[jobs.Job], Path] = lambda job: case.images[checkpoint.modalities[0]]
+            prepare: Callable[[sessions.Session, jobs.Job], Path] = (
+                lambda session, job: case.images[checkpoint.modalities[0]])
             description = f"dataset case {case.case_id}"
         else:
+            if session is None:
+                raise JaxsegError(f"this model needs {', '.join(checkpoint.modalities)}; upload them first")
             sessions.require(session, checkpoint.modalities)
             names = [session.uploads[m].name for m in checkpoint.modalities]
-            prepare = lambda job: sessions.case_folder(session, checkpoint.modalities, job.folder / "input")
+            prepare = lambda session, job: sessions.case_folder(session, checkpoint.modalities, job.folder / "input")
             description = "uploaded " + ", ".join(names)
+        return checkpoint, settings, prepare, description
+
+    def start_job(self, session: sessions.Session, checked) -> jobs.Job:
+        """Queue a checked request (:meth:`check_job_request`) for ``session``. Raises Refused 429
+        when the session or the server has as many jobs waiting as it allows."""
+        from jaxseg.explain.run import explain
+
+        checkpoint, settings, prepare, description = checked
 
         def work(job: jobs.Job) -> tuple[dict[str, Path], dict]:
             job.say(f"loading the model {checkpoint.label}")
-            result = explain(job.input, checkpoint.run, job.folder / "out", settings, say=job.say)
+            predictor = self.predictors.get(checkpoint.run, settings.batch_size)
+            result = explain(job.input, checkpoint.run, job.folder / "out", settings, say=job.say, predictor=predictor)
             return {**result.files, "report": result.report}, result.summary
 
+        limit = self.settings.max_jobs_per_session
         with session.lock:  # two clicks at once must not start two jobs
-            if any(j.active for j in session.jobs.values()):
-                raise JaxsegError("your previous job has not finished; wait for it before starting another")
+            active = sum(j.active for j in session.jobs.values())
+            if active >= limit:
+                raise Refused(429, "your previous job has not finished; wait for it before starting another" if limit == 1
+                              else f"you have {active} jobs queued or running, as many as one session may "
+                                   "(jaxseg serve --max-jobs-per-session); wait for one to finish")
+            if self.runner.waiting() >= self.settings.max_queue:
+                raise self._queue_full()
             job = jobs.new_job(session.folder / "jobs", f"{description} · model {checkpoint.run.name}", work)
-            job.input = prepare(job)  # copied now: later uploads do not change a queued job
+            try:
+                job.input = prepare(session, job)  # copied now: later uploads do not change a queued job
+                self.runner.submit(job)
+            except jobs.QueueFull:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise self._queue_full() from None
+            except BaseException:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise
             session.jobs[job.id] = job
-        self.runner.submit(job)
         return job
 
-    def job_status(self, job: jobs.Job) -> dict[str, Any]:
-        status = {"id": job.id, "description": job.description, "state": job.state, "steps": job.steps,
-                  "progress": job.progress, "error": job.error, "queue_position": self.runner.position(job)}
-        if job.state == "done":
-            s = job.summary
-            status["result"] = {
-                "case": s.get("case"), "caption": s.get("caption"), "volumes_ml": s.get("volumes_ml"),
-                "faithfulness_auc": s.get("faithfulness_auc"), "report_url": f"/api/jobs/{job.id}/report",
-                "files": [{"key": k, "label": label, "name": job.files[k].name,
-                           "url": f"/api/jobs/{job.id}/files/{k}"} for k, label in jobs.FILE_LABELS.items()
-                          if k in job.files]}
-        return status
+    def _queue_full(self) -> Refused:
+        return Refused(429, f"the server's queue is full ({self.settings.max_queue} jobs waiting, jaxseg serve "
+                            "--max-queue); try again in a few minutes")
 
     def close(self) -> None:
+        """Stop the worker (a running job is abandoned), remove expired sessions, and the whole
+        working folder if it is the app's own temporary one."""
+        self._stop.set()
         self.runner.stop()
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class Handler(BaseHTTPRequestHandler):
-    server_version = "jaxseg-serve"
-    protocol_version = "HTTP/1.1"
-    timeout = 120  # seconds a silent client may hold its thread
-    app: App  # set by make_server
-
-    # ----------------------------------------------------------------------------- plumbing
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        if self.app.settings.verbose:
-            super().log_message(format, *args)
-
-    def _dispatch(self, method: str) -> None:
-        self._new_cookie = None
-        try:
-            if self.app.settings.host in LOOPBACK and not self._loopback_host():
-                return self._error(HTTPStatus.FORBIDDEN, "this server only answers to 127.0.0.1 / localhost")
-            path = urllib.parse.urlsplit(self.path).path
-            if method == "GET" and path in STATIC_FILES:
-                return self._static(*STATIC_FILES[path])
-            if not path.startswith("/api/"):
-                return self._error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
-            self._route(method, path.split("/")[2:], self._session())
-        except JaxsegError as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as error:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
-            traceback.print_exc(file=sys.stderr)
-            self.close_connection = True
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(error).__name__}); see the server log")
-
-    def _loopback_host(self) -> bool:
-        host = (self.headers.get("Host") or "").strip()
-        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-        return name in LOOPBACK
-
-    def _session(self) -> sessions.Session:
-        cookie = http.cookies.SimpleCookie()
-        try:
-            cookie.load(self.headers.get("Cookie") or "")
-        except http.cookies.CookieError:
-            pass
-        session = self.app.sessions.get(cookie[COOKIE].value if COOKIE in cookie else None)
-        if session is None:
-            session = self.app.sessions.create()
-            self._new_cookie = f"{COOKIE}={session.token}; Path=/; HttpOnly; SameSite=Strict"
-        return session
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self._new_cookie:
-            self.send_header("Set-Cookie", self._new_cookie)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, data: Any, status: int = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
-
-    def _error(self, status: int, message: str) -> None:
-        self._json({"error": message}, status)
-
-    def _static(self, name: str, content_type: str) -> None:
-        if name == "index.html":
-            self._session()  # the page's first request sets the cookie its API calls carry
-        self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), content_type,
-                   {"Content-Security-Policy": PAGE_POLICY} if name == "index.html" else None)
-
-    def _body_length(self, limit: int, what: str) -> int:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self.close_connection = True
-            raise _Refused(HTTPStatus.LENGTH_REQUIRED, f"{what}: send a Content-Length, not a chunked body")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            raise _Refused(HTTPStatus.LENGTH_REQUIRED, f"{what}: the request has no Content-Length") from None
-        if length > limit:
-            self._discard(length, limit)
-            self.close_connection = True
-            raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"{what} is {length / 2**20:.1f} MB; this server accepts up to {limit / 2**20:.0f} MB "
-                           "(jaxseg serve --max-upload-mb)")
-        return length
-
-    def _discard(self, length: int, limit: int) -> None:
-        """Read and drop a refused body, so the client (which sends all of it before it reads an
-        answer) gets the 413 and its message rather than a broken pipe. Far larger bodies are not
-        read: the connection is closed on them and the client sees a connection error."""
-        if length > max(4 * limit, 256 * 2**20):
-            return
-        while length > 0 and (chunk := self.rfile.read(min(sessions.CHUNK, length))):
-            length -= len(chunk)
-
-    # ----------------------------------------------------------------------------- routes
-    def _route(self, method: str, parts: list[str], session: sessions.Session) -> None:
-        try:
-            match method, parts:
-                case "GET", ["info"]:
-                    return self._json(self.app.info(session))
-                case "GET", ["cases"]:
-                    return self._json([catalog.describe_case(c) for c in self.app.cases.values()])
-                case "POST", ["upload", slot] if slot in sessions.SLOTS:
-                    length = self._body_length(self.app.max_upload_bytes, "the file")
-                    name = sessions.display_name(urllib.parse.unquote(self.headers.get("X-Filename", "")))
-                    upload = sessions.save_upload(session, slot, self.rfile, length, name)
-                    return self._json(upload.describe())
-                case "DELETE", ["upload", slot] if slot in sessions.SLOTS:
-                    sessions.remove_upload(session, slot)
-                    return self._json({"removed": slot})
-                case "POST", ["jobs"]:
-                    length = self._body_length(MAX_JSON_BYTES, "the job request")
-                    try:
-                        request = json.loads(self.rfile.read(length) or b"{}")
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        raise JaxsegError("the job request is not JSON") from None
-                    if not isinstance(request, dict):
-                        raise JaxsegError("the job request must be a JSON object")
-                    job = self.app.start_job(session, request)
-                    return self._json(self.app.job_status(job), HTTPStatus.ACCEPTED)
-                case "GET", ["jobs", job_id, *rest]:
-                    return self._job(session.jobs.get(job_id), rest)
-        except _Refused as refused:
-            return self._error(refused.status, refused.message)
-        self._error(HTTPStatus.NOT_FOUND, f"no such API route: {method} /api/{'/'.join(parts)}")
-
-    def _job(self, job: jobs.Job | None, rest: list[str]) -> None:
-        if job is None:  # someone else's job looks exactly like no job
-            return self._error(HTTPStatus.NOT_FOUND, "no such job in this session")
-        if not rest:
-            return self._json(self.app.job_status(job))
-        if job.state != "done":
-            return self._error(HTTPStatus.CONFLICT, "the job has not finished")
-        if rest == ["report"]:
-            return self._send(HTTPStatus.OK, job.files["report"].read_bytes(), "text/html; charset=utf-8",
-                              {"Content-Security-Policy": "frame-ancestors 'self'"})
-        if len(rest) == 2 and rest[0] == "files" and rest[1] in job.files:
-            path = job.files[rest[1]]  # a name explain chose, looked up by key
-            kind = {"report": "text/html", "summary": "application/json"}.get(rest[1], "application/gzip")
-            return self._send(HTTPStatus.OK, path.read_bytes(), kind,
-                              {"Content-Disposition": f'attachment; filename="{path.name}"'})
-        return self._error(HTTPStatus.NOT_FOUND, "no such file for this job")
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def make_server(app: App) -> ThreadingHTTPServer:
-    """The HTTP server bound to the settings' host and port (not yet serving)."""
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    server_class = ThreadingHTTPServer
-    if ":" in app.settings.host:  # IPv6
-        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
-    try:
-        server = server_class((app.settings.host, app.settings.port), handler)
-    except OSError as error:
-        raise JaxsegError(f"cannot listen on {app.settings.host}:{app.settings.port} ({error.strerror or error})") from None
-    server.daemon_threads = True
-    return server
-
-
-def url_of(server: ThreadingHTTPServer) -> str:
-    host, port = server.server_address[:2]
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
-    """Serve until Ctrl-C (or SIGTERM); then stop the worker and remove a temporary workdir."""
-    app = App(settings)
-    try:
-        server = make_server(app)
-    except JaxsegError:
-        app.close()
-        raise
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
-    names = ", ".join(c.label for c in app.checkpoints.values())
-    say(f"models: {names}")
-    if app.cases:
-        say(f"dataset: {len(app.cases)} cases in {settings.data}")
-    if settings.host not in LOOPBACK:
-        say(f"warning: listening on {settings.host}: anyone who can reach this machine can use the app")
-    say(f"jaxseg serve: {url_of(server)}  (Ctrl-C stops)")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        app.close()
-        say("stopped")
+        else:
+            self.sessions.close()

@@ -1,7 +1,10 @@
 """What the app offers: the checkpoints it knows and, with ``--data``, the cases of a dataset.
 
 Both are found once at start-up and handed to the page under short ids (a list index, a case
-id); a client names a checkpoint or a case by that id, never by a path.
+id); a client names a checkpoint or a case by that id, never by a path. Without ``--checkpoint``
+the models are the default ones: those `jaxseg.model_store.list_models()` knows (the models
+bundled with the package and the demo model in the per-user folder), else the demo model where
+`jaxseg demo` leaves it; there may be none yet, and the app still starts.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxseg import config as config_lib
+from jaxseg import home
 from jaxseg.data import brats
 from jaxseg.errors import JaxsegError
 from jaxseg.explain.run import DEMO_RUN
@@ -45,11 +49,38 @@ def _runs_below(folder: Path, depth: int = 2) -> list[Path]:
             for run in _runs_below(child, depth - 1)]
 
 
+NO_MODEL = ("no model yet: pass --checkpoint RUN_FOLDER (a run of `jaxseg train`, or a folder of runs), "
+            "or run `jaxseg demo` to train the demo model")
+
+
+def default_models() -> list[tuple[Path, str]]:
+    """(run folder, name) of the models available without --checkpoint, bundled ones first."""
+    try:
+        from jaxseg import model_store
+    except ImportError:  # an older checkout without the model store: the demo model only
+        model_store = None
+    found: list[tuple[Path, str]] = []
+    if model_store is not None:
+        for entry in model_store.list_models():
+            field = (lambda k: entry[k]) if isinstance(entry, dict) else (lambda k: getattr(entry, k))
+            found.append((Path(field("path")), str(field("name"))))
+    for folder, name in ((home.demo_model_dir(), "demo model"), (DEMO_RUN, "demo model (demo_output)")):
+        if (folder / "config.toml").is_file() and all(p.resolve() != folder.resolve() for p, _ in found):
+            found.append((folder, name))
+    usable = []
+    for folder, name in found:
+        try:
+            usable.append((find_run(folder), name))
+        except JaxsegError:  # a demo run still training has no checkpoint yet: not offered
+            pass
+    return usable
+
+
 def find_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
     """Every run folder given (or found up to two levels below a given folder); without paths,
-    the model `jaxseg demo` trained (demo_output/run), as `jaxseg explain` does.
+    the default models (:func:`default_models`, possibly none).
 
-    Raises JaxsegError naming a path that holds no trained run, or when there is no model at all.
+    Raises JaxsegError naming a path that holds no trained run.
     """
     runs: list[tuple[Path, str]] = []
     for path in paths:
@@ -60,16 +91,13 @@ def find_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
         if not found:
             find_run(path)  # raises the precise reason (no config.toml, no checkpoint yet)
         runs += [(run, run.name) for run in found]
-    if not paths and (DEMO_RUN / "config.toml").is_file():
-        runs.append((find_run(DEMO_RUN), "demo model"))
-    if not runs:
-        raise JaxsegError("no checkpoint: pass --checkpoint RUN_FOLDER (a run of `jaxseg train`, or a folder "
-                          "of runs), or run `jaxseg demo` first to train the demo model")
+    if not paths:
+        runs = default_models()
     checkpoints, seen = [], set()
     for run, name in runs:
-        if run in seen:
+        if run.resolve() in seen:
             continue
-        seen.add(run)
+        seen.add(run.resolve())
         cfg = config_lib.load(run / "config.toml")
         modalities = config_lib.canonical_modalities(cfg)
         label = f"{name}: {cfg.model.name}, {cfg.data.target}, {' + '.join(modalities)}"

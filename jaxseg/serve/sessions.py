@@ -9,17 +9,21 @@ in the name). The client's file name is kept for display only.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import secrets
 import shutil
 import threading
+import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Callable
 
 import numpy as np
 
 from jaxseg.data import brats, nifti
 from jaxseg.errors import JaxsegError
+from jaxseg.files import write_text
 
 IMAGE_SLOTS = brats.MODALITIES  # flair, t1, t1ce, t2
 SLOTS = (*IMAGE_SLOTS, "seg")
@@ -28,6 +32,7 @@ SLOTS = (*IMAGE_SLOTS, "seg")
 MAX_VOXELS = 64_000_000
 CHUNK = 1 << 20
 NIFTI_HEADER = 352  # bytes before the voxels of a NIfTI-1 file; the magic sits at 344 (NIfTI-2: at 4)
+SESSION_FILE = "session.json"
 
 
 @dataclasses.dataclass
@@ -50,34 +55,124 @@ class Upload:
 
 @dataclasses.dataclass
 class Session:
-    token: str
+    token_hash: str  # sha256 of the cookie's token: the token itself is never stored
     folder: Path
     uploads: dict[str, Upload] = dataclasses.field(default_factory=dict)
     jobs: dict = dataclasses.field(default_factory=dict)  # job id -> jobs.Job
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)  # uploads and job starts
+    created: float = dataclasses.field(default_factory=time.time)
+    last_used: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def busy(self) -> bool:
+        """A job of the session is queued or running (such a session never expires)."""
+        return any(job.active for job in list(self.jobs.values()))
+
+    def save(self) -> None:
+        write_text(self.folder / SESSION_FILE, json.dumps(
+            {"token_sha256": self.token_hash, "created": self.created, "last_used": self.last_used}))
+
+
+class SessionsFull(Exception):
+    """``max_sessions`` live sessions exist already."""
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class SessionStore:
-    """Sessions by cookie token; each owns ``root/<random>/``."""
+    """Sessions by cookie token, each owning ``root/<random>/``; at most ``max_sessions`` of them,
+    each removed (with its folder) after ``ttl`` seconds without a request, unless a job of it is
+    queued or running.
 
-    def __init__(self, root: Path):
+    A session exists only once a client uploads a file or starts a job (:meth:`create`); reading
+    the page or ``/api/info`` creates nothing. Sessions are written to ``session.json`` in their
+    folder, so a server restarted on the same folder knows them again (:meth:`load`).
+    """
+
+    def __init__(self, root: Path, max_sessions: int = 100, ttl: float = 4 * 3600.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._sessions: dict[str, Session] = {}
+        self.max_sessions, self.ttl = max_sessions, ttl
+        self._sessions: dict[str, Session] = {}  # by token hash
         self._lock = threading.Lock()
 
     def get(self, token: str | None) -> Session | None:
+        """The live session of a cookie token (and it counts as used now), or None."""
+        if not token:
+            return None
         with self._lock:
-            return self._sessions.get(token) if token else None
+            session = self._sessions.get(token_hash(token))
+            if session is not None and self._expired(session, time.time()):
+                self._remove(session)
+                return None
+            if session is not None:
+                session.last_used = time.time()
+            return session
 
-    def create(self) -> Session:
+    def create(self) -> tuple[Session, str]:
+        """A new session and its cookie token; SessionsFull when the store is at its cap."""
+        self.sweep()
         with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise SessionsFull
             token = secrets.token_urlsafe(24)
             folder = self.root / secrets.token_hex(8)
             folder.mkdir(parents=True)
-            session = Session(token, folder)
-            self._sessions[token] = session
-            return session
+            session = Session(token_hash(token), folder)
+            session.save()
+            self._sessions[session.token_hash] = session
+            return session, token
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove every expired session and its files; returns how many were removed."""
+        now = time.time() if now is None else now
+        with self._lock:
+            expired = [s for s in self._sessions.values() if self._expired(s, now)]
+            for session in expired:
+                self._remove(session)
+        return len(expired)
+
+    def load(self, load_job: Callable[[Path], Any]) -> int:
+        """Take back the sessions a previous server left under ``root`` (their finished and
+        interrupted jobs; uploads not yet used by a job are dropped); remove expired ones and
+        folders without a readable record. Returns the number of sessions taken back."""
+        now = time.time()
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                record = json.loads((folder / SESSION_FILE).read_text())
+                session = Session(str(record["token_sha256"]), folder, created=float(record["created"]),
+                                  last_used=float(record["last_used"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            shutil.rmtree(folder / "uploads", ignore_errors=True)
+            for job_folder in sorted((folder / "jobs").glob("*")):
+                job = load_job(job_folder)
+                if job is None:
+                    shutil.rmtree(job_folder, ignore_errors=True)
+                else:
+                    session.jobs[job.id] = job
+            if self._expired(session, now) or len(self._sessions) >= self.max_sessions:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                self._sessions[session.token_hash] = session
+        return len(self._sessions)
+
+    def close(self) -> None:
+        """At exit: remove expired sessions, record when the others were last used."""
+        self.sweep()
+        with self._lock:
+            for session in self._sessions.values():
+                session.save()
+
+    def _expired(self, session: Session, now: float) -> bool:
+        return now - session.last_used > self.ttl and not session.busy
+
+    def _remove(self, session: Session) -> None:
+        self._sessions.pop(session.token_hash, None)
+        shutil.rmtree(session.folder, ignore_errors=True)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -90,8 +185,15 @@ def display_name(raw: str | None) -> str:
     return name or "unnamed file"
 
 
-def save_upload(session: Session, slot: str, body: BinaryIO, length: int, name: str) -> Upload:
-    """Stream ``length`` bytes of ``body`` into the session, check it, and keep it as ``slot``.
+def part_file(session: Session) -> Path:
+    """A fresh temporary name in the session's uploads folder for a body being received."""
+    uploads = session.folder / "uploads"
+    uploads.mkdir(exist_ok=True)
+    return uploads / f".part-{secrets.token_hex(8)}"
+
+
+def accept_upload(session: Session, slot: str, part: Path, name: str) -> Upload:
+    """Check the received file ``part`` and keep it as the session's ``slot`` (removing ``part``).
 
     Raises JaxsegError with one line naming the client's file (never the server's path) if the
     file is not a readable 3D NIfTI volume, is too large once unpacked, has NaN voxels, is a seg
@@ -100,31 +202,20 @@ def save_upload(session: Session, slot: str, body: BinaryIO, length: int, name: 
     """
     if slot not in SLOTS:
         raise JaxsegError(f"unknown upload slot {slot!r} (known: {', '.join(SLOTS)})")
-    uploads = session.folder / "uploads"
-    uploads.mkdir(exist_ok=True)
-    part = uploads / f".part-{secrets.token_hex(8)}"
     try:
-        received, head = 0, b""
-        with part.open("wb") as out:
-            while received < length:
-                chunk = body.read(min(CHUNK, length - received))
-                if not chunk:
-                    break
-                head = head or chunk[:NIFTI_HEADER]
-                out.write(chunk)
-                received += len(chunk)
-        if received < length:
-            raise JaxsegError(f"{name}: the upload was cut short ({received} of {length} bytes arrived)")
+        size = part.stat().st_size
+        with part.open("rb") as f:
+            head = f.read(NIFTI_HEADER)
         suffix = ".nii.gz" if head[:2] == b"\x1f\x8b" else ".nii"
         if suffix == ".nii" and not _nifti_magic(head):
             raise JaxsegError(f"{name}: not a NIfTI file (neither a .nii volume nor a gzip-compressed .nii.gz)")
         checked = part.with_name(part.name + suffix)
         part.rename(checked)
         part = checked
-        upload = _check(session, slot, part, name, received)
-        final = uploads / f"{slot}{suffix}"
+        upload = _check(session, slot, part, name, size)
+        final = part.parent / f"{slot}{suffix}"
         with session.lock:
-            for old in uploads.glob(f"{slot}.nii*"):
+            for old in part.parent.glob(f"{slot}.nii*"):
                 old.unlink()
             part.rename(final)
             upload.path = final

@@ -1,10 +1,8 @@
-"""Fixtures of the web-app tests: a small phantom dataset and a client with its own cookies."""
+"""Fixtures of the web-app tests: a small phantom dataset and an in-process client with its own cookies."""
 from __future__ import annotations
 
-import http.cookiejar
 import json
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +26,23 @@ def phantom_case(phantom_root) -> Path:
     return sorted(p for p in phantom_root.iterdir() if p.is_dir())[0]
 
 
-class Client:
-    """One browser's worth of HTTP: its own cookie jar. Answers are (status, parsed JSON or bytes)."""
+HEADERS = {"X-Jaxseg-Request": "1"}  # what the page sends with every request that changes something
 
-    def __init__(self, base: str):
-        self.base = base.rstrip("/")
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+class Client:
+    """One browser's worth of HTTP against the ASGI app in-process (Starlette's TestClient: its
+    own cookie jar). Answers are (status, parsed JSON or bytes)."""
+
+    def __init__(self, asgi):
+        from starlette.testclient import TestClient
+        self.http = TestClient(asgi, base_url="http://127.0.0.1:7860", raise_server_exceptions=False)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
-        try:
-            with self.opener.open(request, timeout=60) as answer:
-                status, raw, got = answer.status, answer.read(), dict(answer.headers)
-        except urllib.error.HTTPError as error:
-            status, raw, got = error.code, error.read(), dict(error.headers)
-        content_type = got.get("Content-Type", "")
-        return status, json.loads(raw) if content_type.startswith("application/json") else raw, got
+        answer = self.http.request(method, path, content=body, headers=headers or {})
+        content_type = answer.headers.get("content-type", "")
+        data = answer.json() if content_type.startswith("application/json") else answer.content
+        return answer.status_code, data, dict(answer.headers)
 
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)[:2]
@@ -53,10 +51,21 @@ class Client:
         return self.request("POST", path, json.dumps(data).encode(), {"Content-Type": "application/json"})[:2]
 
     def upload(self, slot: str, content: bytes, name: str) -> tuple[int, Any]:
-        return self.request("POST", f"/api/upload/{slot}", content, {"X-Filename": name})[:2]
+        return self.request("POST", f"/api/upload/{slot}", content, {"X-Filename": name, **HEADERS})[:2]
 
     def upload_case(self, case: Path, slots=("flair", "t1", "t1ce", "t2", "seg")) -> None:
         for slot in slots:
             path = case / f"{case.name}_{slot}.nii.gz"
             status, answer = self.upload(slot, path.read_bytes(), path.name)
             assert status == 200, answer
+
+
+def wait_for_job(client: Client, job_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, job = client.get(f"/api/jobs/{job_id}")
+        assert status == 200, job
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s: {job['steps']}")

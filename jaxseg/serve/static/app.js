@@ -7,6 +7,8 @@
   let info = null;
   let cases = [];
   let pollTimer = null;
+  let events = null;
+  let eventsBroken = false;
   let shownJob = null;
 
   function el(tag, attrs, text) {
@@ -19,7 +21,9 @@
     : `${(bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0)} MB`);
 
   async function api(method, path, body) {
-    const options = { method, headers: {}, credentials: 'same-origin' };
+    // The header marks the request as the page's own: the server refuses state changes without it
+    // (or a JSON body), which another site's page cannot send without a CORS preflight.
+    const options = { method, headers: { 'X-Jaxseg-Request': '1' }, credentials: 'same-origin' };
     if (body !== undefined) {
       options.body = JSON.stringify(body);
       options.headers['Content-Type'] = 'application/json';
@@ -36,6 +40,13 @@
   // ----------------------------------------------------------------------------- model
   function renderModel() {
     const c = checkpoint();
+    if (!c) {  // no model yet: the page stays up and says what to do
+      $('model-info').textContent = info.message || 'No model is available.';
+      $('model-info').classList.add('error');
+      $('slots').replaceChildren();
+      updateReadiness();
+      return;
+    }
     $('model-info').textContent = `${c.model} · target ${c.target} (${c.regions.join(', ')}) · needs ` +
       `${c.modalities.map((m) => SLOT_NAMES[m]).join(' + ')} · ` +
       (c.dropout > 0 ? `dropout ${c.dropout} (MC-dropout uncertainty available)` : 'no dropout (no MC-dropout uncertainty)') +
@@ -101,6 +112,7 @@
     const request = new XMLHttpRequest();
     request.open('POST', `/api/upload/${slot}`);
     request.setRequestHeader('X-Filename', encodeURIComponent(file.name));
+    request.setRequestHeader('X-Jaxseg-Request', '1');
     request.upload.onprogress = (e) => {
       if (e.lengthComputable) status.textContent = `uploading ${file.name}: ${Math.round(100 * e.loaded / e.total)} %`;
     };
@@ -171,7 +183,9 @@
     const running = shownJob && (shownJob.state === 'queued' || shownJob.state === 'running');
     let problem = '';
     const c = checkpoint();
-    if (source() === 'upload') {
+    if (!c) {
+      problem = 'No model is available on this server yet (see the model card above).';
+    } else if (source() === 'upload') {
       const missing = c.modalities.filter((m) => !info.uploads[m]);
       if (missing.length) {
         problem = `This model needs ${c.modalities.map((m) => SLOT_NAMES[m]).join(', ')}; ` +
@@ -211,7 +225,7 @@
     shownJob = job;
     $('job').hidden = false;
     const states = { queued: job.queue_position ? `waiting: ${job.queue_position} job(s) ahead` : 'waiting to start',
-      running: 'running', done: 'done', failed: 'failed' };
+      running: 'running', done: 'done', failed: 'failed', interrupted: 'interrupted (the server stopped)' };
     $('job-state').textContent = states[job.state] || job.state;
     $('job-percent').textContent = `${Math.round(100 * job.progress)} %`;
     $('progress').value = job.progress;
@@ -219,16 +233,33 @@
     $('job-error').textContent = job.error || '';
     document.documentElement.dataset.job = job.state;
     if (job.state === 'done' && $('results').dataset.job !== job.id) showResult(job);
-    if (job.state === 'queued' || job.state === 'running') {
-      clearTimeout(pollTimer);
-      pollTimer = setTimeout(() => poll(job.id), 500);
-    }
+    if (job.state === 'queued' || job.state === 'running') follow(job.id);
+    else if (events) { events.close(); events = null; }
     updateReadiness();
+  }
+
+  // Progress is pushed by server-sent events; if the stream breaks (a proxy that buffers, an
+  // old browser), the page falls back to asking every half second.
+  function follow(id) {
+    if (events && events.jobId === id) return;
+    if (events) events.close();
+    clearTimeout(pollTimer);
+    if (eventsBroken || typeof EventSource === 'undefined') { pollTimer = setTimeout(() => poll(id), 500); return; }
+    events = new EventSource(`/api/jobs/${id}/events`);
+    events.jobId = id;
+    events.onmessage = (e) => showJob(JSON.parse(e.data));
+    events.onerror = () => {
+      if (!events || events.jobId !== id) return;
+      events.close();
+      events = null;
+      eventsBroken = true;
+      if (shownJob && shownJob.id === id && (shownJob.state === 'queued' || shownJob.state === 'running')) follow(id);
+    };
   }
 
   async function poll(id) {
     try {
-      showJob(await api('GET', `/api/jobs/${id}`));
+      showJob(await api('GET', `/api/jobs/${id}`));  // follows it again while it is active
     } catch (error) {
       $('job-error').textContent = error.message;
     }
@@ -284,6 +315,7 @@
     info = await api('GET', '/api/info');
     const select = $('checkpoint');
     for (const c of info.checkpoints) select.append(el('option', { value: c.id }, c.label));
+    select.disabled = !info.checkpoints.length;
     select.addEventListener('change', () => { renderModel(); });
     if (info.data) {
       cases = await api('GET', '/api/cases');
