@@ -1,8 +1,9 @@
 """The `jaxseg` command line: each command parses its arguments and makes one library call.
 
-Errors a user can cause arrive as :class:`jaxseg.errors.JaxsegError` and are printed as one line
-with exit status 2, never a traceback. Heavy imports (jax) happen inside the commands so that
-``jaxseg --help`` is instant.
+Exit status, for every command: 0 done; 2 a user error (bad arguments, a bad file or setting: a
+:class:`jaxseg.errors.JaxsegError`, printed as one line, never a traceback; also `data inspect`
+finding problems in a dataset); 130 interrupted (Ctrl-C). Heavy imports (jax) happen inside the
+commands so that ``jaxseg --help`` and ``jaxseg --version`` are instant.
 """
 from __future__ import annotations
 
@@ -14,12 +15,40 @@ from typing import Callable, List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Explainable brain-tumor MRI segmentation in pure JAX.")
-data_app = typer.Typer(no_args_is_help=True, help="Look at datasets.")
+from jaxseg.cli_help import App
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+          help="Explainable brain-tumor MRI segmentation in pure JAX.")
+data_app = App(no_args_is_help=True, help="Look at datasets.")
 app.add_typer(data_app, name="data")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+        import platform
+        from jaxseg import __version__
+
+        def version(dist: str) -> str:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                return "not installed"
+        typer.echo(f"jaxseg {__version__} (jax {version('jax')}, jaxlib {version('jaxlib')}, "
+                   f"flax {version('flax')}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the versions of jaxseg, jax, jaxlib, flax and Python, and exit.")
+          ) -> None:
+    """Explainable brain-tumor MRI segmentation in pure JAX."""
+
+
 CHECKPOINT_HELP = ("a run folder of `jaxseg train`, a model folder, a bundled model's name, or `demo` "
                    "(the model of `jaxseg demo`); default: the bundled model for the input's modalities "
                    "(`jaxseg models` lists them)")
@@ -37,7 +66,7 @@ def _user_errors(fn: Callable) -> Callable:
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except OSError as e:  # the system's word on a path: permission denied, disk full, ...
             where = f"{e.filename}: " if e.filename else ""
             typer.secho(f"error: {where}{e.strerror or e}", err=True, fg="red")
@@ -52,10 +81,12 @@ def _say(message: str) -> None:
 @app.command()
 @_user_errors
 def train(
-    config: str = typer.Option(..., "--config", "-c", help="configs/<name>[.toml] or a path"),
+    config: str = typer.Option(..., "--config", "-c", metavar="NAME|FILE",
+                               help="a shipped config by name (demo, brats2021_3d, ...) or a TOML file"),
     workdir: Path = typer.Option(Path("runs/latest"), "--workdir", "-w",
                                  help="run folder: checkpoints, metrics, resolved config; resumes if present"),
-    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set train.epochs=3"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="override a setting, e.g. --set train.epochs=3 (repeatable)"),
     distributed: bool = typer.Option(False, "--distributed",
                                      help="multi-host: call jax.distributed.initialize (also JAXSEG_DISTRIBUTED=1)"),
     coordinator: Optional[str] = typer.Option(None, help="multi-host coordinator host:port"),
@@ -144,7 +175,7 @@ def models(
     from jaxseg.model_export import render_models
     from jaxseg.model_store import BUNDLED_DIR, list_models
     entries = list_models(runs or ())
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=200)
     if not entries:
         typer.echo(f"no models: none bundled ({BUNDLED_DIR}), no demo model yet (`jaxseg demo` makes one); "
                    "give run folders to list them")
@@ -179,7 +210,8 @@ def import_weights(
     arch: str = typer.Option("resunet34", "--arch", help="the architecture of the weights"),
     config: Optional[str] = typer.Option(None, "--config", "-c",
                                          help="data and model settings; default: read off the weights"),
-    set_: List[str] = typer.Option([], "--set", help="override a setting, e.g. --set data.target=regions"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="override a setting, e.g. --set data.target=regions (repeatable)"),
 ) -> None:
     """Convert PyTorch weights (smp Unet, or a torchvision ResNet encoder) into a run folder."""
     from jaxseg.train.pretrained import import_weights as run
@@ -196,7 +228,7 @@ def phantom(
     out: Path = typer.Option(..., "--out", "-o", help="folder to write cases into"),
     cases: int = typer.Option(8, "--cases", "-n", min=1, help="how many cases"),
     seed: int = typer.Option(0, "--seed", help="same seed, same phantoms"),
-    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="voxels X Y Z"),
+    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", metavar="X Y Z", help="voxels X Y Z"),
 ) -> None:
     """Write synthetic BraTS-2021-named cases with ground truth."""
     from jaxseg.data.phantom import write_phantoms
@@ -248,8 +280,9 @@ def data_inspect(
     from jaxseg.data.inspect2d import inspect_folder
     table, problems = inspect_folder(root, format, mask_suffix)
     Console(width=200).print(table)
-    if problems:
-        raise typer.Exit(1)
+    if problems:  # the table names each problem; a dataset with problems is a user error
+        typer.secho(f"error: {root}: {len(problems)} problem(s) found (see the table)", err=True, fg="red")
+        raise typer.Exit(EXIT_USER_ERROR)
 
 
 @app.command()
@@ -264,12 +297,13 @@ def demo(
 
 
 def _compilation_cache() -> None:
-    """Keep XLA's compiled programs between runs (a CPU compile of a U-Net step takes seconds).
-    JAX_COMPILATION_CACHE_DIR chooses the folder; JAXSEG_NO_COMPILATION_CACHE=1 turns it off."""
+    """Keep XLA's compiled programs between runs (a CPU compile of a U-Net step takes seconds), in
+    the per-user folder (:func:`jaxseg.home.compilation_cache_dir`, never the current folder).
+    JAX_COMPILATION_CACHE_DIR chooses another folder; JAXSEG_NO_COMPILATION_CACHE=1 turns it off."""
     if os.environ.get("JAXSEG_NO_COMPILATION_CACHE") == "1":
         return
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxseg" / "xla"
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))  # read when jax is imported
+    from jaxseg.home import compilation_cache_dir
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(compilation_cache_dir()))  # read when jax is imported
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 

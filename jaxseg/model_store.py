@@ -279,7 +279,9 @@ def _default_model(modalities: Iterable[str] | None, input_name: str | None,
     if not entries:
         raise JaxsegError(f"no --checkpoint given and no model is bundled with this installation "
                           f"({BUNDLED_DIR} is empty); {alternatives}")
-    have = None if modalities is None else {brats.canonical_modality(m) for m in modalities}
+    # Names that are no modality (a "seg" file) do not count.
+    have = None if modalities is None else {brats.MODALITY_ALIASES[m.lower()] for m in modalities
+                                            if m.lower() in brats.MODALITY_ALIASES}
     for entry in entries:
         if have is None or set(entry.modalities) <= have:
             say(f"no --checkpoint given: using the bundled model {entry.name} "
