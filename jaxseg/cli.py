@@ -175,7 +175,7 @@ def models(
     from jaxseg.model_export import render_models
     from jaxseg.model_store import BUNDLED_DIR, list_models
     entries = list_models(runs or ())
-    console = Console(width=200)
+    console = Console(width=max(Console().width, 120))
     if not entries:
         typer.echo(f"no models: none bundled ({BUNDLED_DIR}), no demo model yet (`jaxseg demo` makes one); "
                    "give run folders to list them")
@@ -281,7 +281,7 @@ def data_inspect(
     table, problems = inspect_folder(root, format, mask_suffix)
     Console(width=200).print(table)
     if problems:  # the table names each problem; a dataset with problems is a user error
-        typer.secho(f"error: {root}: {len(problems)} problem(s) found (see the table)", err=True, fg="red")
+        typer.secho(f"error: {root}: the dataset has problems (the table names them)", err=True, fg="red")
         raise typer.Exit(EXIT_USER_ERROR)
 
 

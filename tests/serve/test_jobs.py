@@ -77,3 +77,63 @@ def test_stop_fails_the_waiting_jobs(tmp_path):
     release.set()
     runner.join(10)
     assert first.state == "done" and second.state == "failed" and "stopped" in second.error
+
+
+def test_a_full_queue_refuses_and_keeps_order(tmp_path):
+    from jaxseg.serve.jobs import QueueFull
+    runner, release = JobRunner(max_waiting=2), threading.Event()
+    try:
+        jobs = [new_job(tmp_path, f"job {i}", lambda job: (release.wait(10), ({}, {}))[1]) for i in range(4)]
+        runner.submit(jobs[0])
+        wait(lambda: jobs[0].state == "running")  # running jobs do not count as waiting
+        runner.submit(jobs[1])
+        runner.submit(jobs[2])
+        with pytest.raises(QueueFull):
+            runner.submit(jobs[3])
+        assert runner.waiting() == 2 and jobs[3].state == "queued"
+        release.set()
+        wait(lambda: jobs[2].state == "done")
+        runner.submit(jobs[3])
+        wait(lambda: jobs[3].state == "done")
+    finally:
+        release.set()
+        runner.stop()
+        runner.join(10)
+
+
+def test_job_records_on_disk(tmp_path):
+    """job.json follows the job; read back, a finished job offers its files, an active one is
+    interrupted and offers none, an unreadable record is no job."""
+    import json
+
+    from jaxseg.serve.jobs import load_job
+
+    def work(job):
+        (job.folder / "out").mkdir()
+        (job.folder / "out" / "seg.nii.gz").write_bytes(b"seg")
+        return {"segmentation": job.folder / "out" / "seg.nii.gz"}, {"case": "c"}
+
+    runner = JobRunner()
+    try:
+        done = new_job(tmp_path, "done", work)
+        runner.submit(done)
+        wait(lambda: done.state == "done")
+        record = json.loads((done.folder / "job.json").read_text())
+        assert record["state"] == "done" and record["files"] == {"segmentation": "out/seg.nii.gz"}
+        again = load_job(done.folder)
+        assert again.state == "done" and again.files["segmentation"].read_bytes() == b"seg"
+        assert again.summary == {"case": "c"} and again.steps == done.steps
+
+        queued = new_job(tmp_path, "never ran", work)  # as a killed server leaves it
+        (queued.folder / "out").mkdir()
+        cut = load_job(queued.folder)
+        assert cut.state == "interrupted" and cut.files == {} and not (queued.folder / "out").exists()
+        assert json.loads((queued.folder / "job.json").read_text())["state"] == "interrupted"
+
+        (done.folder / "out" / "seg.nii.gz").unlink()  # a file removed behind the server's back
+        assert load_job(done.folder).state == "failed"
+        (done.folder / "job.json").write_text("{not json")
+        assert load_job(done.folder) is None
+    finally:
+        runner.stop()
+        runner.join(10)
