@@ -151,5 +151,5 @@ def test_cli_inspect_of_a_figshare_folder(tmp_path):
     assert "figshare_mat dataset" in result.output and "meningioma" in result.output
     (tmp_path / "2.mat").write_bytes(b"\x89HDF\r\n")  # a truncated download
     result = CliRunner().invoke(cli.app, ["data", "inspect", str(tmp_path)])
-    assert result.exit_code == 1 and "2.mat:notaMATLABv7.3" in "".join(result.output.split())  # wrapped
+    assert result.exit_code == 2 and "2.mat:notaMATLABv7.3" in "".join(result.output.split())  # wrapped
     assert "Traceback" not in result.output
