@@ -1,6 +1,5 @@
 """`jaxseg explain` end to end: maps in the input's geometry, the JSON summary, the report."""
 import json
-import os
 
 import nibabel as nib
 import numpy as np
@@ -54,15 +53,25 @@ def test_explain_to_a_single_report_file(smoke_run, case, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
 
 
-def test_without_checkpoint_uses_the_demo_model_or_says_what_to_do(smoke_run, case, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(JaxsegError, match="run `jaxseg demo` first or pass --checkpoint"):
+def test_without_checkpoint_uses_the_bundled_model_or_says_what_to_do(smoke_run, case, tmp_path, monkeypatch):
+    from jaxseg import home, model_store
+    monkeypatch.setenv("JAXSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(model_store, "BUNDLED_DIR", tmp_path / "bundled")
+    with pytest.raises(JaxsegError, match="no model is bundled with this installation.*--checkpoint demo"):
         explain(case, None, tmp_path / "r.html", QUICK)
-    os.makedirs("demo_output")
-    os.symlink(smoke_run, "demo_output/run")
+    with pytest.raises(JaxsegError, match="--checkpoint demo: no demo model .*run `jaxseg demo` first"):
+        explain(case, "demo", tmp_path / "r.html", QUICK)
+    assert not (tmp_path / "r.html").exists()
+    model_store.export_model(smoke_run, tmp_path / "bundled" / model_store.DEFAULT_MODEL,
+                             name=model_store.DEFAULT_MODEL, dtype="float32")
     said = []
-    explain(case, None, tmp_path / "r.html", QUICK, say=said.append)
-    assert any("using the model trained by `jaxseg demo`" in line for line in said)
+    result = explain(case, None, tmp_path / "r.html", QUICK, say=said.append)
+    assert any(f"using the bundled model {model_store.DEFAULT_MODEL}" in line for line in said)
+    assert result.summary["checkpoint"] == str(tmp_path / "bundled" / model_store.DEFAULT_MODEL)
+    model_store.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32")
+    monkeypatch.chdir(tmp_path / "bundled")  # any folder
+    result = explain(case, "demo", tmp_path / "d.html", QUICK)
+    assert result.summary["checkpoint"] == str(tmp_path / "home" / "models" / "demo")
 
 
 def test_single_modality_whole_tumor_model_on_2023_naming_without_ground_truth(real_data, tmp_path):
