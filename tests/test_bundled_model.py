@@ -1,0 +1,53 @@
+"""The models bundled in jaxseg/bundled/: each loads and segments a phantom.
+
+Skips while the package bundles no model (the real-data Dice check of the shipped BraTS model
+is added beside these tests together with the model).
+"""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxseg import config as config_lib
+from jaxseg import model_store
+from jaxseg.data import brats, phantom
+from jaxseg.infer.predict import Predictor
+from jaxseg.train import metrics
+
+BUNDLED = model_store.bundled_names()
+pytestmark = pytest.mark.skipif(not BUNDLED, reason=f"no model is bundled in {model_store.BUNDLED_DIR}")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return phantom.write_phantoms(tmp_path_factory.mktemp("bundled_case"), 1, seed=31, shape=(96, 96, 64))[0]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_loads_and_segments_a_phantom(name, case):
+    folder = model_store.resolve_checkpoint(name)
+    assert folder == model_store.BUNDLED_DIR / name and model_store.is_model_folder(folder)
+    predictor = Predictor(folder)
+    for leaf in jax.tree_util.tree_leaves((predictor.params, predictor.batch_stats)):
+        assert leaf.dtype == np.float32 and np.isfinite(np.asarray(leaf)).all()
+    image, _, props = brats.load_case(brats.case_from_path(case), predictor.modalities)
+    probs, classes = predictor.predict_image(image)
+    assert probs.shape == (*props.shape, predictor.cfg.out_channels) and probs.dtype == np.float32
+    assert np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1
+    assert classes.shape == props.shape
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_card_matches_its_config(name):
+    folder = model_store.BUNDLED_DIR / name
+    card = json.loads((folder / model_store.CARD_FILE).read_text())
+    cfg = config_lib.load(folder / model_store.CONFIG_FILE)
+    assert card["inputs"]["modalities"] == list(config_lib.canonical_modalities(cfg))
+    assert card["target"] == cfg.data.target and card["regions"] == list(metrics.region_names(cfg.data.target))
+    assert card["architecture"]["name"] == cfg.model.name
+    storage = card["storage"]
+    assert storage["dtype"] in model_store.STORAGE_DTYPES
+    if storage["dtype"] == "float16":
+        assert 0 <= storage["max_probability_difference"] <= model_store.FLOAT16_TOLERANCE
+    assert card["provenance"]["trained_on"] and card["description"]
