@@ -2,24 +2,41 @@
 
 typer 0.2x prints a value type after every option, switches included (``--quiet -q <bool>``,
 ``--help <bool>``), although a switch takes no value; and it writes a required argument as
-``{path}`` in the usage line. :class:`App` is a ``typer.Typer`` whose commands and groups give
-every switch an empty metavar (nothing is printed after it) and write the usage line the classic
-way: ``jaxseg predict [OPTIONS] PATH`` (``[PATH]`` when optional). Only public click hooks are
+``{path}`` in the usage line; a repeatable option shows ``<list[Path]>``. :class:`App` is a ``typer.Typer`` whose commands and groups give
+every switch an empty metavar (nothing is printed after it), a repeatable option the name of
+one value (``--checkpoint PATH``), and write the usage line the classic way: ``jaxseg predict [OPTIONS] PATH`` (``[PATH]`` when optional). Only public click hooks are
 used (``get_params``, ``collect_usage_pieces``), so older typer releases render the same.
 """
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 
+def _one_value(param: Any) -> str:
+    """The name of one value of a repeatable option: ``List[Path]`` -> ``PATH``."""
+    descriptor = getattr(param, "type_descriptor", None)  # typer 0.2x: the annotation
+    if descriptor is not None:
+        element = (typing.get_args(descriptor.annotation) or (descriptor.annotation,))[0]
+        name = getattr(element, "__name__", "value")
+    else:  # click's parameter type
+        name = getattr(getattr(param, "type", None), "name", "value")
+    return {"str": "TEXT"}.get(name, name.upper())
+
+
 def _switches_show_no_value(params: list[Any]) -> list[Any]:
-    """Switches (``--quiet``, ``--figures/--no-figures``, ``--help``) get the metavar ``""``."""
+    """Switches (``--quiet``, ``--figures/--no-figures``, ``--help``) get the metavar ``""``;
+    repeatable options without a metavar the name of one value."""
     for param in params:
-        if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+        if getattr(param, "metavar", None) is not None or param.param_type_name != "option":
+            continue
+        if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif getattr(param, "multiple", False):
+            param.metavar = _one_value(param)
     return params
 
 
