@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxseg.data import checks
 from jaxseg.data.nifti import VolumeProperties, geometry_mismatch, read_label_volume, read_volume
 from jaxseg.errors import JaxsegError, file_error
 
@@ -195,7 +196,8 @@ def load_case(case: Case, modalities: Sequence[str] | None = None
       case has no seg), and the properties of the first modality (use them to write results).
     Raises:
       JaxsegError (one line naming the file) for a missing file, unreadable or non-3D data,
-      NaN/Inf voxels, volumes of different shapes or affines, or seg labels outside the naming's set.
+      NaN/Inf voxels, volumes of different shapes or affines, seg labels outside the naming's set,
+      or a modality that is constant or a label map (:func:`jaxseg.data.checks.check_content`).
     """
     wanted = _canonical_list(modalities) if modalities is not None else tuple(case.images)
     if not wanted:
@@ -209,6 +211,9 @@ def load_case(case: Case, modalities: Sequence[str] | None = None
         reference = reference or props
         channels.append(volume)
     image = np.stack(channels, axis=-1)
+    # An all-zero or constant modality, or a label map given as an image, would be segmented
+    # into a confident wrong answer; refuse it here, for training as for inference.
+    checks.check_content(image, [case.images[m] for m in wanted])
     classes = None
     if case.seg is not None:
         labels, seg_props = read_label_volume(case.seg)

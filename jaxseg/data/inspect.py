@@ -18,6 +18,7 @@ from rich.table import Table
 
 from jaxseg.data.brats import (MODALITIES, SUFFIXES, Case, find_cases, label_values, to_internal,
                                tumor_volumes_ml)
+from jaxseg.data import checks
 from jaxseg.data.nifti import VolumeProperties, geometry_mismatch, read_label_volume, read_volume
 from jaxseg.errors import JaxsegError
 
@@ -37,6 +38,18 @@ class CaseReport:
     labels: tuple[int, ...] | None = None  # seg values present, in the file's convention
     volumes_ml: dict[str, float] | None = None  # WT, TC, ET
     problems: list[str] = field(default_factory=list)  # one line each, naming the file
+
+
+def _input_problems(volume, props: VolumeProperties, path: Path) -> list[str]:
+    """What load_case refuses (a constant image, a label map) and predict and explain refuse
+    (a spacing far from 1 mm), for one modality: one line, or none. (Their warning, not
+    skull-stripped, is no problem of a dataset: training on such data is the user's choice.)"""
+    try:
+        checks.check_content(volume[..., None], [path])
+        checks.check_geometry(props.spacing, path)
+    except JaxsegError as exc:
+        return [str(exc)]
+    return []
 
 
 def inspect_case(case: Case) -> CaseReport:
@@ -60,11 +73,12 @@ def inspect_case(case: Case) -> CaseReport:
             report.problems.append(f"{case.expected_file(modality)}: missing ({modality} image)")
             continue
         try:
-            _, props = read_volume(case.images[modality])
+            volume, props = read_volume(case.images[modality])
         except JaxsegError as exc:
             report.problems.append(str(exc))
             continue
         compare(props)
+        report.problems += _input_problems(volume, props, case.images[modality])
     if case.seg is not None:
         try:
             seg, seg_props = read_label_volume(case.seg)

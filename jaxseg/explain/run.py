@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxseg.data import brats, nifti, preprocess
+from jaxseg.data import brats, checks, nifti, preprocess
 from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions as captions_lib
 from jaxseg.explain.faithfulness import faithfulness
@@ -86,6 +86,9 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         predictor = Predictor(run, settings.batch_size)
     kind = predictor.cfg.data.target
     image, truth, props = brats.load_case(case, predictor.modalities)
+    # Refuses a spacing far from 1 mm; warns (stderr, the summary, the report) if not skull-stripped.
+    input_warnings = checks.check_model_input(
+        image, [case.images[brats.canonical_modality(m)] for m in predictor.modalities], props.spacing)
     step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
          f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
          f"{', with ground truth' if truth is not None else ''}")
@@ -115,6 +118,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
 
     summary = _summary(case, run, predictor, settings, layer, classes, truth, props, volume_caption,
                        slice_captions, curves, mc is not None)
+    summary["warnings"] = input_warnings
     summary.update(extra)
     files: dict[str, Path] = {}
     report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
@@ -279,4 +283,5 @@ def _write_report(path, case, image, predictor, props, classes, truth, probs, ca
         case_id=case.case_id, image=image, channel_names=list(predictor.modalities),
         spacing=tuple(float(s) for s in props.spacing), segmentation=classes.astype(np.uint8),
         ground_truth=truth, maps=maps, slice_captions=slice_captions, volume_caption=volume_caption.text,
-        curves=curves_from_faithfulness(curves) if curves else {}, settings=settings), path)
+        curves=curves_from_faithfulness(curves) if curves else {}, settings=settings,
+        warnings=list(summary.get("warnings", []))), path)

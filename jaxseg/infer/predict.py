@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, nifti, patches, pipeline, preprocess, records
+from jaxseg.data import brats, checks, nifti, patches, pipeline, preprocess, records
 from jaxseg.errors import JaxsegError
 from jaxseg.infer import sliding_window
 from jaxseg.models import registry
@@ -147,6 +147,7 @@ class Prediction:
     segmentation: Path
     probabilities: Path | None
     volumes_ml: dict[str, float]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # about the input (jaxseg.data.checks)
 
 
 def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | None, out: str | Path, *,
@@ -198,6 +199,9 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         if progress is not None:
             progress(case.case_id)
         image, _, props = brats.load_case(case, predictor.modalities)
+        # Refuses a spacing far from 1 mm; warns on stderr if the image is not skull-stripped.
+        input_warnings = checks.check_model_input(
+            image, [case.images[brats.canonical_modality(m)] for m in predictor.modalities], props.spacing)
         probs, classes = predictor.predict_image(image)
         classes = remove_small_components(classes, props.spacing, min_component_ml)
         target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
@@ -211,7 +215,7 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         volumes = brats.tumor_volumes_ml(classes, props.spacing)
         if predictor.cfg.data.target == "wt":
             volumes = {"WT": volumes["WT"]}
-        results.append(Prediction(case.case_id, target, prob_path, volumes))
+        results.append(Prediction(case.case_id, target, prob_path, volumes, input_warnings))
     return results
 
 

@@ -74,6 +74,7 @@ class ReportData:
       settings: run settings shown as a table (nested dicts are flattened to dotted keys).
       meshes: name -> ``(vertices (V, 3) float32 mm, faces (F, 3) int32)`` from
         :mod:`jaxseg.report.mesh`; None = compute the default ones, ``{}`` = no 3D view.
+      warnings: one line each about the input (e.g. not skull-stripped), shown in a banner.
     """
 
     case_id: str
@@ -91,6 +92,7 @@ class ReportData:
     volumes_ml: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     meshes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    warnings: list[str] = field(default_factory=list)  # about the input, shown above everything
 
 
 def render_report(data: ReportData) -> str:
@@ -461,6 +463,8 @@ def _page(data: ReportData, payload: Mapping[str, Any], payload_json: str) -> st
               '<p class="muted pad">No surfaces in this report.</p></div>')
     geometry = (" × ".join(map(str, np.shape(data.segmentation))) + " voxels · "
                 + " × ".join(f"{float(v):g}" for v in data.spacing) + " mm · " + ", ".join(map(esc, data.channel_names)))
+    warnings = ("" if not data.warnings else '<div class="input-warnings" id="input-warnings" role="alert">'
+                '<b>Check the input:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in data.warnings) + "</ul></div>")
     first = data.slice_captions[payload["focus"][2] * payload["stride"] + payload["offset"][2]] if data.slice_captions else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -471,7 +475,7 @@ def _page(data: ReportData, payload: Mapping[str, Any], payload_json: str) -> st
 <div class="case">Case <b id="case-id">{esc(data.case_id)}</b></div><div class="meta">{geometry}</div>
 <div class="meta">{esc(str(model))}</div>
 <div class="spacer"></div><div class="ruo">Research use only · not for diagnosis</div></header>
-<main><section class="workspace"><div class="left"><div class="views">{panels}{view3d}</div>
+{warnings}<main><section class="workspace"><div class="left"><div class="views">{panels}{view3d}</div>
 <div class="caption-bar"><div class="caption-label">Axial slice <b id="caption-slice"></b></div>
 <div id="caption">{esc(first)}</div></div></div>
 <aside class="sidebar">{_sidebar(data, payload)}</aside></section>

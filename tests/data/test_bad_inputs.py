@@ -166,6 +166,10 @@ BAD_INPUTS: list[BadInput] = [
              "whole-number"),
     BadInput("seg_2023_label_4", _seg_2023_label_4, "label"),
     BadInput("empty_folder", _empty_folder, "no BraTS case", in_dataset=False),
+    # Inputs the model was not made for (jaxseg/data/checks.py): refused before any answer.
+    BadInput("all_zero_modality", lambda tmp: _replace(tmp, "t1ce", np.zeros(SHAPE, np.int16)), "all zeros"),
+    BadInput("constant_modality", lambda tmp: _replace(tmp, "t2", np.full(SHAPE, 300, np.int16)), "constant"),
+    BadInput("label_map_as_image", lambda tmp: _replace(tmp, "flair", case_labels()), "label map"),
 ]
 _IDS = [b.name for b in BAD_INPUTS]
 
