@@ -365,7 +365,7 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("train.plateau_factor", f"must be in (0, 1); got {t.plateau_factor}")
 
 
-# Every config has a smoke size (STYLE.md habit 7): the same code path at toy sizes, so tests
+# Every config has a smoke size (CONTRIBUTING.md, habit 7): the same code path at toy sizes, so tests
 # and `jaxseg demo --smoke` run any config in seconds. Real-data configs keep their data.root.
 SMOKE_OVERRIDES = (
     "data.image_size=32", "data.phantom_cases=4", "data.phantom_shape=[32, 32, 20]",

@@ -1,4 +1,4 @@
-"""Strict, multi-device test setup (STYLE.md habit 8).
+"""Strict, multi-device test setup (CONTRIBUTING.md, habit 8).
 
 Four emulated CPU devices so sharding is exercised everywhere; rank promotion raises so a
 silent broadcast bug fails loudly. Both must be set before jax is imported.

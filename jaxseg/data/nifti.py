@@ -1,4 +1,4 @@
-"""NIfTI input and output that keeps the geometry (STYLE.md habit 10: geometry travels with the array).
+"""NIfTI input and output that keeps the geometry (CONTRIBUTING.md, habit 10: geometry travels with the array).
 
 Every reader returns ``(array, VolumeProperties)``. The array is in canonical **RAS+** voxel order
 (index 0 toward the patient's Right, 1 toward Anterior, 2 toward Superior; nibabel's

@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al. 2017) explains a scalar score ``s`` with one activati
 ``(B, *spatial, C)``: channel weights ``w_c`` are ``ds/dA_c`` averaged over the spatial axes, the
 map is ``ReLU(sum_c w_c A_c)``, brought to the input's size (bilinear in 2D, trilinear in 3D) and
 divided by its maximum per sample. The gradient is ``jax.grad`` with respect to a zero
-``perturb[layer]`` added to the named activation (STYLE.md habit 1), so there are no hooks and
+``perturb[layer]`` added to the named activation (CONTRIBUTING.md, habit 1), so there are no hooks and
 the whole map is one pure, jitted function of ``(params, batch_stats, images)``.
 
 Spatial rank is read off the arrays, so one code path serves 2D slices ``(B, H, W, C)`` and 3D

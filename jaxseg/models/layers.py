@@ -58,7 +58,7 @@ def add_perturbation(x: jax.Array, name: str, perturb: dict[str, jax.Array] | No
 
     A model calls this on each named activation before anything downstream uses it, so
     ``jax.grad`` of a score with respect to a zero ``perturb[name]`` is exactly the gradient with
-    respect to that activation (Grad-CAM without hooks, STYLE.md habit 1). The perturbation is
+    respect to that activation (Grad-CAM without hooks, CONTRIBUTING.md, habit 1). The perturbation is
     cast to the activation's dtype so bf16 models stay bf16.
     """
     if perturb is None or name not in perturb:

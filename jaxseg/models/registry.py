@@ -29,7 +29,7 @@ from jaxseg.models.transunet import TransUNet
 from jaxseg.models.unet import UNet
 from jaxseg.models.unet3d import UNet3D
 
-# The toy size every test uses (STYLE.md habit 7): one pooling, 4 and 8 channels.
+# The toy size every test uses (CONTRIBUTING.md, habit 7): one pooling, 4 and 8 channels.
 TINY_FEATURES = (4, 8)
 
 

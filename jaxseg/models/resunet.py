@@ -21,7 +21,7 @@ Conventions copied on purpose so that imported PyTorch weights give the same num
 
 So any ``H, W`` works, as in smp >= 0.4 whose decoder upsamples to the skip sizes.
 
-Named activations (STYLE.md habit 1): ``enc0`` (H/2), ``enc1`` (H/4) .. ``enc4`` (H/32), and
+Named activations (CONTRIBUTING.md, habit 1): ``enc0`` (H/2), ``enc1`` (H/4) .. ``enc4`` (H/32), and
 ``dec4 .. dec0`` for the five decoder blocks, ``dec{i}`` at resolution ``H / 2**i`` (``dec0``
 at full resolution, Grad-CAM's default layer). Sizes are ceil-rounded for odd inputs.
 

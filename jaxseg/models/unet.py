@@ -11,7 +11,7 @@ convolution maps ``features[0]`` channels to the logits. With the default featur
 Dropout sits between the two convolutions of the bottleneck block and of every decoder block
 (``model.dropout`` in the config), never in the encoder, and it only runs when a key is given.
 
-The forward pass returns the named activations Grad-CAM needs (STYLE.md habit 1):
+The forward pass returns the named activations Grad-CAM needs (CONTRIBUTING.md, habit 1):
 ``enc0 .. enc{depth}`` (``enc{depth}`` is the bottleneck) and ``dec{depth-1} .. dec0``.
 
 ``spatial_dims=3`` gives the same network on volumes (every layer its 3D counterpart); the 3D

@@ -1,4 +1,4 @@
-"""Checkpoints: everything that decides the future, in one orbax step (STYLE.md habit 9).
+"""Checkpoints: everything that decides the future, in one orbax step (CONTRIBUTING.md, habit 9).
 
 A run folder holds
   ``checkpoints/<step>/``  the full :class:`TrainState`, the grain iterator state of every JAX

@@ -1,4 +1,4 @@
-"""The training loop, top to bottom in data-flow order (STYLE.md habit 4).
+"""The training loop, top to bottom in data-flow order (CONTRIBUTING.md, habit 4).
 
 Sections: distributed set-up, mesh, input, model and optimizer, checkpoints (resume), steps,
 evaluate, loop. Resume order: the resolved config is checked against the run's, then the newest

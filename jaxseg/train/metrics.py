@@ -1,4 +1,4 @@
-"""Segmentation metrics, kept as sums (STYLE.md habit 6), plus the BraTS volume metrics.
+"""Segmentation metrics, kept as sums (CONTRIBUTING.md, habit 6), plus the BraTS volume metrics.
 
 Overlap metrics are accumulated as confusion sums ``tp, fp, fn`` per channel over any number of
 batches, devices and hosts, and turned into scores once (:func:`scores_from_sums`), so a dataset
@@ -180,7 +180,7 @@ def _check_pair(pred, ref, spacing) -> tuple[np.ndarray, np.ndarray, tuple[float
 def hd95(pred, ref, spacing=(1.0, 1.0, 1.0)) -> float:
     """95th-percentile Hausdorff distance (mm) between two masks.
 
-    Convention (STYLE.md habit 12): the 95th percentile of the *pooled* directed surface
+    Convention (CONTRIBUTING.md, habit 12): the 95th percentile of the *pooled* directed surface
     distances of both directions (pred -> ref and ref -> pred concatenated), as
     ``medpy.metric.binary.hd95`` and the BraTS evaluation compute it; not MONAI's maximum of the
     two directed 95th percentiles. Surfaces are ``mask XOR erosion`` (connectivity 1) and

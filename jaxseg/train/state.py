@@ -3,7 +3,7 @@
 ``TrainState`` holds the parameters, batch-norm statistics, optimizer state, step, base RNG key
 and the learning-rate scale of reduce-on-plateau. The model's structure (its NNX graphdef) is
 static and lives outside, so the state can be jitted, donated, sharded and checkpointed as a
-plain pytree (STYLE.md habits 2, 3 and 9).
+plain pytree (CONTRIBUTING.md, habits 2, 3 and 9).
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def create_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -> T
     """Initialise the state directly into replicated shardings on ``mesh``.
 
     One jitted initialiser whose outputs land replicated on every device, so no host ever holds
-    a second copy (STYLE.md habit 3).
+    a second copy (CONTRIBUTING.md, habit 3).
     """
     replicated = NamedSharding(mesh, P())
     return jax.jit(_initializer(cfg, tx), out_shardings=replicated)(

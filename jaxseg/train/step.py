@@ -1,4 +1,4 @@
-"""The pure, jitted train and eval steps (STYLE.md habit 2).
+"""The pure, jitted train and eval steps (CONTRIBUTING.md, habit 2).
 
 Both take the whole :class:`TrainState` and a batch of global arrays sharded on the mesh's
 ``'data'`` axis; parameters are replicated. XLA inserts the cross-device reductions (batch-norm
@@ -74,7 +74,7 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_name: str, target_kind: str
 
 
 def _sums(logits: jax.Array, batch: Batch, target_kind: str, mean_loss: jax.Array) -> dict:
-    """Sums that reduce exactly over batches, devices and hosts (STYLE.md habit 6)."""
+    """Sums that reduce exactly over batches, devices and hosts (CONTRIBUTING.md, habit 6)."""
     valid = batch.get("valid")
     count = jnp.asarray(logits.shape[0], jnp.float32) if valid is None else valid.sum().astype(jnp.float32)
     pred = M.region_masks_from_logits(logits, target_kind)
