@@ -247,8 +247,8 @@ def resolve_checkpoint(checkpoint: str | Path | None, *, modalities: Iterable[st
     - ``"demo"``: the demo model (:func:`jaxseg.home.demo_model_dir`; an error if `jaxseg demo`
       has not saved one).
     - a bundled model's name: that model.
-    - anything else is a path: a run folder or a model folder (``find_run``'s rules). A name
-      that is no existing path gets an error listing the valid names.
+    - anything else is a path: a run folder or a model folder (``find_run``'s rules). A bare
+      name (no ``/``, not a ``Path``) that is no existing folder gets an error listing the names.
     ``say`` hears which model was chosen when ``checkpoint`` is None.
     """
     from jaxseg.train.checkpoint import find_run
@@ -264,7 +264,8 @@ def resolve_checkpoint(checkpoint: str | Path | None, *, modalities: Iterable[st
     if text in bundled_names():
         return BUNDLED_DIR / text
     path = Path(checkpoint).expanduser()
-    if not path.exists():
+    looks_like_a_name = not (isinstance(checkpoint, Path) or "/" in text or os.sep in text or text.startswith((".", "~")))
+    if not path.exists() and looks_like_a_name:
         bundled = ", ".join(f"{n} (bundled)" for n in bundled_names()) or "no model is bundled"
         raise JaxsegError(f"--checkpoint {text}: no such model or folder; the names are: {DEMO_NAME} "
                           f"(the model of `jaxseg demo`), {bundled}; anything else is a run or model folder")
