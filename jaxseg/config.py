@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import importlib.resources
 import tomllib
 import typing
@@ -111,6 +112,9 @@ class TrainConfig:
     save_every_steps: int = 0  # also checkpoint every N steps; 0 = only at the end of each epoch
     keep_checkpoints: int = 2
     val_every_epochs: int = 1
+    # Minutes of wall-clock time: epochs and the schedule are fitted to them (jaxseg/train/budget.py),
+    # train.epochs is then ignored; 0 = no budget.
+    budget_minutes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,9 @@ def _validate(cfg: Config, source: str) -> None:
     for key in ("steps_per_epoch", "warmup_steps", "save_every_steps", "plateau_patience"):
         if getattr(t, key) < 0:
             raise bad(f"train.{key}", f"must not be negative; got {getattr(t, key)}")
+    if not (t.budget_minutes == 0 or (t.budget_minutes > 0 and math.isfinite(t.budget_minutes))):
+        raise bad("train.budget_minutes", f"must be a positive number of minutes (or 0 for no budget); "
+                                          f"got {t.budget_minutes}")
     if not t.learning_rate > 0:
         raise bad("train.learning_rate", f"must be positive; got {t.learning_rate}")
     if t.weight_decay < 0 or t.clip_norm < 0:
