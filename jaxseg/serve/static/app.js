@@ -184,7 +184,7 @@
     let problem = '';
     const c = checkpoint();
     if (!c) {
-      problem = 'No model is available on this server yet (see the model card above).';
+      problem = 'No model is available on this server yet (see 1 · Model).';
     } else if (source() === 'upload') {
       const missing = c.modalities.filter((m) => !info.uploads[m]);
       if (missing.length) {
