@@ -3,8 +3,8 @@
 Both are found once at start-up and handed to the page under short ids (a list index, a case
 id); a client names a checkpoint or a case by that id, never by a path. Without ``--checkpoint``
 the models are the default ones: those `jaxseg.model_store.list_models()` knows (the models
-bundled with the package and the demo model in the per-user folder), else the demo model where
-`jaxseg demo` leaves it; there may be none yet, and the app still starts.
+bundled with the package and the demo model in the per-user folder, `jaxseg.home`); there may be
+none yet, and the app still starts.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from jaxseg import config as config_lib
 from jaxseg import home
 from jaxseg.data import brats
 from jaxseg.errors import JaxsegError
-from jaxseg.explain.run import DEMO_RUN
 from jaxseg.train import metrics
 from jaxseg.train.checkpoint import find_run
 
@@ -64,9 +63,9 @@ def default_models() -> list[tuple[Path, str]]:
         for entry in model_store.list_models():
             field = (lambda k: entry[k]) if isinstance(entry, dict) else (lambda k: getattr(entry, k))
             found.append((Path(field("path")), str(field("name"))))
-    for folder, name in ((home.demo_model_dir(), "demo model"), (DEMO_RUN, "demo model (demo_output)")):
-        if (folder / "config.toml").is_file() and all(p.resolve() != folder.resolve() for p, _ in found):
-            found.append((folder, name))
+    demo = home.demo_model_dir()  # also as a run folder (what older `jaxseg demo`s left there)
+    if (demo / "config.toml").is_file() and all(p.resolve() != demo.resolve() for p, _ in found):
+        found.append((demo, "demo model"))
     usable = []
     for folder, name in found:
         try:
