@@ -54,15 +54,8 @@ NO_MODEL = ("no model yet: pass --checkpoint RUN_FOLDER (a run of `jaxseg train`
 
 def default_models() -> list[tuple[Path, str]]:
     """(run folder, name) of the models available without --checkpoint, bundled ones first."""
-    try:
-        from jaxseg import model_store
-    except ImportError:  # an older checkout without the model store: the demo model only
-        model_store = None
-    found: list[tuple[Path, str]] = []
-    if model_store is not None:
-        for entry in model_store.list_models():
-            field = (lambda k: entry[k]) if isinstance(entry, dict) else (lambda k: getattr(entry, k))
-            found.append((Path(field("path")), str(field("name"))))
+    from jaxseg import model_store
+    found = [(Path(entry.path), entry.name) for entry in model_store.list_models()]
     demo = home.demo_model_dir()  # also as a run folder (what older `jaxseg demo`s left there)
     if (demo / "config.toml").is_file() and all(p.resolve() != demo.resolve() for p, _ in found):
         found.append((demo, "demo model"))
