@@ -90,7 +90,7 @@ class InferConfig:
     overlap: float = 0.5  # share of a window's edge overlapping its neighbour, in [0, 1)
     blend: str = "gaussian"  # gaussian (centre-weighted, sigma = window / 8) | constant
     window_batch: int = 2  # windows per forward pass
-    tta_flips: bool = False  # average the probabilities over flips of every spatial axis
+    tta_flips: bool = False  # average the probabilities over flips of every in-plane (2D) or spatial (3D) axis
 
 
 @dataclass(frozen=True)

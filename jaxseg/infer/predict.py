@@ -46,13 +46,14 @@ class Predictor:
         # Batches are split over devices, so round the batch up to a multiple of their number.
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         self.modalities = config_lib.canonical_modalities(self.cfg)
-        self._forward = jax.jit(_make_forward(self.graphdef, self.cfg.data.target))
         self.volumetric = registry.spatial_dims(self.cfg) == 3
+        forward = _make_forward(self.graphdef, self.cfg.data.target)
+        if self.cfg.infer.tta_flips:  # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
+            forward = _with_flip_tta(forward, (1, 2, 3) if self.volumetric else (1, 2))
         if self.volumetric:
-            forward = _make_forward(self.graphdef, self.cfg.data.target)
-            if self.cfg.infer.tta_flips:
-                forward = _with_window_tta(forward)
             self._window_forward = jax.jit(forward)
+        else:
+            self._forward = jax.jit(forward)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
@@ -107,10 +108,11 @@ def _make_forward(graphdef: nnx.GraphDef, target_kind: str) -> Callable:
     return forward
 
 
-def _with_window_tta(forward: Callable) -> Callable:
-    """``forward(params, batch_stats, x)`` averaged over the 8 flips of the window axes."""
+def _with_flip_tta(forward: Callable, spatial_axes: tuple[int, ...]) -> Callable:
+    """``forward(params, batch_stats, x)`` averaged over the flips of every subset of
+    ``spatial_axes`` of the batch ``x`` (training flips the same axes, ``data.augment.flip``)."""
     def tta(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
-        return sliding_window.with_flip_tta(lambda w: forward(params, batch_stats, w))(x)
+        return sliding_window.with_flip_tta(lambda w: forward(params, batch_stats, w), spatial_axes)(x)
     return tta
 
 

@@ -75,3 +75,23 @@ def test_remove_small_components_keeps_only_large_tumor():
     # at 2 mm the speck is 64 mm^3 = 0.064 mL: still removed at 0.1 mL, kept at 0.05 mL
     assert remove_small_components(classes, (2.0, 2.0, 2.0), 0.05)[15, 15, 15] == 1
     assert remove_small_components(classes, (1.0, 1.0, 1.0), 0.0) is classes
+
+
+def test_flip_tta_on_slices_is_the_mean_over_the_four_in_plane_flips(smoke_run, tmp_path):
+    """``infer.tta_flips`` for a 2D model: each slice's probabilities are the mean of the plain
+    predictions of its four (H, W) flips, each flipped back (computed here one flip at a time)."""
+    import shutil
+    run = tmp_path / "tta_run"
+    shutil.copytree(smoke_run, run)
+    config = (run / "config.toml").read_text()
+    assert "tta_flips = false" in config
+    (run / "config.toml").write_text(config.replace("tta_flips = false", "tta_flips = true"))
+    plain, tta = Predictor(smoke_run), Predictor(run)
+    size = plain.cfg.data.image_size
+    slices = np.random.default_rng(0).normal(size=(5, size, size, plain.cfg.in_channels)).astype(np.float32)
+    expected = np.mean([np.flip(plain.slice_probabilities(np.flip(slices, axes).copy()), axes)
+                        for axes in [(), (1,), (2,), (1, 2)]], axis=0)
+    got = tta.slice_probabilities(slices)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, plain.slice_probabilities(slices), atol=1e-4)  # the flips changed it
