@@ -30,10 +30,6 @@ from jaxseg.train import metrics as M
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
 from jaxseg.model_store import resolve_checkpoint
 
-# Where `make demo` leaves its run. Kept for the web app's catalog only: explain itself finds the
-# demo model with `--checkpoint demo` in the per-user folder (jaxseg.model_store).
-DEMO_RUN = Path("demo_output") / "run"
-
 
 @dataclasses.dataclass(frozen=True)
 class ExplainSettings:
