@@ -257,3 +257,22 @@ def test_export_model_command(smoke_run, tmp_path):
     bad = invoke("export-model", smoke_run, "--out", tmp_path / "m2", "--name", "x", "--dtype", "int8")
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--dtype 'int8'" in bad.output
     assert not (tmp_path / "m2").exists() and case_dir.is_dir()
+
+
+def test_demo_saves_its_model_for_checkpoint_demo_from_any_folder(tmp_path, monkeypatch):
+    from jaxseg.demo import run_demo
+    monkeypatch.setenv("JAXSEG_HOME", str(tmp_path / "home"))
+    said = []
+    made = run_demo(tmp_path / "demo_output", smoke=True, say=said.append)
+    assert made["model"] == tmp_path / "home" / "models" / "demo" and model_store.is_model_folder(made["model"])
+    assert made["report"].is_file() and (tmp_path / "demo_output" / "run" / "best").is_dir()
+    assert any("--checkpoint demo" in line for line in said)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert model_store.resolve_checkpoint("demo") == made["model"]
+    entry = next(e for e in model_store.list_models() if e.source == "demo")
+    assert entry.card["storage"]["dtype"] == "float32" and "phantoms" in entry.card["description"]
+    case = tmp_path / "demo_output" / "run" / "phantoms" / "Phantom_0_000"
+    np.testing.assert_allclose(_probabilities(made["model"], case), _probabilities(made["run"], case),
+                               rtol=0, atol=1e-6)
