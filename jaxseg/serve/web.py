@@ -118,7 +118,11 @@ def _host_name(host: str) -> str:
 
 
 def build(app: App) -> Starlette:
-    """The ASGI application of ``app`` (Guard outermost)."""
+    """The ASGI application of ``app`` (Guard outermost).
+
+    Routes that only read the app's state in memory run on the event loop (no thread); file
+    checks, copies and job starts go to Starlette's thread pool, the JAX work to the job runner.
+    """
 
     def token(request: Request) -> str | None:
         return request.cookies.get(COOKIE)
@@ -144,10 +148,10 @@ def build(app: App) -> Starlette:
             return FileResponse(STATIC / name, media_type=media_type, headers=headers)
         return endpoint
 
-    def info(request: Request) -> Response:
+    async def info(request: Request) -> Response:
         return JSONResponse(app.info(session_of(request)), headers={"Cache-Control": "no-store"})
 
-    def cases(request: Request) -> Response:
+    async def cases(request: Request) -> Response:
         return JSONResponse([catalog.describe_case(c) for c in app.cases.values()])
 
     async def upload(request: Request) -> Response:
@@ -165,7 +169,7 @@ def build(app: App) -> Starlette:
             part.unlink(missing_ok=True)
         return with_cookie(JSONResponse(result.describe()), new_token, request)
 
-    def remove_upload(request: Request) -> Response:
+    async def remove_upload(request: Request) -> Response:
         slot = request.path_params["slot"]
         if slot not in sessions.SLOTS:
             return error(404, f"no such API route: DELETE {request.url.path}")
@@ -195,7 +199,7 @@ def build(app: App) -> Starlette:
             raise Refused(404, "no such job in this session")
         return job
 
-    def job_status(request: Request) -> Response:
+    async def job_status(request: Request) -> Response:
         return JSONResponse(app.job_status(job_of(request)), headers={"Cache-Control": "no-store"})
 
     async def job_events(request: Request) -> Response:
@@ -227,11 +231,11 @@ def build(app: App) -> Starlette:
             raise Refused(404, "no such file for this job")
         return job.files[key]  # a name explain chose, looked up by key
 
-    def report(request: Request) -> Response:
+    async def report(request: Request) -> Response:
         return FileResponse(finished_file(request, "report"), media_type="text/html; charset=utf-8",
                             headers={"Content-Security-Policy": "frame-ancestors 'self'", "Cache-Control": "no-store"})
 
-    def download(request: Request) -> Response:
+    async def download(request: Request) -> Response:
         key = request.path_params["key"]
         path = finished_file(request, key)
         kind = {"report": "text/html", "summary": "application/json"}.get(key, "application/gzip")
