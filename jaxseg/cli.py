@@ -112,7 +112,7 @@ def train(
 def predict(
     path: Path = typer.Argument(..., help="a NIfTI volume, a case folder, a folder of cases, or 2D slices "
                                           "(.mat, .png, .tif files or folders)"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="NAME|demo|PATH", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
     batch_size: int = typer.Option(16, help="slices per forward pass"),
@@ -149,7 +149,7 @@ def evaluate(
 @_user_errors
 def explain(
     path: Path = typer.Argument(..., help="a NIfTI volume or a case folder"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="NAME|demo|PATH", help=CHECKPOINT_HELP),
     out: Path = typer.Option(Path("report.html"), "--out", "-o",
                              help="report.html, or a folder for every map, the JSON summary and the report"),
     layer: Optional[str] = typer.Option(None, help="Grad-CAM layer: enc0..encN, decN..dec0 (default dec0)"),
@@ -175,7 +175,7 @@ def models(
     from jaxseg.model_export import render_models
     from jaxseg.model_store import BUNDLED_DIR, list_models
     entries = list_models(runs or ())
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=200)
     if not entries:
         typer.echo(f"no models: none bundled ({BUNDLED_DIR}), no demo model yet (`jaxseg demo` makes one); "
                    "give run folders to list them")
@@ -189,9 +189,10 @@ def export_model(
     run: Path = typer.Argument(..., help="a run folder of `jaxseg train` (its best model) or a model folder"),
     out: Path = typer.Option(..., "--out", "-o", help="the model folder to write (config.toml, model.safetensors, card.json)"),
     name: str = typer.Option(..., "--name", help="the model's name (the name --checkpoint uses once bundled)"),
-    dtype: str = typer.Option("float16", "--dtype", help="storage: float16 (half the size, checked) or float32"),
+    dtype: str = typer.Option("float16", "--dtype", metavar="float16|float32",
+                              help="storage: float16 (half the size, checked) or float32"),
     card: Optional[Path] = typer.Option(None, "--card", help="a JSON file of model card fields to add or replace"),
-    check_input: Optional[Path] = typer.Option(None, "--check-input",
+    check_input: Optional[Path] = typer.Option(None, "--check-input", metavar="CASE",
                                                help="the case the float16 check runs on (default: a phantom)"),
 ) -> None:
     """Package a run's model as a model folder that --checkpoint, `jaxseg models` and serve use."""
