@@ -77,7 +77,10 @@ def make_server(app: App) -> _Server:
     config = uvicorn.Config(web.build(app), http=IdleTimeoutH11, ws="none", lifespan="off", loop="asyncio",
                             limit_concurrency=s.max_connections, timeout_keep_alive=s.keep_alive,
                             timeout_graceful_shutdown=5, access_log=s.verbose, server_header=False,
-                            log_level="info" if s.verbose else "warning", proxy_headers=False)
+                            log_level="info" if s.verbose else "warning",
+                            # X-Forwarded-Proto/-For from a reverse proxy on this machine only: behind
+                            # TLS the scheme is https, so the session cookie is marked Secure
+                            proxy_headers=True, forwarded_allow_ips="127.0.0.1")
     return _Server(config)
 
 

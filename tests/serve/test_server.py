@@ -91,11 +91,12 @@ def test_idle_connections_cost_no_thread_and_are_closed(server):
 
 
 def test_requests_without_a_cookie_make_no_session(server):
+    before = sorted((server.workdir / "sessions").iterdir())
     with httpx.Client(base_url=server.url) as anonymous:
         for _ in range(50):
             anonymous.cookies.clear()
             assert anonymous.get("/").status_code == 200 and anonymous.get("/api/info").status_code == 200
-    assert not any(p.is_dir() for p in (server.workdir / "sessions").iterdir())
+    assert sorted((server.workdir / "sessions").iterdir()) == before
 
 
 def test_the_upload_cap_holds_on_a_chunked_body(server):
@@ -165,3 +166,15 @@ def test_kill_9_during_a_job_then_restart(smoke_run, phantom_root, tmp_path):
         [folder] = tmp_path.glob(f"sessions/*/jobs/{cut['id']}")
         assert not (folder / "out").exists() and not list(tmp_path.rglob(".*.tmp-*"))
         assert second.stop() == 0
+
+
+def test_behind_a_tls_proxy_the_cookie_is_secure(server, phantom_case):
+    """A reverse proxy on this machine says the client spoke https (X-Forwarded-Proto): the
+    session cookie is then only sent back over TLS, and the proxied Origin is accepted."""
+    flair = (phantom_case / f"{phantom_case.name}_flair.nii.gz").read_bytes()
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7", "X-Filename": "f.nii.gz",
+               "Origin": f"https://{server.host}:{server.port}", **HEADERS}
+    answer = httpx.post(server.url + "/api/upload/flair", content=flair, headers=proxied)
+    assert answer.status_code == 200 and "Secure" in answer.headers["set-cookie"]
+    direct = httpx.post(server.url + "/api/upload/flair", content=flair, headers={"X-Filename": "f.nii.gz", **HEADERS})
+    assert direct.status_code == 200 and "Secure" not in direct.headers["set-cookie"]
