@@ -25,6 +25,7 @@ from jaxseg.data import brats, patches, phantom, pipeline, records, split
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 from jaxseg.models import registry
+from jaxseg.train import budget as budget_lib
 from jaxseg.train import log as log_lib
 from jaxseg.train import metrics as M
 from jaxseg.train import pretrained
@@ -77,6 +78,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     ``max_steps`` stops early after that global step (checkpointing first), as an interruption
     would; running again resumes. Raises :class:`JaxsegError` on bad data or a NaN loss.
     """
+    clock_started = time.perf_counter()  # train.budget_minutes counts from here
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, workdir)
@@ -101,10 +103,12 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     val_cases = [by_id[i] for i in splits["val"]]
     cache = workdir / "cache"
     if registry.spatial_dims(cfg) == 3:
-        train_loader, val_loader, steps_per_epoch = _patch_loaders(cfg, train_cases, val_cases, mesh, cache)
+        train_loader, val_loader, steps_per_epoch, val_batch_count = _patch_loaders(
+            cfg, train_cases, val_cases, mesh, cache)
     else:
-        train_loader, val_loader, steps_per_epoch = _slice_loaders(cfg, train_cases, val_cases, mesh, cache)
-    total_steps = t.epochs * steps_per_epoch
+        train_loader, val_loader, steps_per_epoch, val_batch_count = _slice_loaders(
+            cfg, train_cases, val_cases, mesh, cache)
+    epochs, total_steps = t.epochs, t.epochs * steps_per_epoch
     train_iter = iter(train_loader)
 
     # --- model and optimizer, initialised straight into replicated shardings.
@@ -125,6 +129,36 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     # --- steps.
     train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
     eval_step = make_eval_step(graphdef, t.loss, cfg.data.target)
+
+    # --- time budget: decided once (measured on a copy of the state), kept by every resume.
+    plan, seconds_before = None, 0.0
+    closing = {"seconds": 0.0}  # the longest end of an epoch so far (validation, logs, figure, save)
+    if t.budget_minutes:
+        if "budget" in meta:
+            plan, seconds_before = budget_lib.BudgetPlan.from_meta(meta["budget"]), meta["budget"]["seconds_used"]
+            closing["seconds"] = meta["budget"].get("closing_seconds", 0.0)
+        else:
+            plan = _plan_budget(cfg, train_step, eval_step, state, train_loader, val_loader, val_batch_count,
+                                mesh, steps_per_epoch, clock_started)
+        epochs, steps_per_epoch, total_steps = plan.epochs, plan.steps_per_epoch, plan.steps_total
+        if t.schedule == "warmup_cosine":  # the one schedule whose length matters: rebuild it
+            tx = make_optimizer(cfg, total_steps)
+            train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
+
+    def seconds_used() -> float:
+        return seconds_before + time.perf_counter() - clock_started
+
+    def out_of_time() -> bool:  # the end of one epoch must still fit; process 0's clock decides for all
+        if plan is None:
+            return False
+        reserve = max(plan.validation_seconds, closing["seconds"])
+        return bool(budget_lib.agree([float(seconds_used() >= plan.budget_seconds - reserve)])[0])
+
+    def note_budget() -> None:  # before every checkpoint, so a resume goes on counting
+        if plan is not None:
+            meta["budget"] = {**plan.to_meta(round(seconds_used(), 2)), "closing_seconds": closing["seconds"],
+                              "stopped_at_step": meta.get("budget", {}).get("stopped_at_step")}
+
     batches = pipeline.device_batches(train_iter, mesh)
     primary = jax.process_index() == 0
     logger = log_lib.RunLog(workdir, show_progress=primary and not quiet, write_files=primary)
@@ -134,8 +168,9 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     step = int(jax.device_get(state.step))
     history: list[dict[str, Any]] = list(meta.get("history", []))
     logger.start(total_steps, step)
+    budget_stop = plan is not None and meta.get("budget", {}).get("stopped_at_step") is not None
     try:
-        for epoch in range(meta["epoch"], t.epochs):
+        for epoch in range(meta["epoch"], epochs if not budget_stop else meta["epoch"]):
             first = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
             # A run resumed mid-epoch continues the epoch's running sums and clock from the
             # checkpoint, so the epoch's loss, Dice and seconds cover all of its steps.
@@ -152,6 +187,9 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                 sums = add_sums(sums, step_sums)
                 logger.step(step, loss, t.batch_size)
                 last_of_epoch = i + 1 == steps_per_epoch
+                if not last_of_epoch and out_of_time():
+                    budget_stop = True  # behind the plan: end this epoch here, cleanly
+                    break
                 stopping = max_steps is not None and step >= max_steps
                 if not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0)):
                     meta.update(epoch=epoch, step_in_epoch=i + 1, history=history,
@@ -160,18 +198,25 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                     # steps.csv first: a kill before the checkpoint lands leaves rows beyond the
                     # restored step, which the resumed run drops; the other order would lose rows.
                     logger.flush_steps()
+                    note_budget()
                     ckpts.save(state, train_iter, meta, best=False)
                 if stopping and not last_of_epoch:
                     return _finish(ckpts, logger, workdir, step, meta, history, state)
+            # With no time for another epoch, this one is the last: validate it.
+            budget_stop = budget_stop or (epoch + 1 < epochs and out_of_time())
 
             # --- evaluate.
+            closing_started = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
                                       "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
                                       "lr_scale": float(jax.device_get(state.lr_scale)),
                                       "seconds": round(time.perf_counter() - started, 2)}
             record.update(_prefixed("train", M.scores_from_sums(sums), region_names))
             val_dice = None
-            if val_loader is not None and (epoch + 1) % t.val_every_epochs == 0:
+            if budget_stop:
+                record["stopped_by_budget"] = True
+            last_epoch = plan is not None and (epoch + 1 == epochs or budget_stop)
+            if val_loader is not None and ((epoch + 1) % t.val_every_epochs == 0 or last_epoch):
                 val = evaluate(state, eval_step, val_loader, mesh)
                 record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
                 scores = M.scores_from_sums(val)
@@ -188,12 +233,41 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
             history.append(record)
             logger.epoch(record, history)
             meta.update(epoch=epoch + 1, step_in_epoch=0, history=history, epoch_sums=None, epoch_seconds=0.0)
+            closing["seconds"] = round(max(closing["seconds"], time.perf_counter() - closing_started), 3)
+            note_budget()
+            if budget_stop:
+                meta["budget"]["stopped_at_step"] = step
             ckpts.save(state, train_iter, meta, best=improved)
-            if max_steps is not None and step >= max_steps:
+            if budget_stop or (max_steps is not None and step >= max_steps):
                 break
     finally:
         logger.close()
     return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+
+def _plan_budget(cfg: Config, train_step: Callable, eval_step: Callable, state: Any, train_loader: Any,
+                 val_loader: Any, val_batch_count: int, mesh: Any, steps_per_epoch: int,
+                 clock_started: float) -> budget_lib.BudgetPlan:
+    """Measure the steps on a copy of ``state`` (fresh iterators: the run's data order is not
+    touched) and fit epochs to what is left of ``train.budget_minutes`` (jaxseg/train/budget.py)."""
+    t = cfg.train
+    probe_batch = next(pipeline.device_batches(iter(train_loader), mesh))
+    val_batches = pipeline.device_batches(iter(val_loader), mesh) if val_loader is not None else None
+    timing = budget_lib.measure(train_step, state, probe_batch, eval_step, val_batches, val_batch_count)
+    del probe_batch, val_batches
+    step_seconds, validation_seconds, compile_seconds, seconds_used = budget_lib.agree(
+        [timing["step_seconds"], timing["validation_seconds"], timing["compile_seconds"],
+         round(time.perf_counter() - clock_started, 2)])  # rounded as recorded
+    budget_seconds = t.budget_minutes * 60.0
+    # A rebuilt warmup_cosine schedule compiles the train step once more.
+    left = budget_seconds - seconds_used - (compile_seconds if t.schedule == "warmup_cosine" else 0.0)
+    epochs, epoch_steps = budget_lib.plan_epochs(left * (1 - budget_lib.MARGIN), step_seconds,
+                                                 validation_seconds if val_loader is not None else 0.0,
+                                                 steps_per_epoch, t.val_every_epochs)
+    return budget_lib.BudgetPlan(budget_seconds=budget_seconds, epochs=epochs, steps_per_epoch=epoch_steps,
+                                 step_seconds=round(step_seconds, 4),
+                                 validation_seconds=round(validation_seconds, 3),
+                                 decided_after_seconds=round(seconds_used, 2))
 
 
 def sums_to_json(sums: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -217,8 +291,9 @@ def sums_from_json(saved: dict[str, Any] | None) -> dict[str, np.ndarray] | None
 
 
 def _slice_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
-                   ) -> tuple[Any, Any, int]:
-    """2D models: (train loader, validation loader or None, steps per epoch) over slices."""
+                   ) -> tuple[Any, Any, int, int]:
+    """2D models: (train loader, validation loader or None, steps per epoch, validation
+    batches) over slices."""
     t = cfg.train
     modalities = config_lib.canonical_modalities(cfg)
     train_index = pipeline.build_slice_index(train_cases, modalities, cfg.data, t.seed, True, cache)
@@ -233,14 +308,16 @@ def _slice_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, c
         val_index = pipeline.build_slice_index(val_cases, modalities, cfg.data, t.seed, False, cache)
         val_loader = pipeline.make_loader(cfg, val_cases, train=False, seed=t.seed, index=val_index,
                                          mesh=mesh, cache_dir=cache)
-    return train_loader, val_loader, steps_per_epoch
+    val_batch_count = -(-len(val_index) // t.batch_size) if val_cases else 0  # validation pads to whole batches
+    return train_loader, val_loader, steps_per_epoch, val_batch_count
 
 
 def _patch_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
-                   ) -> tuple[Any, Any, int]:
-    """3D models: training on ``data.patch_mode`` patches (``samples_per_case`` per case per
-    epoch); validation on one centre patch per case, deterministic and as cheap as a training
-    step (whole-volume sliding-window scores come from ``predict`` + ``evaluate``)."""
+                   ) -> tuple[Any, Any, int, int]:
+    """3D models (the four values of :func:`_slice_loaders`): training on ``data.patch_mode``
+    patches (``samples_per_case`` per case per epoch); validation on one centre patch per case,
+    deterministic and as cheap as a training step (whole-volume sliding-window scores come from
+    ``predict`` + ``evaluate``)."""
     t, d = cfg.train, cfg.data
     steps_per_epoch = t.steps_per_epoch or max(1, len(train_cases) * d.samples_per_case // t.batch_size)
     train_loader = patches.make_patch_loader(
@@ -250,7 +327,7 @@ def _patch_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, c
     if val_cases:
         val_loader = patches.make_patch_loader(cfg, val_cases, train=False, seed=t.seed, patch_size=d.patch_size,
                                                mode="center", samples_per_case=1, mesh=mesh, cache_dir=cache)
-    return train_loader, val_loader, steps_per_epoch
+    return train_loader, val_loader, steps_per_epoch, -(-len(val_cases) // t.batch_size)
 
 
 def evaluate(state: Any, eval_step: Callable, loader: Any, mesh: Any) -> dict[str, np.ndarray]:

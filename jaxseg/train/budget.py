@@ -1,0 +1,137 @@
+"""``train.budget_minutes``: fit the number of epochs and the learning-rate schedule to a time
+budget ("train for 45 minutes"), and stop cleanly when it is spent.
+
+The clock starts when ``train`` is called (reading the data counts, as the user waits for it) and
+adds up over resumes (the time used is in every checkpoint's meta; the minutes between the last
+checkpoint and a kill are lost, not counted). Before the first step of a new run:
+
+1. **Measure.** A throwaway copy of the initial state takes one compiling train step and
+   :data:`PROBE_STEPS` timed ones on one batch; the eval step takes a compiling and
+   :data:`PROBE_STEPS` timed batches of the validation split. Nothing of this touches the run:
+   the real state, the data order and the RNG keys are those of a run without a budget.
+2. **Decide** (:func:`plan_epochs`): the most epochs whose steps and validations (every
+   ``val_every_epochs``, and always after the last epoch) fit what is left of the budget, less
+   :data:`MARGIN` for what the probe cannot see (cold data loading, checkpoints, figures). If not
+   even one epoch fits, one shorter epoch. ``epochs * steps_per_epoch`` is the length of the
+   learning-rate schedule (``warmup_cosine`` decays to its end value exactly at the last step).
+3. **Record** the decision in the checkpoint meta (``meta["budget"]``): a resumed run keeps it
+   and measures nothing.
+4. **Stop.** If the run falls behind its plan (a busy machine), it stops when the budget less one
+   validation is spent: that epoch ends early, is validated, logged and checkpointed (and may
+   become the best model) like any other, and its record says ``stopped_by_budget``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PROBE_STEPS = 3  # timed steps after the compiling one (each of train and eval)
+MARGIN = 0.05  # share of the remaining budget kept for what the probe does not measure
+# The end of every epoch besides validation: metrics files, the training-curves figure, the
+# checkpoint. Measured on the smoke config on 2 CPU cores: 0.9-1.1 s (the first epoch more,
+# matplotlib's import); the real model's larger checkpoint is written in the background.
+EPOCH_OVERHEAD_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """The decision, as recorded in ``meta["budget"]`` (seconds are wall-clock)."""
+
+    budget_seconds: float
+    epochs: int
+    steps_per_epoch: int
+    step_seconds: float  # one train step, measured
+    validation_seconds: float  # one pass over the validation split (its loader's start included), estimated
+    decided_after_seconds: float  # of the budget already used when deciding (data, compiles)
+
+    @property
+    def steps_total(self) -> int:
+        """The schedule's length: every step the plan takes."""
+        return self.epochs * self.steps_per_epoch
+
+    def to_meta(self, seconds_used: float) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "steps_total": self.steps_total, "seconds_used": seconds_used}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "BudgetPlan":
+        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
+
+
+def validations(epochs: int, val_every: int) -> int:
+    """Validation passes of ``epochs`` epochs: every ``val_every``-th, and after the last."""
+    return epochs // val_every + (1 if epochs % val_every else 0)
+
+
+def plan_epochs(remaining_seconds: float, step_seconds: float, validation_seconds: float,
+                steps_per_epoch: int, val_every: int,
+                epoch_overhead_seconds: float = EPOCH_OVERHEAD_SECONDS) -> tuple[int, int]:
+    """``(epochs, steps_per_epoch)`` that fit ``remaining_seconds`` (already less the margin).
+
+    The most whole epochs of ``steps_per_epoch`` steps whose steps, validations
+    (:func:`validations`) and per-epoch overhead fit; when not even one does, one epoch of the
+    steps that fit beside one validation (at least one step: a budget too small for anything
+    still trains one step)."""
+    step_seconds = max(step_seconds, 1e-6)
+
+    def cost(e: int) -> float:
+        return e * (steps_per_epoch * step_seconds + epoch_overhead_seconds) + validations(e, val_every) * validation_seconds
+
+    epochs = 0
+    while cost(epochs + 1) <= remaining_seconds:
+        epochs += 1
+    if epochs:
+        return epochs, steps_per_epoch
+    fit = math.floor((remaining_seconds - validation_seconds - epoch_overhead_seconds) / step_seconds)
+    return 1, int(min(max(fit, 1), steps_per_epoch))
+
+
+def _seconds_per_call(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """``(first, mean of the next repeats)`` wall seconds of ``call()``, each waited for."""
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - started)
+    return times[0], float(np.mean(times[1:]))
+
+
+def measure(train_step: Callable, state: Any, batch: dict, eval_step: Callable,
+            val_batches: Iterator[dict] | None, val_batch_count: int) -> dict[str, float]:
+    """Seconds of one train step (and of its compilation), and of one validation pass.
+
+    ``state`` is copied (``train_step`` donates its input; the run's state stays untouched);
+    ``val_batches`` yields device batches of the validation split (None: no validation)."""
+    holder = {"state": jax.tree.map(jnp.copy, state)}
+
+    def one_step():
+        holder["state"], sums = train_step(holder["state"], batch)
+        return sums
+
+    first, step_seconds = _seconds_per_call(one_step, PROBE_STEPS)
+    del holder["state"]
+    validation_seconds = 0.0
+    if val_batches is not None and val_batch_count:
+        started = time.perf_counter()  # a validation pass starts its loader (grain's workers) anew
+        taken = [next(val_batches)]
+        startup = time.perf_counter() - started
+        taken += [b for b in (next(val_batches, None) for _ in range(min(PROBE_STEPS, val_batch_count - 1)))
+                  if b is not None]
+        batches = iter(taken)
+        first, per_batch = _seconds_per_call(lambda: eval_step(state, next(batches)), len(taken) - 1)
+        validation_seconds = startup + (per_batch if len(taken) > 1 else first) * val_batch_count
+    return {"step_seconds": step_seconds, "compile_seconds": max(first - step_seconds, 0.0),
+            "validation_seconds": validation_seconds}
+
+
+def agree(values: list[float]) -> list[float]:
+    """Process 0's numbers on every process: a multi-host run must make one decision."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+    return [float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64))]
