@@ -1,5 +1,7 @@
-"""`jaxseg serve`: a local web app over `jaxseg explain` (docs/serve.md).
+"""`jaxseg serve`: a web app over `jaxseg explain` on Starlette and uvicorn (docs/serve.md).
 
-``app`` is the HTTP server and its routes, ``sessions`` the per-browser folders and upload
-checks, ``jobs`` the one worker that runs explanations in turn, ``static/`` the page.
+``app`` holds the state and rules (settings, catalog, sessions, the job queue, the predictor
+cache), ``web`` the routes and the request checks, ``server`` runs them on uvicorn;
+``sessions`` are the per-browser folders and upload checks, ``jobs`` the one worker and the
+jobs' records on disk, ``predictors`` the compiled models kept between jobs, ``static/`` the page.
 """

@@ -190,6 +190,7 @@ class App:
                 shutil.rmtree(job.folder, ignore_errors=True)
                 raise
             session.jobs[job.id] = job
+            session.save()  # its last use, as a server restarted after a crash will see it
         return job
 
     def _queue_full(self) -> Refused:

@@ -4,7 +4,9 @@ A session is keyed by a random token kept in a cookie; its files live in a folde
 unrelated random name, so nothing a client sends (token, file name, slot) is ever joined to a
 path. Uploads are streamed to a temporary file, checked with the data layer's NIfTI readers and
 only then renamed to ``<slot>.nii`` or ``<slot>.nii.gz`` (by the gzip magic, which nibabel needs
-in the name). The client's file name is kept for display only.
+in the name). The client's file name is kept for display only. The route streams the body into
+:func:`part_file` under the size cap; :func:`accept_upload` checks it and puts it in place.
+Sessions are capped and expire (:class:`SessionStore`).
 """
 from __future__ import annotations
 
