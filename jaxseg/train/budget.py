@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.data import pipeline
+
 PROBE_STEPS = 3  # timed steps after the compiling one (each of train and eval)
 MARGIN = 0.05  # share of the remaining budget kept for what the probe does not measure
 # The end of every epoch besides validation: metrics files, the training-curves figure, the
@@ -127,6 +129,32 @@ def measure(train_step: Callable, state: Any, batch: dict, eval_step: Callable,
         validation_seconds = startup + (per_batch if len(taken) > 1 else first) * val_batch_count
     return {"step_seconds": step_seconds, "compile_seconds": max(first - step_seconds, 0.0),
             "validation_seconds": validation_seconds}
+
+
+def decide(cfg: Any, train_step: Callable, eval_step: Callable, state: Any, train_loader: Any,
+           val_loader: Any, val_batch_count: int, mesh: Any, steps_per_epoch: int,
+           clock_started: float) -> BudgetPlan:
+    """The plan of a new run: :func:`measure` on a copy of ``state`` with fresh iterators (the
+    run's data order is not touched), then :func:`plan_epochs` on what is left of
+    ``train.budget_minutes`` less :data:`MARGIN`. ``train_step`` is the loop's (provisional
+    schedule); ``steps_per_epoch`` the configured epoch length."""
+    t = cfg.train
+    probe_batch = next(pipeline.device_batches(iter(train_loader), mesh))
+    val_batches = pipeline.device_batches(iter(val_loader), mesh) if val_loader is not None else None
+    timing = measure(train_step, state, probe_batch, eval_step, val_batches, val_batch_count)
+    del probe_batch, val_batches
+    step_seconds, validation_seconds, compile_seconds, seconds_used = agree(
+        [timing["step_seconds"], timing["validation_seconds"], timing["compile_seconds"],
+         round(time.perf_counter() - clock_started, 2)])  # rounded as recorded
+    budget_seconds = t.budget_minutes * 60.0
+    # A rebuilt warmup_cosine schedule compiles the train step once more.
+    left = budget_seconds - seconds_used - (compile_seconds if t.schedule == "warmup_cosine" else 0.0)
+    epochs, epoch_steps = plan_epochs(left * (1 - MARGIN), step_seconds,
+                                      validation_seconds if val_loader is not None else 0.0,
+                                      steps_per_epoch, t.val_every_epochs)
+    return BudgetPlan(budget_seconds=budget_seconds, epochs=epochs, steps_per_epoch=epoch_steps,
+                      step_seconds=round(step_seconds, 4), validation_seconds=round(validation_seconds, 3),
+                      decided_after_seconds=round(seconds_used, 2))
 
 
 def agree(values: list[float]) -> list[float]:

@@ -4,8 +4,14 @@ Sections: distributed set-up, mesh, input, model and optimizer, checkpoints (res
 evaluate, loop. Resume order: the resolved config is checked against the run's, then the newest
 checkpoint restores the TrainState (parameters, batch statistics, optimizer, step, RNG key,
 learning-rate scale), the train iterator's position, and the host-side meta (epoch, position in
-the epoch, best Dice, plateau counter). Everything random derives from ``train.seed`` and the step,
-so a run stopped and resumed ends with the same parameters as an uninterrupted one.
+the epoch, best Dice, plateau counter, the epoch's running metric sums and seconds, the time-budget
+plan). Everything random derives from ``train.seed`` and the step, so a run stopped and resumed
+ends with the same parameters as an uninterrupted one; its logs are exact too: ``steps.csv`` is
+flushed before every checkpoint and cut back to the restored step on resume, and an epoch resumed
+mid-way reports the loss and Dice of all its steps.
+
+With ``train.budget_minutes`` the epochs and the schedule's length are decided before the first
+step and kept by resumes (``jaxseg/train/budget.py``), and ``train.epochs`` is ignored.
 """
 from __future__ import annotations
 
@@ -138,8 +144,8 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
             plan, seconds_before = budget_lib.BudgetPlan.from_meta(meta["budget"]), meta["budget"]["seconds_used"]
             closing["seconds"] = meta["budget"].get("closing_seconds", 0.0)
         else:
-            plan = _plan_budget(cfg, train_step, eval_step, state, train_loader, val_loader, val_batch_count,
-                                mesh, steps_per_epoch, clock_started)
+            plan = budget_lib.decide(cfg, train_step, eval_step, state, train_loader, val_loader,
+                                     val_batch_count, mesh, steps_per_epoch, clock_started)
         epochs, steps_per_epoch, total_steps = plan.epochs, plan.steps_per_epoch, plan.steps_total
         if t.schedule == "warmup_cosine":  # the one schedule whose length matters: rebuild it
             tx = make_optimizer(cfg, total_steps)
@@ -243,31 +249,6 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     finally:
         logger.close()
     return _finish(ckpts, logger, workdir, step, meta, history, state)
-
-
-def _plan_budget(cfg: Config, train_step: Callable, eval_step: Callable, state: Any, train_loader: Any,
-                 val_loader: Any, val_batch_count: int, mesh: Any, steps_per_epoch: int,
-                 clock_started: float) -> budget_lib.BudgetPlan:
-    """Measure the steps on a copy of ``state`` (fresh iterators: the run's data order is not
-    touched) and fit epochs to what is left of ``train.budget_minutes`` (jaxseg/train/budget.py)."""
-    t = cfg.train
-    probe_batch = next(pipeline.device_batches(iter(train_loader), mesh))
-    val_batches = pipeline.device_batches(iter(val_loader), mesh) if val_loader is not None else None
-    timing = budget_lib.measure(train_step, state, probe_batch, eval_step, val_batches, val_batch_count)
-    del probe_batch, val_batches
-    step_seconds, validation_seconds, compile_seconds, seconds_used = budget_lib.agree(
-        [timing["step_seconds"], timing["validation_seconds"], timing["compile_seconds"],
-         round(time.perf_counter() - clock_started, 2)])  # rounded as recorded
-    budget_seconds = t.budget_minutes * 60.0
-    # A rebuilt warmup_cosine schedule compiles the train step once more.
-    left = budget_seconds - seconds_used - (compile_seconds if t.schedule == "warmup_cosine" else 0.0)
-    epochs, epoch_steps = budget_lib.plan_epochs(left * (1 - budget_lib.MARGIN), step_seconds,
-                                                 validation_seconds if val_loader is not None else 0.0,
-                                                 steps_per_epoch, t.val_every_epochs)
-    return budget_lib.BudgetPlan(budget_seconds=budget_seconds, epochs=epochs, steps_per_epoch=epoch_steps,
-                                 step_seconds=round(step_seconds, 4),
-                                 validation_seconds=round(validation_seconds, 3),
-                                 decided_after_seconds=round(seconds_used, 2))
 
 
 def sums_to_json(sums: dict[str, Any] | None) -> dict[str, Any] | None:
