@@ -34,8 +34,8 @@ def measure_difference(source: Any, folder: Path, check_input: str | Path | None
             case_dir, described = Path(check_input), str(check_input)
         case = brats.case_from_path(case_dir)
         image, _, _ = brats.load_case(case, source.modalities)
-        if check_input is not None:
-            described = f"case {case.case_id} ({described})"
+        if check_input is not None:  # the case, not the path: the card may ship to other machines
+            described = f"case {case.case_id}"
         reference, _ = source.predict_image(image)
         stored, _ = Predictor(folder, source.batch_size).predict_image(image)
     return float(np.max(np.abs(stored.astype(np.float64) - reference))), described
