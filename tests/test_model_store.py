@@ -252,14 +252,18 @@ def test_a_case_without_the_models_modalities_is_one_line_and_nothing_is_written
 
 def test_export_model_command(smoke_run, tmp_path):
     (tmp_path / "card.json").write_text(json.dumps({"license": "CC-BY-4.0", "provenance": {"note": "test"}}))
-    result = invoke("export-model", smoke_run, "--out", tmp_path / "m", "--name", "mine", "--card", tmp_path / "card.json")
+    case_dir = smoke_run / "phantoms" / "Phantom_0_000"
+    result = invoke("export-model", smoke_run, "--out", tmp_path / "m", "--name", "mine", "--card", tmp_path / "card.json",
+                    "--check-input", case_dir)
     assert result.exit_code == 0, result.output
     assert "max probability difference" in result.output
     card = json.loads((tmp_path / "m" / model_store.CARD_FILE).read_text())
     assert card["license"] == "CC-BY-4.0" and card["provenance"]["note"] == "test"
     assert card["provenance"]["cases"]  # merged, not replaced
-    result = invoke("predict", case_dir := smoke_run / "phantoms" / "Phantom_0_000", "--checkpoint", tmp_path / "m",
-                    "--out", tmp_path / "seg.nii.gz")
+    assert card["storage"]["measured_on"] == "case Phantom_0_000"
+    recomputed = np.abs(_probabilities(tmp_path / "m", case_dir) - _probabilities(smoke_run, case_dir)).max()
+    assert card["storage"]["max_probability_difference"] == pytest.approx(float(recomputed), rel=1e-6, abs=1e-9)
+    result = invoke("predict", case_dir, "--checkpoint", tmp_path / "m", "--out", tmp_path / "seg.nii.gz")
     assert result.exit_code == 0 and (tmp_path / "seg.nii.gz").is_file(), result.output
     bad = invoke("export-model", smoke_run, "--out", tmp_path / "m2", "--name", "x", "--dtype", "int8")
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--dtype 'int8'" in bad.output
