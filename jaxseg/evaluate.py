@@ -153,8 +153,15 @@ def evaluate_case(pred_path: Path, ref_path: Path, case: str, *, dilation_iterat
                   min_lesion_voxels: int = 0) -> list[dict]:
     """Rows ``{case, region, <METRICS>}`` for WT, TC and ET of one prediction/reference pair."""
     pred_classes, ref_classes, ref_props = load_pair(pred_path, ref_path)
+    return score_classes(pred_classes, ref_classes, ref_props.spacing, case,
+                         dilation_iterations=dilation_iterations, min_lesion_voxels=min_lesion_voxels)
+
+
+def score_classes(pred_classes: np.ndarray, ref_classes: np.ndarray, spacing, case: str, *,
+                  dilation_iterations: int = 3, min_lesion_voxels: int = 0) -> list[dict]:
+    """Rows ``{case, region, <METRICS>}`` for WT, TC and ET of two ``(X, Y, Z)`` arrays of
+    internal classes on one grid, ``spacing`` in mm in the arrays' axis order."""
     pred, ref = brats.region_masks(pred_classes), brats.region_masks(ref_classes)
-    spacing = ref_props.spacing  # canonical axis order, like the arrays
     scores = M.scores_from_sums(M.confusion_sums(pred.reshape(1, -1, 3), ref.reshape(1, -1, 3)))
     rows = []
     for k, region in enumerate(M.REGIONS):

@@ -136,6 +136,24 @@ def remove_small_components(classes: np.ndarray, spacing: tuple[float, ...], min
     return out
 
 
+def relabel_small_enhancing(classes: np.ndarray, spacing: tuple[float, ...], min_ml: float) -> np.ndarray:
+    """Enhancing tumor totalling less than ``min_ml`` millilitres becomes necrosis (class 1).
+
+    ``classes`` (X, Y, Z) uint8 internal classes; returns a copy. A few voxels of predicted ET in
+    a case with none (low-grade gliomas often have none) turn a perfect empty-vs-empty ET Dice of
+    1 into 0; BraTS entries have done this since Isensee et al. 2018 ("No New-Net", 500 voxels).
+    The voxels stay tumor, so WT is unchanged and TC keeps them.
+    """
+    if min_ml <= 0:
+        return classes
+    enhancing = classes == 3
+    if not enhancing.any() or enhancing.sum() * float(np.prod(spacing)) / 1000.0 >= min_ml:
+        return classes
+    out = classes.copy()
+    out[enhancing] = 1
+    return out
+
+
 def probabilities_to_classes(probs: np.ndarray, target_kind: str) -> np.ndarray:
     """(…, K) probabilities -> (…) uint8 internal classes (threshold 0.5, or argmax for softmax)."""
     if target_kind == "classes":

@@ -77,6 +77,20 @@ def test_remove_small_components_keeps_only_large_tumor():
     assert remove_small_components(classes, (1.0, 1.0, 1.0), 0.0) is classes
 
 
+def test_relabel_small_enhancing_turns_little_total_et_into_necrosis():
+    from jaxseg.infer.predict import relabel_small_enhancing
+    classes = np.zeros((20, 20, 20), np.uint8)
+    classes[2:10, 2:10, 2:10] = 2
+    classes[4:6, 4:6, 4:6] = 3  # 8 voxels of ET = 0.008 mL at 1 mm
+    out = relabel_small_enhancing(classes, (1.0, 1.0, 1.0), min_ml=0.01)
+    assert (out == 3).sum() == 0 and (out[4:6, 4:6, 4:6] == 1).all()
+    np.testing.assert_array_equal(out > 0, classes > 0)  # WT untouched
+    # The rule is on the total ET volume: 8 voxels at 2 mm are 0.064 mL, kept at 0.05 mL.
+    np.testing.assert_array_equal(relabel_small_enhancing(classes, (2.0, 2.0, 2.0), 0.05), classes)
+    assert relabel_small_enhancing(classes, (1.0, 1.0, 1.0), 0.0) is classes
+    assert (classes == 3).sum() == 8  # the input is not modified
+
+
 def test_flip_tta_on_slices_is_the_mean_over_the_four_in_plane_flips(smoke_run, tmp_path):
     """``infer.tta_flips`` for a 2D model: each slice's probabilities are the mean of the plain
     predictions of its four (H, W) flips, each flipped back (computed here one flip at a time)."""
