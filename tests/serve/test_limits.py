@@ -151,8 +151,8 @@ def test_a_job_cut_off_by_a_crash_shows_as_interrupted(fake, smoke_run, phantom_
     status, job = user.post_json("/api/jobs", job_request("Phantom_5_000"))
     assert status == 202
     deadline = time.monotonic() + 10
-    while user.get(f"/api/jobs/{job['id']}")[1]["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while len(user.get(f"/api/jobs/{job['id']}")[1]["steps"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # running, and holding after its second step
     [out] = tmp_path.glob(f"sessions/*/jobs/{job['id']}")
     write_text(out / "out" / "Phantom_5_000_seg.nii.gz", "half")  # a file of the cut-off job
 
