@@ -191,6 +191,8 @@ def test_without_a_bundled_model_it_says_so(store, monkeypatch, tmp_path):
     with pytest.raises(JaxsegError, match="no model is bundled with this installation .*--checkpoint demo"):
         model_store.resolve_checkpoint(None, modalities=brats.MODALITIES)
     assert model_store.list_models() == []
+    result = invoke("models")
+    assert result.exit_code == 0 and "no models: none bundled" in result.output and "jaxseg demo" in result.output
     with pytest.raises(JaxsegError, match="no model is bundled"):
         model_store.resolve_checkpoint("brats2018_unet")
 
