@@ -289,3 +289,12 @@ def test_demo_saves_its_model_for_checkpoint_demo_from_any_folder(tmp_path, monk
     case = tmp_path / "demo_output" / "run" / "phantoms" / "Phantom_0_000"
     np.testing.assert_allclose(_probabilities(made["model"], case), _probabilities(made["run"], case),
                                rtol=0, atol=1e-6)
+
+
+def test_a_3d_run_exports_and_loads(smoke_run_3d, tmp_path):
+    folder = model_store.export_model(smoke_run_3d, tmp_path / "m3d", name="smoke3d")
+    card = json.loads((folder / model_store.CARD_FILE).read_text())
+    assert card["architecture"]["name"] == "unet3d" and card["architecture"]["patch_size"]
+    assert 0 <= card["storage"]["max_probability_difference"] <= model_store.FLOAT16_TOLERANCE
+    predictor = Predictor(folder)
+    assert predictor.volumetric and predictor.meta["card"]["name"] == "smoke3d"
