@@ -152,3 +152,21 @@ def test_documents_are_in_the_repository():
     offenders = [name for name in tracked if (ROOT / name).is_file() and name.endswith((".md", ".py", ".toml", ".cff", ".txt", "Makefile", "run"))
                  and retired in (ROOT / name).read_text(errors="replace")]
     assert offenders == []
+
+
+def test_makefile_picks_a_supported_python_or_says_which_it_needs(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    dry = subprocess.run(["make", "-n", "install", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    (create,) = [line for line in dry.stdout.splitlines() if f"-m venv {venv}" in line]
+    python = create.split()[0]
+    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                             text=True, timeout=60).stdout.split()
+    assert tuple(map(int, version)) >= (3, 11), (python, version)
+    none = subprocess.run(["make", "install", "PYTHON=", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert none.returncode != 0 and "needs Python 3.11 or newer" in none.stdout + none.stderr
+    assert not venv.exists()
