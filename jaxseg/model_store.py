@@ -210,7 +210,7 @@ def list_models(runs: Iterable[str | Path] = ()) -> list[ModelEntry]:
     best/ or checkpoints/, or model folders), in that order.
 
     Raises JaxsegError naming a path of ``runs`` that is not a trained run or model folder.
-    Reads only config.toml, card.json, splits.json and metrics.jsonl: no weights, no jax.
+    Reads only config.toml, card.json, splits.json and metrics.jsonl, never the weights.
     """
     from jaxseg.train.checkpoint import find_run
     entries = [_entry(name, "bundled", BUNDLED_DIR / name) for name in bundled_names()]
