@@ -42,9 +42,28 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _print_devices(value: bool) -> None:
+    if value:
+        import jax
+        import jaxseg
+        from jaxseg.models import conv
+        backend = jax.default_backend()
+        typer.echo(f"backend: {backend}; {jax.process_count()} process(es), {jax.device_count()} device(s): "
+                   + ", ".join(str(d) for d in jax.devices()))
+        if backend == "cpu":
+            typer.echo("CPU convolutions: " + ("XLA's own (jaxseg's default flag)" if jaxseg.xla_cpu_convolutions()
+                                               else "YNNPACK's (jaxlib's default)")
+                       + f"; convolution path: {conv.get_conv_mode()} (auto = the CPU-fast forms on CPU)")
+        else:
+            typer.echo(f"convolution path: {conv.get_conv_mode()} (auto = XLA's convolutions on {backend})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print the versions of jaxseg, jax, jaxlib, flax and Python, and exit.")
+                                       help="Print the versions of jaxseg, jax, jaxlib, flax and Python, and exit."),
+          devices: bool = typer.Option(False, "--devices", callback=_print_devices, is_eager=True,
+                                       help="Print the backend and devices jax will use (cpu, gpu, tpu), and exit."),
           ) -> None:
     """Explainable brain-tumor MRI segmentation in pure JAX."""
 

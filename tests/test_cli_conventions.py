@@ -1,4 +1,4 @@
-"""The command line's conventions: `--version`, help pages that show switches as switches, one
+"""The command line's conventions: `--version`, `--devices`, help pages that show switches as switches, one
 exit-code convention (0 done, 2 user error, 130 interrupted), configs found by name from any
 folder, config errors that name the file, the key and what is expected."""
 import os
@@ -42,6 +42,16 @@ def test_version_is_the_package_version():
     assert result.exit_code == 0
     assert result.output.startswith(f"jaxseg {jaxseg.__version__} (jax {metadata.version('jax')}, ")
     assert metadata.version("jaxseg") == jaxseg.__version__  # pyproject reads jaxseg.__version__
+
+
+def test_devices_lists_what_jax_uses():
+    import jax
+    result = invoke("--devices")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"backend: {jax.default_backend()}; ") and f"{jax.device_count()} device(s)" in first
+    assert all(str(d) in first for d in jax.devices())
+    assert ("XLA's own" in result.output) == jaxseg.xla_cpu_convolutions()
 
 
 @pytest.mark.parametrize("path,command", COMMANDS, ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
