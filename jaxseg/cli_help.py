@@ -1,11 +1,14 @@
 """How the `jaxseg` help pages show switches and arguments.
 
-typer 0.2x prints a value type after every option, switches included (``--quiet -q <bool>``,
-``--help <bool>``), although a switch takes no value; and it writes a required argument as
-``{path}`` in the usage line; a repeatable option shows ``<list[Path]>``. :class:`App` is a ``typer.Typer`` whose commands and groups give
-every switch an empty metavar (nothing is printed after it), a repeatable option the name of
-one value (``--checkpoint PATH``), and write the usage line the classic way: ``jaxseg predict [OPTIONS] PATH`` (``[PATH]`` when optional). Only public click hooks are
-used (``get_params``, ``collect_usage_pieces``), so older typer releases render the same.
+typer 0.29 prints a value type after every option, switches included (``--quiet -q <bool>``,
+``--help <bool>``), although a switch takes no value; it writes a required argument as
+``{path}`` in the usage line, and a repeatable option as ``<list[Path]>``. :class:`App` is a
+``typer.Typer`` whose commands and groups give every switch an empty metavar (nothing is printed
+after it) and a repeatable option the name of one value (``--checkpoint PATH``), and write the
+usage line the classic way: ``jaxseg predict [OPTIONS] PATH`` (``[PATH]`` when optional).
+Only click's public hooks are used (``get_params``, ``collect_usage_pieces``); pyproject.toml
+bounds typer to the tested minor series, and tests/test_cli_conventions.py renders every
+command's help.
 """
 from __future__ import annotations
 
