@@ -178,3 +178,20 @@ def test_behind_a_tls_proxy_the_cookie_is_secure(server, phantom_case):
     assert answer.status_code == 200 and "Secure" in answer.headers["set-cookie"]
     direct = httpx.post(server.url + "/api/upload/flair", content=flair, headers={"X-Filename": "f.nii.gz", **HEADERS})
     assert direct.status_code == 200 and "Secure" not in direct.headers["set-cookie"]
+
+
+def test_connections_beyond_the_limit_get_503(smoke_run, tmp_path):
+    with served("--checkpoint", str(smoke_run), "--workdir", str(tmp_path), "--max-connections", "5",
+                "--keep-alive", "30") as s:
+        idle = [socket.create_connection((s.host, int(s.port))) for _ in range(5)]
+        try:
+            time.sleep(0.3)
+            assert httpx.get(s.url + "/api/info", timeout=10).status_code == 503  # bounded, not queued forever
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while (status := httpx.get(s.url + "/api/info", timeout=10).status_code) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status == 200
+        assert s.stop() == 0
