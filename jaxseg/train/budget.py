@@ -6,8 +6,9 @@ adds up over resumes (the time used is in every checkpoint's meta; the minutes b
 checkpoint and a kill are lost, not counted). Before the first step of a new run:
 
 1. **Measure.** A throwaway copy of the initial state takes one compiling train step and
-   :data:`PROBE_STEPS` timed ones on one batch; the eval step takes a compiling and
-   :data:`PROBE_STEPS` timed batches of the validation split. Nothing of this touches the run:
+   :data:`PROBE_STEPS` timed ones (reading their batches included) from a fresh iterator of the
+   training data; the eval step takes a compiling and :data:`PROBE_STEPS` timed batches of the
+   validation split. Nothing of this touches the run:
    the real state, the data order and the RNG keys are those of a run without a budget.
 2. **Decide** (:func:`plan_epochs`): the most epochs whose steps and validations (every
    ``val_every_epochs``, and always after the last epoch) fit what is left of the budget, less
@@ -33,12 +34,12 @@ import numpy as np
 
 from jaxseg.data import pipeline
 
-PROBE_STEPS = 3  # timed steps after the compiling one (each of train and eval)
+PROBE_STEPS = 5  # timed steps after the compiling one (each of train and eval; the fastest counts)
 MARGIN = 0.05  # share of the remaining budget kept for what the probe does not measure
 # The end of every epoch besides validation: metrics files, the training-curves figure, the
-# checkpoint. Measured on the smoke config on 2 CPU cores: 0.9-1.1 s (the first epoch more,
-# matplotlib's import); the real model's larger checkpoint is written in the background.
-EPOCH_OVERHEAD_SECONDS = 1.0
+# checkpoint. Measured on 2 shared CPU cores: 0.9-1.1 s on the smoke config, 1.4-1.8 s on the
+# demo config (validation included); orbax writes the checkpoint in the background.
+EPOCH_OVERHEAD_SECONDS = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,25 +95,30 @@ def plan_epochs(remaining_seconds: float, step_seconds: float, validation_second
 
 
 def _seconds_per_call(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """``(first, mean of the next repeats)`` wall seconds of ``call()``, each waited for."""
+    """``(first, fastest of the next repeats)`` wall seconds of ``call()``, each waited for.
+
+    The fastest, not the mean: the first batches of a fresh iterator prepare volumes (a one-time
+    cost the run pays once, in its first epoch), which would otherwise count as every step's."""
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - started)
-    return times[0], float(np.mean(times[1:]))
+    return times[0], float(min(times[1:])) if repeats else times[0]
 
 
-def measure(train_step: Callable, state: Any, batch: dict, eval_step: Callable,
+def measure(train_step: Callable, state: Any, train_batches: Iterator[dict], eval_step: Callable,
             val_batches: Iterator[dict] | None, val_batch_count: int) -> dict[str, float]:
     """Seconds of one train step (and of its compilation), and of one validation pass.
 
-    ``state`` is copied (``train_step`` donates its input; the run's state stays untouched);
-    ``val_batches`` yields device batches of the validation split (None: no validation)."""
+    ``train_batches`` and ``val_batches`` yield device batches from fresh iterators of the run's
+    loaders (``val_batches`` None: no validation); a timed step includes reading its batch, as
+    in the run. ``state`` is copied (``train_step`` donates its input; the run's state stays
+    untouched)."""
     holder = {"state": jax.tree.map(jnp.copy, state)}
 
     def one_step():
-        holder["state"], sums = train_step(holder["state"], batch)
+        holder["state"], sums = train_step(holder["state"], next(train_batches))
         return sums
 
     first, step_seconds = _seconds_per_call(one_step, PROBE_STEPS)
@@ -125,8 +131,8 @@ def measure(train_step: Callable, state: Any, batch: dict, eval_step: Callable,
         taken += [b for b in (next(val_batches, None) for _ in range(min(PROBE_STEPS, val_batch_count - 1)))
                   if b is not None]
         batches = iter(taken)
-        first, per_batch = _seconds_per_call(lambda: eval_step(state, next(batches)), len(taken) - 1)
-        validation_seconds = startup + (per_batch if len(taken) > 1 else first) * val_batch_count
+        _, per_batch = _seconds_per_call(lambda: eval_step(state, next(batches)), len(taken) - 1)
+        validation_seconds = startup + per_batch * val_batch_count
     return {"step_seconds": step_seconds, "compile_seconds": max(first - step_seconds, 0.0),
             "validation_seconds": validation_seconds}
 
@@ -139,10 +145,10 @@ def decide(cfg: Any, train_step: Callable, eval_step: Callable, state: Any, trai
     ``train.budget_minutes`` less :data:`MARGIN`. ``train_step`` is the loop's (provisional
     schedule); ``steps_per_epoch`` the configured epoch length."""
     t = cfg.train
-    probe_batch = next(pipeline.device_batches(iter(train_loader), mesh))
+    train_batches = pipeline.device_batches(iter(train_loader), mesh)
     val_batches = pipeline.device_batches(iter(val_loader), mesh) if val_loader is not None else None
-    timing = measure(train_step, state, probe_batch, eval_step, val_batches, val_batch_count)
-    del probe_batch, val_batches
+    timing = measure(train_step, state, train_batches, eval_step, val_batches, val_batch_count)
+    del train_batches, val_batches
     step_seconds, validation_seconds, compile_seconds, seconds_used = agree(
         [timing["step_seconds"], timing["validation_seconds"], timing["compile_seconds"],
          round(time.perf_counter() - clock_started, 2)])  # rounded as recorded
@@ -151,10 +157,18 @@ def decide(cfg: Any, train_step: Callable, eval_step: Callable, state: Any, trai
     left = budget_seconds - seconds_used - (compile_seconds if t.schedule == "warmup_cosine" else 0.0)
     epochs, epoch_steps = plan_epochs(left * (1 - MARGIN), step_seconds,
                                       validation_seconds if val_loader is not None else 0.0,
-                                      steps_per_epoch, t.val_every_epochs)
+                                      steps_per_epoch, t.val_every_epochs, EPOCH_OVERHEAD_SECONDS)
     return BudgetPlan(budget_seconds=budget_seconds, epochs=epochs, steps_per_epoch=epoch_steps,
                       step_seconds=round(step_seconds, 4), validation_seconds=round(validation_seconds, 3),
                       decided_after_seconds=round(seconds_used, 2))
+
+
+def describe(plan: BudgetPlan) -> str:
+    """The decision in one line, for the user."""
+    validation = f", a validation {plan.validation_seconds:.1f} s" if plan.validation_seconds else ""
+    return (f"budget {plan.budget_seconds / 60:g} min: {plan.epochs} epoch{'s' if plan.epochs > 1 else ''} of "
+            f"{plan.steps_per_epoch} steps ({plan.steps_total} steps, {plan.step_seconds:.3g} s a step{validation}), "
+            f"decided after {plan.decided_after_seconds:.0f} s")
 
 
 def agree(values: list[float]) -> list[float]:

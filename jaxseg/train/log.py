@@ -47,6 +47,11 @@ class RunLog:
         if done:
             self.console.print(f"resuming at step {done}")
 
+    def say(self, text: str) -> None:
+        """One line for the user (stderr), unless the run is quiet."""
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
     def step(self, step: int, loss: float, batch_size: int) -> None:
         now = time.perf_counter()
         if self._last_time is not None:

@@ -174,6 +174,8 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     step = int(jax.device_get(state.step))
     history: list[dict[str, Any]] = list(meta.get("history", []))
     logger.start(total_steps, step)
+    if plan is not None and not step:
+        logger.say(budget_lib.describe(plan))
     budget_stop = plan is not None and meta.get("budget", {}).get("stopped_at_step") is not None
     try:
         for epoch in range(meta["epoch"], epochs if not budget_stop else meta["epoch"]):

@@ -3,6 +3,7 @@ run that keeps to its plan, one that falls behind and stops cleanly, and resumes
 decision. The probe's timings are replaced by fixed numbers where the test needs a known plan;
 wall-clock times are only checked loosely."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_plan_against_hand_arithmetic():
     # Validating every 2nd epoch (and after the last): 8 epochs cost 80 + 4 * 5 = 100 s; 9 cost 115.
     assert budget_lib.plan_epochs(100, 1.0, 5.0, 10, 2, epoch_overhead_seconds=0) == (8, 10)
     assert [budget_lib.validations(e, 2) for e in (1, 2, 3, 8, 9)] == [1, 1, 2, 4, 5]
-    # With 1 s of overhead per epoch: 16 s an epoch, 6 epochs (96 s).
+    # With 1 s of overhead per epoch: 16 s an epoch, 6 epochs (96 s); with 2 s, 17 s and 5.
     assert budget_lib.plan_epochs(100, 1.0, 5.0, 10, 1, epoch_overhead_seconds=1) == (6, 10)
     assert budget_lib.plan_epochs(100, 1.0, 5.0, 10, 1, epoch_overhead_seconds=2) == (5, 10)
     # Not one epoch fits: one shorter epoch of the steps beside a validation, at least one step.
@@ -78,7 +79,9 @@ def test_a_run_keeps_to_its_plan_and_a_resume_keeps_the_plan(tmp_path, monkeypat
     first = loop.train(cfg, workdir, max_steps=3, quiet=True)  # an interruption inside the plan
     plan = latest_meta(workdir)["budget"]
     remaining = (60.0 - plan["decided_after_seconds"]) * (1 - budget_lib.MARGIN)
-    epochs = budget_lib.plan_epochs(remaining, 2.0, 2.0, 2, 1)[0]  # 2 steps per epoch (smoke)
+    # 2 steps per epoch (smoke): 2 * 2 s + 2 s of validation + the overhead, 7.5 s an epoch.
+    epochs = math.floor(remaining / (2 * 2.0 + 2.0 + budget_lib.EPOCH_OVERHEAD_SECONDS))
+    assert budget_lib.plan_epochs(remaining, 2.0, 2.0, 2, 1)[0] == epochs
     assert epochs >= 2 and plan["epochs"] == epochs and plan["steps_per_epoch"] == 2
     assert plan["steps_total"] == 2 * epochs
     assert schedule_lengths[-1] == plan["steps_total"]  # the schedule is as long as the plan
@@ -96,8 +99,9 @@ def test_a_run_keeps_to_its_plan_and_a_resume_keeps_the_plan(tmp_path, monkeypat
 
 
 def test_a_run_behind_its_plan_stops_cleanly_at_the_budget(tmp_path, monkeypatch, schedule_lengths):
-    # The probe is told steps are nearly free: the plan has far more epochs than 12 s allow.
+    # The probe is told steps and epochs are nearly free: the plan has far more epochs than 12 s allow.
     fixed_timing(monkeypatch, step_seconds=1e-4, validation_seconds=1e-4)
+    monkeypatch.setattr(budget_lib, "EPOCH_OVERHEAD_SECONDS", 0.0)
     cfg = smoke("train.budget_minutes=0.2")
     workdir = tmp_path / "run"
     result = loop.train(cfg, workdir, quiet=True)
