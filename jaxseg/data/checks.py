@@ -95,6 +95,19 @@ def check_geometry(spacing: Sequence[float], path: str | Path) -> None:
                                f"(accepted: {low:.2f} to {high:g} mm per axis); resample the case to 1 mm first")
 
 
+def check_header_spacing(path: str | Path) -> None:
+    """:func:`check_geometry` from the NIfTI header alone (no voxels read), so that a folder of
+    cases can be checked before the first is written. A file nibabel cannot read passes here:
+    reading it for real gives the precise error."""
+    import nibabel as nib
+    try:
+        zooms = nib.load(str(path)).header.get_zooms()[:3]
+    except Exception:  # noqa: BLE001 -- read_volume reports what is wrong with the file
+        return
+    if len(zooms) == 3:
+        check_geometry(tuple(float(z) for z in zooms), path)
+
+
 def input_warnings(image: np.ndarray, files: Sequence[str | Path]) -> list[str]:
     """Warnings for a model input a user may still want the answer for: not skull-stripped.
     One line each, naming the file."""

@@ -213,6 +213,7 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         if missing:
             raise JaxsegError(f"{case.expected_file(missing[0])}: missing: case {case.case_id} has no "
                               f"{', '.join(missing)} image; the model needs {', '.join(needed)}")
+        checks.check_header_spacing(case.images[needed[0]])  # from the header: refused before any write
     predictor = Predictor(checkpoint, batch_size)
     results = []
     for case in cases:

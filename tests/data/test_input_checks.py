@@ -102,6 +102,17 @@ def test_predict_refuses_thick_slices_in_one_line_and_writes_nothing(tmp_path, s
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
 
+def test_a_folder_with_one_thick_sliced_case_is_refused_before_any_case_is_written(tmp_path, smoke_run):
+    data = tmp_path / "data"
+    good = one_case(data / "a")
+    thick = phantom.write_phantoms(data / "b", 1, 8, (32, 32, 20), spacing=(1.0, 1.0, 3.0))[0]
+    out = tmp_path / "out"
+    result = invoke("predict", data, "--checkpoint", smoke_run, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"{thick.name}_flair.nii.gz: voxel spacing 1 x 1 x 3 mm" in result.output
+    assert not (out / f"{good.name}.nii.gz").exists() and not (out.exists() and any(out.iterdir()))
+
+
 def test_explain_refuses_an_all_zero_t1ce_in_one_line_and_writes_nothing(tmp_path, smoke_run):
     case = one_case(tmp_path / "data")
     t1ce = modality_file(case, "t1ce")
