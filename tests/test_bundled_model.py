@@ -51,3 +51,23 @@ def test_bundled_model_card_matches_its_config(name):
     if storage["dtype"] == "float16":
         assert 0 <= storage["max_probability_difference"] <= model_store.FLOAT16_TOLERANCE
     assert card["provenance"]["trained_on"] and card["description"]
+
+
+@pytest.mark.real_data
+def test_default_model_gives_its_documented_dice_on_a_real_case(real_data, tmp_path):
+    """The shipped BraTS model, chosen without --checkpoint, on one of the held-out BraTS 2018
+    cases its card reports: whole-volume Dice within 0.01 of the card's, per region."""
+    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.infer.predict import predict
+    if model_store.DEFAULT_MODEL not in BUNDLED:
+        pytest.skip(f"{model_store.DEFAULT_MODEL} is not bundled")
+    card = model_store.read_card(model_store.BUNDLED_DIR / model_store.DEFAULT_MODEL)
+    documented = card["provenance"]["validation"]["per_case"]
+    case_id = "Brats18_CBICA_AQN_1"
+    assert case_id in documented
+    case_dir = real_data / "brats2018" / case_id
+    [prediction] = predict([case_dir], None, tmp_path / "pred")
+    summary = evaluate_folders(tmp_path / "pred", case_dir, tmp_path / "evaluation", figures=False)
+    for row in summary.per_case:
+        assert row["dice"] == pytest.approx(documented[case_id][row["region"]]["dice"], abs=0.01), row["region"]
+    assert prediction.volumes_ml["WT"] > 1.0  # a real tumor was found, not an empty map
