@@ -34,6 +34,11 @@ def _switches_show_no_value(params: list[Any]) -> list[Any]:
     """Switches (``--quiet``, ``--figures/--no-figures``, ``--help``) get the metavar ``""``;
     repeatable options without a metavar the name of one value."""
     for param in params:
+        if param.param_type_name == "argument" and param.nargs != 1:
+            # typer renders a variadic argument's type as <list[Path]>: show one value's type.
+            shown = f"<{_one_value(param).lower()}>..."
+            param.display_type_rich = lambda ctx, shown=shown: shown
+            continue
         if getattr(param, "metavar", None) is not None or param.param_type_name != "option":
             continue
         if getattr(param, "is_flag", False):

@@ -15,8 +15,8 @@ it. Four things go wrong in practice, and each gets one line naming the file:
   skull-stripped image is exactly background. Only a warning (stderr, the explain summary and
   report): the segmentation may still be useful, but the brain crop is the whole head.
 
-The thresholds sit far from what the real data show. Measured on the 16 BraTS 2018 cases and the
-BraTS 2023 GLI case of ``../shared/data`` (``python -m jaxseg.data.checks CASE_DIR...`` prints
+The thresholds sit far from what the real data show. Measured on the 16 BraTS 2018 training cases and
+one BraTS 2023 GLI case this project develops with (``python -m jaxseg.data.checks CASE_DIR...`` prints
 these numbers, 68 modality volumes): every one has at least 195 distinct values in a 1-in-13
 sample (the label-map threshold is 16); the largest share of border voxels above background is
 0.0095 (Brats18_TCIA01_499_1, where the brain touches a face; 32 of 68 are exactly 0; the warning
