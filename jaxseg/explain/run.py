@@ -84,7 +84,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     image, truth, props = brats.load_case(case, predictor.modalities)
     # Refuses a spacing far from 1 mm; warns (stderr, the summary, the report) if not skull-stripped.
     input_warnings = checks.check_model_input(
-        image, [case.images[brats.canonical_modality(m)] for m in predictor.modalities], props.spacing)
+        image, [case.images[m] for m in predictor.modalities], props.spacing)
     step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
          f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
          f"{', with ground truth' if truth is not None else ''}")

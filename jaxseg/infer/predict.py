@@ -194,20 +194,22 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
     for p in paths:
         if not p.exists():
             raise JaxsegError(f"{p}: no such file or folder")
+    cases = None  # found once: choosing the default model needs them too
     if checkpoint is None:
-        checkpoint = _default_checkpoint(paths, say)
+        checkpoint, cases = _default_checkpoint(paths, say)
     else:
         checkpoint = resolve_checkpoint(checkpoint)
-    if load_run_config(find_run(checkpoint)).data.format != "brats" or any(map(records.is_2d_input, paths)):
+    run_cfg = load_run_config(find_run(checkpoint))
+    if run_cfg.data.format != "brats" or any(map(records.is_2d_input, paths)):
         if min_component_ml > 0:
             raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
         from jaxseg.infer.predict2d import predict_slices
         return predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
                               progress=progress)
-    cases = [case for p in paths for case in _cases_at(p)]
+    cases = cases or [case for p in paths for case in _cases_at(p)]
     if len(cases) > 1 and out.name.endswith((".nii", ".nii.gz")):
         raise JaxsegError(f"{out}: {', '.join(map(str, paths))} hold {len(cases)} cases; --out must be a folder")
-    needed = config_lib.canonical_modalities(load_run_config(find_run(checkpoint)))
+    needed = config_lib.canonical_modalities(run_cfg)
     for case in cases:  # before any case is written
         missing = [m for m in needed if m not in case.images]
         if missing:
@@ -222,7 +224,7 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         image, _, props = brats.load_case(case, predictor.modalities)
         # Refuses a spacing far from 1 mm; warns on stderr if the image is not skull-stripped.
         input_warnings = checks.check_model_input(
-            image, [case.images[brats.canonical_modality(m)] for m in predictor.modalities], props.spacing)
+            image, [case.images[m] for m in predictor.modalities], props.spacing)
         probs, classes = predictor.predict_image(image)
         classes = remove_small_components(classes, props.spacing, min_component_ml)
         target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
@@ -240,15 +242,15 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
     return results
 
 
-def _default_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> Path:
-    """The bundled model for inputs given without ``--checkpoint``: one whose modalities every
-    case has; else the error of the first case that lacks them."""
+def _default_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> tuple[Path, list[brats.Case]]:
+    """The bundled model for inputs given without ``--checkpoint`` (one whose modalities every
+    case has; else the error of the first case that lacks them), and the cases found."""
     if any(map(records.is_2d_input, paths)):
         return resolve_checkpoint(None, modalities=(), input_name=str(paths[0]))  # raises: no 2D bundled model
     cases = [case for p in paths for case in _cases_at(p)]
     common = set.intersection(*(set(case.images) for case in cases))
     try:
-        return resolve_checkpoint(None, modalities=common, say=say)
+        return resolve_checkpoint(None, modalities=common, say=say), cases
     except JaxsegError:
         for case in cases:
             resolve_checkpoint(None, modalities=case.images, input_name=f"case {case.case_id} ({case.folder})")
