@@ -172,6 +172,12 @@ class SessionStore:
     def _expired(self, session: Session, now: float) -> bool:
         return now - session.last_used > self.ttl and not session.busy
 
+    def discard(self, session: Session) -> None:
+        """Remove ``session`` and its files now: a new session whose first request failed, so its
+        client never received the cookie (it would otherwise hold a place until it expired)."""
+        with self._lock:
+            self._remove(session)
+
     def _remove(self, session: Session) -> None:
         self._sessions.pop(session.token_hash, None)
         shutil.rmtree(session.folder, ignore_errors=True)

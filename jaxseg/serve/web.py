@@ -142,6 +142,11 @@ def build(app: App) -> Starlette:
             return session, None
         return await run_in_threadpool(app.new_session)
 
+    async def forget_if_new(session: sessions.Session, new_token: str | None) -> None:
+        """A refused request answers without the new session's cookie: remove that session."""
+        if new_token is not None:
+            await run_in_threadpool(app.sessions.discard, session)
+
     def static(name: str, media_type: str, policy: str | None = None):
         async def endpoint(request: Request) -> Response:
             headers = {"Cache-Control": "no-cache", **({"Content-Security-Policy": policy} if policy else {})}
@@ -165,6 +170,9 @@ def build(app: App) -> Starlette:
             with part.open("wb") as out:
                 await receive_body(request, app.max_upload_bytes, "the file", out, app.settings.body_timeout)
             result = await run_in_threadpool(sessions.accept_upload, session, slot, part, name)
+        except BaseException:
+            await forget_if_new(session, new_token)
+            raise
         finally:
             part.unlink(missing_ok=True)
         return with_cookie(JSONResponse(result.describe()), new_token, request)
@@ -189,7 +197,11 @@ def build(app: App) -> Starlette:
             raise JaxsegError("the job request must be a JSON object")
         checked = await run_in_threadpool(app.check_job_request, session_of(request), body)
         session, new_token = await session_or_new(request)
-        job = await run_in_threadpool(app.start_job, session, checked)
+        try:
+            job = await run_in_threadpool(app.start_job, session, checked)
+        except BaseException:
+            await forget_if_new(session, new_token)
+            raise
         return with_cookie(JSONResponse(app.job_status(job), 202), new_token, request)
 
     def job_of(request: Request):

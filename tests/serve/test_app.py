@@ -126,8 +126,11 @@ def test_bad_uploads_give_a_message_naming_the_file(server, client, phantom_case
     }[kind]()
     if kind == "seg_labels":
         slot = "seg"
+    before = session_folders(app)
     status, answer = client.upload(slot, content, f"my_{kind}.nii.gz")
     assert status == 400
+    # A first request refused leaves no session: its answer set no cookie (a fresh client).
+    assert session_folders(app) == before
     message = answer["error"]
     assert message.startswith(f"my_{kind}.nii.gz: ") and str(app.workdir) not in message
     expected = {"text": "not a NIfTI file", "truncated": "truncated or corrupt", "2d": "expected a 3D volume",

@@ -89,7 +89,9 @@ def test_the_queue_is_bounded_per_session_and_overall(fake, smoke_run, phantom_r
         status, answer = third.post_json("/api/jobs", job_request("Phantom_5_001"))
         assert status == 429 and answer["error"] == ("the server's queue is full (1 jobs waiting, jaxseg serve "
                                                      "--max-queue); try again in a few minutes")
-        assert third.get("/api/info")[1]["jobs"] == []  # the refused job left nothing behind
+        # The refused job left nothing behind: no session (its answer set no cookie), no folder.
+        assert len(app.sessions) == 2
+        assert len([p for p in app.sessions.root.iterdir() if p.is_dir()]) == 2
         fake.release.set()
         assert wait_for_job(first, running["id"])["state"] == "done"
         assert wait_for_job(second, waiting["id"])["state"] == "done"
