@@ -31,7 +31,7 @@ def measure_difference(source: Any, folder: Path, check_input: str | Path | None
             case_dir = phantom.write_phantoms(scratch, 1, CHECK_PHANTOM_SEED, CHECK_PHANTOM_SHAPE)[0]
             described = f"a synthetic phantom ({'x'.join(map(str, CHECK_PHANTOM_SHAPE))} voxels, seed {CHECK_PHANTOM_SEED})"
         else:
-            case_dir, described = Path(check_input), str(check_input)
+            case_dir = Path(check_input)
         case = brats.case_from_path(case_dir)
         image, _, _ = brats.load_case(case, source.modalities)
         if check_input is not None:  # the case, not the path: the card may ship to other machines
@@ -41,16 +41,12 @@ def measure_difference(source: Any, folder: Path, check_input: str | Path | None
     return float(np.max(np.abs(stored.astype(np.float64) - reference))), described
 
 
-def parameter_count(params: Any) -> int:
-    import jax
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
-
-
 def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int, difference: float | None,
                checked_on: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The model card of ``run``'s model (``source``: its Predictor), updated with ``overrides``
     (top-level keys replace; ``provenance``, ``inputs`` and ``storage`` are merged key by key)."""
     from jaxseg.model_store import FLOAT16_TOLERANCE, best_validation, now_utc, run_provenance
+    from jaxseg.models.registry import count_params
     from jaxseg.train import metrics
     cfg = source.cfg
     m = cfg.model
@@ -83,7 +79,7 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
         "target": cfg.data.target,
         "regions": list(metrics.region_names(cfg.data.target)),
         "architecture": architecture,
-        "parameters": parameter_count(source.params),
+        "parameters": count_params(source.model()),
         "provenance": {
             "summary": run_provenance(run, cfg),
             "trained_on": cfg.data.root or f"{cfg.data.phantom_cases} synthetic phantoms "

@@ -349,8 +349,7 @@ def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "f
         tmp.mkdir()
         from jaxseg.infer.predict import Predictor
         source = Predictor(run)
-        cfg = config_lib.load_from_dict({**config_lib.to_dict(source.cfg),
-                                         "model": {**config_lib.to_dict(source.cfg.model), "pretrained": ""}})
+        cfg = dataclasses.replace(source.cfg, model=dataclasses.replace(source.cfg.model, pretrained=""))
         write_text(tmp / CONFIG_FILE, config_lib.dumps(cfg))
         size = write_weights(tmp / WEIGHTS_FILE, source.params, source.batch_stats, dtype)
         difference, checked_on = None, None

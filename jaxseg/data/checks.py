@@ -121,16 +121,14 @@ def input_warnings(image: np.ndarray, files: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def check_model_input(image: np.ndarray, files: Sequence[str | Path], spacing: Sequence[float],
-                      *, warn: bool = True) -> list[str]:
+def check_model_input(image: np.ndarray, files: Sequence[str | Path], spacing: Sequence[float]) -> list[str]:
     """Every check of a case about to be segmented or explained: refuses (JaxsegError) a bad
-    spacing, returns the warnings, and prints them on stderr when ``warn``.
+    spacing, prints the warnings on stderr and returns them.
     (:func:`check_content` already ran in :func:`jaxseg.data.brats.load_case`.)"""
     check_geometry(spacing, files[0])
     found = input_warnings(image, files)
-    if warn:
-        for message in found:
-            print(f"warning: {message}", file=sys.stderr)
+    for message in found:
+        print(f"warning: {message}", file=sys.stderr)
     return found
 
 
