@@ -297,13 +297,14 @@ async def receive_body(request: Request, limit: int, what: str, out: Any, timeou
     chunks answers 408; a client that leaves mid-body gets nothing (and nothing is kept).
     """
     declared = request.headers.get("content-length")
-    too_large = Refused(413, f"{what} is larger than this server accepts ({limit / 2**20:.0f} MB, "
-                             "jaxseg serve --max-upload-mb)")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        too_large.message = (f"{what} is {int(declared) / 2**20:.1f} MB; this server accepts up to "
-                             f"{limit / 2**20:.0f} MB (jaxseg serve --max-upload-mb)")
+    declared_too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    too_large = Refused(413, f"{what} is {int(declared) / 2**20:.1f} MB; this server accepts up to "
+                             f"{limit / 2**20:.0f} MB (jaxseg serve --max-upload-mb)" if declared_too_large else
+                        f"{what} is larger than this server accepts ({limit / 2**20:.0f} MB, "
+                        "jaxseg serve --max-upload-mb)")
     stream = request.stream().__aiter__()
-    received, keep = 0, not (declared is not None and declared.isdigit() and int(declared) > limit)
+    # Bytes received when the body was refused (nothing is stored from then on); None: kept so far.
+    received, refused_at = 0, (0 if declared_too_large else None)
     while True:
         try:
             chunk = await asyncio.wait_for(stream.__anext__(), timeout)
@@ -314,17 +315,17 @@ async def receive_body(request: Request, limit: int, what: str, out: Any, timeou
         except ClientDisconnect:
             raise Refused(400, f"{what}: the upload was cut short (the connection closed)") from None
         received += len(chunk)
-        if received > limit:
-            keep = False
-        if not keep:
-            if received > limit + DRAIN_BYTES:
+        if refused_at is None and received > limit:
+            refused_at = received
+        if refused_at is not None:
+            if received - refused_at > DRAIN_BYTES:
                 break
             continue
         if isinstance(out, list):
             out.append(chunk)
         else:
             out.write(chunk)
-    if not keep:
+    if refused_at is not None:
         raise too_large
     return received
 
