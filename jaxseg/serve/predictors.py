@@ -24,7 +24,7 @@ class PredictorCache:
         """The predictor of run folder ``run``, built on first use."""
         from jaxseg.infer.predict import Predictor
 
-        key = Path(run).resolve()
+        key = (Path(run).resolve(), batch_size)  # a predictor's batch size is fixed when it compiles
         with self._lock:  # one worker uses it; the lock keeps two builds of one model from racing
             predictor = self._cache.pop(key, None)
             if predictor is None:
@@ -34,10 +34,3 @@ class PredictorCache:
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
             return predictor
-
-    def drop(self, run: Path) -> None:
-        with self._lock:
-            self._cache.pop(Path(run).resolve(), None)
-
-    def __len__(self) -> int:
-        return len(self._cache)

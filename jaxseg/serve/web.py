@@ -283,7 +283,6 @@ def build(app: App) -> Starlette:
     ]
     web = Starlette(routes=routes, exception_handlers={Refused: refused, JaxsegError: bad_input,
                                                        HTTPException: http_error, Exception: bug})
-    web.state.app = app
     return Guard(web, app.settings.host_names)
 
 
