@@ -247,10 +247,13 @@ def remove_upload(session: Session, slot: str) -> None:
 
 
 def _check(session: Session, slot: str, path: Path, name: str, size: int) -> Upload:
+    with session.lock:  # another upload of this session may be adding its slot meanwhile
+        others = list(session.uploads.values())
+
     def named(error: JaxsegError) -> JaxsegError:
         # Messages of the data layer name the file: put the client's name where our path was.
         text = str(error).replace(str(path), name)
-        for other in session.uploads.values():
+        for other in others:
             text = text.replace(str(other.path), f"{other.name} ({other.slot})")
         return JaxsegError(text)
 
@@ -266,7 +269,7 @@ def _check(session: Session, slot: str, path: Path, name: str, size: int) -> Upl
             naming = seg_naming(labels, path)
         else:
             _, props = nifti.read_volume(path)
-        for other in session.uploads.values():
+        for other in others:
             if other.slot != slot and (problem := nifti.geometry_mismatch(props, other.props)):
                 raise JaxsegError(problem + "; the files of one case must share one grid")
     except JaxsegError as error:
