@@ -107,8 +107,7 @@ class SessionStore:
         with self._lock:
             session = self._sessions.get(token_hash(token))
             if session is not None and self._expired(session, time.time()):
-                self._remove(session)
-                return None
+                return None  # its files go with the next sweep (not on the event loop, under this lock)
             if session is not None:
                 session.last_used = time.time()
             return session
