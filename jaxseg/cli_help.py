@@ -6,7 +6,9 @@ typer 0.29 prints a value type after every option, switches included (``--quiet 
 ``typer.Typer`` whose commands and groups give every switch an empty metavar (nothing is printed
 after it) and a repeatable option the name of one value (``--checkpoint PATH``), and write the
 usage line the classic way: ``jaxseg predict [OPTIONS] PATH`` (``[PATH]`` when optional).
-Only click's public hooks are used (``get_params``, ``collect_usage_pieces``); pyproject.toml
+A variadic argument shows one value's type (``<path>...``). click's public hooks are used
+(``get_params``, ``collect_usage_pieces``), and for that one case typer's
+``display_type_rich`` is replaced on the parameter; pyproject.toml
 bounds typer to the tested minor series, and tests/test_cli_conventions.py renders every
 command's help.
 """

@@ -17,8 +17,9 @@ checkpoint and a kill are lost, not counted). Before the first step of a new run
    learning-rate schedule (``warmup_cosine`` decays to its end value exactly at the last step).
 3. **Record** the decision in the checkpoint meta (``meta["budget"]``): a resumed run keeps it
    and measures nothing.
-4. **Stop.** If the run falls behind its plan (a busy machine), it stops when the budget less one
-   validation is spent: that epoch ends early, is validated, logged and checkpointed (and may
+4. **Stop.** If the run falls behind its plan (a busy machine), it stops when the budget less the
+   end of one epoch is spent (the longer of the measured validation and the slowest epoch end so
+   far: validation, logs, figure, checkpoint): that epoch ends early, is validated, logged and checkpointed (and may
    become the best model) like any other, and its record says ``stopped_by_budget``.
 """
 from __future__ import annotations
