@@ -116,3 +116,23 @@ def test_a_run_behind_its_plan_stops_cleanly_at_the_budget(tmp_path, monkeypatch
 
     again = loop.train(cfg, workdir, quiet=True)  # a spent budget trains no further
     assert again.steps == result.steps and len(again.history) == len(result.history)
+
+
+def test_the_real_probe_times_the_steps_and_leaves_the_run_unchanged(tmp_path):
+    """No stand-in for ``measure``: the plan's timings are real, positive and finite, and the
+    run trained from the probe's state copy ends like a run without a budget of the same steps."""
+    import numpy as np
+    budgeted = loop.train(smoke("train.budget_minutes=0.5"), tmp_path / "budget", quiet=True)
+    plan = latest_meta(tmp_path / "budget")["budget"]
+    assert 0 < plan["step_seconds"] < 30 and 0 < plan["validation_seconds"] < 60
+    assert all(math.isfinite(plan[k]) for k in ("step_seconds", "validation_seconds"))
+    assert budgeted.steps == plan["steps_total"] or plan.get("stopped_at_step") == budgeted.steps
+    # The same number of epochs without a budget (warmup_cosine is not the smoke schedule, so the
+    # schedule is the same): the probe must not have moved the state or the data order.
+    epochs = budgeted.steps // plan["steps_per_epoch"]
+    if budgeted.steps % plan["steps_per_epoch"]:
+        pytest.skip("the budgeted run stopped mid-epoch (a slow machine); nothing to compare")
+    plain = loop.train(smoke(f"train.epochs={epochs}"), tmp_path / "plain", quiet=True)
+    assert plain.steps == budgeted.steps
+    np.testing.assert_allclose([h["train_loss"] for h in plain.history],
+                               [h["train_loss"] for h in budgeted.history], rtol=1e-6)
