@@ -31,10 +31,9 @@ from jaxseg.explain.gradcam import channel_index, output_kind, target_probabilit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind"))
-def _has_tumor(graphdef, params, batch_stats, images, index, *, target_kind):
+def _predicted(graphdef, params, batch_stats, images, index, *, target_kind):
     logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False)
-    predicted = target_probability(logits, target_kind, index)[1]
-    return jnp.any(predicted.reshape(predicted.shape[0], -1), axis=-1)
+    return target_probability(logits, target_kind, index)[1]
 
 
 def _padded(array: np.ndarray, size: int) -> np.ndarray:
@@ -42,17 +41,26 @@ def _padded(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)]) if pad else array
 
 
+def predicted_masks(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
+                    channel: int | str = "WT", target_kind: str | None = None, batch_size: int = 16) -> np.ndarray:
+    """Where the model predicts ``channel``: ``(Z, *spatial)`` bool for ``slices (Z, *spatial, C)``
+    (``batch_size`` at a time, the last batch zero-padded)."""
+    slices = np.asarray(slices, np.float32)
+    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
+    index = jnp.int32(channel_index(channel, kind))
+    parts = [np.asarray(_predicted(graphdef, params, batch_stats, _padded(slices[s:s + batch_size], batch_size),
+                                   index, target_kind=kind))[: len(slices[s:s + batch_size])]
+             for s in range(0, len(slices), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(slices.shape[:-1], bool)
+
+
 def tumor_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
                  channel: int | str = "WT", target_kind: str | None = None, batch_size: int = 16) -> np.ndarray:
     """Indices ``(n,)`` int64 of the slices ``(Z, *spatial, C)`` on which the model predicts
     ``channel`` somewhere."""
-    slices = np.asarray(slices, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
-    index = jnp.int32(channel_index(channel, kind))
-    found = [np.asarray(_has_tumor(graphdef, params, batch_stats, _padded(slices[s:s + batch_size], batch_size),
-                                   index, target_kind=kind))[: len(slices[s:s + batch_size])]
-             for s in range(0, len(slices), batch_size)]
-    return np.flatnonzero(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    masks = predicted_masks(graphdef, params, batch_stats, slices, channel=channel, target_kind=target_kind,
+                            batch_size=batch_size)
+    return np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
 
 
 def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
