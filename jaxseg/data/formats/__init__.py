@@ -11,14 +11,18 @@ Adding a format: a module ``formats/<name>.py`` with its ``FORMAT``, its entry i
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 from jaxseg.config import Config
+from jaxseg.data import records
 from jaxseg.data.formats import brats_volumes, figshare_mat, image_folder
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.formats.sampling import PATCHES, SLICES, ModelInput, Sampling
 from jaxseg.errors import JaxsegError
 
 __all__ = ["FORMATS", "SAMPLINGS", "DataFormat", "Sampling", "ModelInput", "SLICES", "PATCHES", "get",
-           "of_config", "sampling"]
+           "of_config", "of_input", "prediction_output", "sampling"]
 
 FORMATS: dict[str, DataFormat] = {f.name: f for f in (brats_volumes.FORMAT, figshare_mat.FORMAT,
                                                        image_folder.FORMAT)}
@@ -44,3 +48,16 @@ def sampling(spatial_dims: int) -> Sampling:
         return SAMPLINGS[spatial_dims]
     except KeyError:
         raise ValueError(f"no sampling for {spatial_dims} spatial dims (known: {sorted(SAMPLINGS)})") from None
+
+
+def of_input(path: str | Path) -> DataFormat:
+    """The format of a prediction input (a file or folder; :func:`jaxseg.data.records.input_format`)."""
+    return get(records.input_format(path))
+
+
+def prediction_output(paths: Sequence[str | Path], cfg: Config | None = None) -> str:
+    """What prediction writes for ``paths`` with a run of ``cfg`` (None: not chosen yet): ``png``
+    masks when the run's format or any input's is a 2D-slice format, else ``nifti`` volumes
+    (:attr:`DataFormat.output`)."""
+    outputs = {of_input(p).output for p in paths} | ({of_config(cfg).output} if cfg is not None else set())
+    return "png" if "png" in outputs else "nifti"
