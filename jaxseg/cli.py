@@ -297,7 +297,7 @@ def data_inspect(
 ) -> None:
     """Table of the cases (BraTS) or patients (2D slices) in a folder: geometry, labels, problems."""
     from rich.console import Console
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     table, problems = inspect_folder(root, format, mask_suffix)
     Console(width=200).print(table)
     if problems:  # the table names each problem; a dataset with problems is a user error

@@ -89,13 +89,14 @@ def test_bad_files_are_one_error_naming_the_file(tmp_path):
 
 
 def test_inspect_reports_patients_labels_sizes_and_problems(tmp_path):
-    from jaxseg.data.inspect2d import inspect_folder, inspect_records
+    from jaxseg.data import inspect
+    from jaxseg.data.formats import figshare_mat, inspect_folder
     image, mask = tumor_slice((32, 24), (10, 10), 4)
     write_figshare_mat(tmp_path / "1.mat", image, mask, 1, "A")
     write_figshare_mat(tmp_path / "2.mat", np.zeros((16, 16)), np.zeros((16, 16)), 3, "A")
     write_figshare_mat(tmp_path / "3.mat", image, mask, 2, "B")
     (tmp_path / "4.mat").write_bytes(b"junk")
-    reports = {r.subject: r for r in inspect_records(tmp_path, "figshare_mat")}
+    reports = {r.subject: r for r in inspect.inspect_slices(figshare_mat.FORMAT.inspect_jobs(tmp_path, "_mask"))}
     assert sorted(reports) == ["(unreadable)", "A", "B"]
     a = reports["A"]
     assert [(s.case_id, s.size, s.label, s.tumor_pixels > 0) for s in a.slices] == [

@@ -109,7 +109,7 @@ def test_patient_folders_never_cross_splits(tmp_path):
 
 
 def test_inspect_lists_patients_sizes_and_unpaired_images(tmp_path):
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     image, mask = rgb_slice()
     write_image_pair(tmp_path / "p1", "a", image, mask, ".tif")
     write_image_pair(tmp_path / "p1", "b", image, 0 * mask, ".tif")

@@ -12,7 +12,7 @@ Adding a format: a module ``formats/<name>.py`` with its ``FORMAT``, its entry i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from jaxseg.config import Config
 from jaxseg.data import records
@@ -22,7 +22,7 @@ from jaxseg.data.formats.sampling import PATCHES, SLICES, ModelInput, Sampling
 from jaxseg.errors import JaxsegError
 
 __all__ = ["FORMATS", "SAMPLINGS", "DataFormat", "Sampling", "ModelInput", "SLICES", "PATCHES", "get",
-           "of_config", "of_input", "prediction_output", "sampling"]
+           "of_config", "of_input", "prediction_output", "sampling", "inspect_folder"]
 
 FORMATS: dict[str, DataFormat] = {f.name: f for f in (brats_volumes.FORMAT, figshare_mat.FORMAT,
                                                        image_folder.FORMAT)}
@@ -61,3 +61,9 @@ def prediction_output(paths: Sequence[str | Path], cfg: Config | None = None) ->
     (:attr:`DataFormat.output`)."""
     outputs = {of_input(p).output for p in paths} | ({of_config(cfg).output} if cfg is not None else set())
     return "png" if "png" in outputs else "nifti"
+
+
+def inspect_folder(root: str | Path, fmt: str = "auto", mask_suffix: str = "_mask") -> tuple[Any, bool]:
+    """``(rich table, any problems)`` for a dataset folder of any format (``auto``: detected from
+    its files, :func:`jaxseg.data.records.detect_format`): ``jaxseg data inspect``."""
+    return get(records.detect_format(root) if fmt == "auto" else fmt).inspect(Path(root), mask_suffix)

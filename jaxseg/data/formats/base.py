@@ -53,3 +53,8 @@ class DataFormat:
                      cache_dir: str | Path | None = None) -> CaseIndexedSource:
         """The grain source of the indexed slices; items as ``brats_volumes.SliceSource`` items."""
         raise NotImplementedError
+
+    def inspect(self, root: Path, mask_suffix: str = "_mask") -> tuple[Any, bool]:
+        """``(rich table, any problems)``: every file under ``root`` read in full (``jaxseg data inspect``;
+        :mod:`jaxseg.data.inspect`)."""
+        raise NotImplementedError

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from jaxseg.config import Config, DataConfig, canonical_modalities
-from jaxseg.data import brats, phantom, preprocess, store
+from jaxseg.data import brats, inspect, phantom, preprocess, store
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.errors import JaxsegError
@@ -150,6 +150,10 @@ class BratsVolumes(DataFormat):
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("phantoms")
         return brats.find_cases(root, canonical_modalities(cfg))
+
+    def inspect(self, root: Path, mask_suffix: str = "_mask") -> tuple[Any, bool]:
+        reports = inspect.inspect_dataset(root)
+        return inspect.render_table(reports), any(r.problems for r in reports)
 
     def slice_index(self, cases, modalities, data_cfg, seed, train, cache_dir=None) -> np.ndarray:
         return build_slice_index(cases, modalities, data_cfg, seed, train, cache_dir)

@@ -2,11 +2,18 @@
 per file (``cjdata``: image, tumor mask, patient id, tumor class); read by :mod:`jaxseg.data.figshare`."""
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
+from jaxseg.data import figshare, inspect
 from jaxseg.data.formats.records2d import SliceRecords
 
 
 class FigshareMat(SliceRecords):
     name = "figshare_mat"
+
+    def inspect_jobs(self, root: Path, mask_suffix: str) -> list:
+        return [functools.partial(inspect.inspect_figshare_file, path) for path in figshare.find_files(root)]
 
 
 FORMAT = FigshareMat()

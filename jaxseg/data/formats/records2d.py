@@ -12,12 +12,12 @@ before the first step, naming the file) and is stored in the run's cache folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from jaxseg.config import Config, DataConfig
-from jaxseg.data import brats, preprocess, records, store
+from jaxseg.data import brats, inspect, preprocess, records, store
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.data.records import Record, load_record, to_volume
@@ -113,6 +113,14 @@ class SliceRecords(DataFormat):
             raise JaxsegError(f"data.root: data.format = {self.name!r} needs a dataset folder "
                               "(phantoms are BraTS volumes)")
         return records.find_records(cfg.data.root, self.name, cfg.data.mask_suffix)
+
+    def inspect_jobs(self, root: Path, mask_suffix: str) -> list[Callable[[], inspect.SliceReport]]:
+        """One job per slice file under ``root``, each returning its :class:`inspect.SliceReport`."""
+        raise NotImplementedError
+
+    def inspect(self, root: Path, mask_suffix: str = "_mask") -> tuple[Any, bool]:
+        reports = inspect.inspect_slices(self.inspect_jobs(Path(root), mask_suffix))
+        return inspect.render_slices_table(reports, self.name), any(r.problems for r in reports)
 
     def subjects(self, cases: Sequence[Record]) -> dict[str, str]:
         return records.subjects_of(cases)
