@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxseg.data import brats
+from jaxseg import target
 from jaxseg.errors import JaxsegError
 from jaxseg.report import figures as F
 from jaxseg.report import slices as S
@@ -31,12 +31,12 @@ class EvaluationFigures:
 
     def __init__(self, out_dir: str | Path, *, region: str = "WT", plane: str = "axial", n: int = 6,
                  min_pixels: int = 50, min_gap: int = 5):
-        if region not in brats.REGIONS:
-            raise JaxsegError(f"figure region must be one of {', '.join(brats.REGIONS)}; got {region!r}")
+        if region not in target.REGIONS:
+            raise JaxsegError(f"figure region must be one of {', '.join(target.REGIONS)}; got {region!r}")
         self.out_dir = Path(out_dir)
         self.region, self.plane, self.n = region, plane, n
         self.min_pixels, self.min_gap = min_pixels, min_gap
-        self._channel = brats.REGIONS.index(region)
+        self._channel = target.REGIONS.index(region)
         self._tiles: list[S.SliceTile] = []
         self._modalities: set[str] = set()
         self._cases = 0
@@ -54,8 +54,8 @@ class EvaluationFigures:
         self._cases += 1
         self._modalities.add(modality or "none")
         k = self._channel
-        self._tiles += S.case_tiles(case, image, brats.region_masks(prediction)[..., k],
-                                    brats.region_masks(reference)[..., k], spacing, self.n, self.plane,
+        self._tiles += S.case_tiles(case, image, target.region_masks(prediction)[..., k],
+                                    target.region_masks(reference)[..., k], spacing, self.n, self.plane,
                                     self.min_pixels, self.min_gap)
         return F.case_panel(case, image, prediction, reference, spacing,
                             self.out_dir / "panels" / f"{case}.png", modality=modality)

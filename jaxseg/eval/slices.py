@@ -2,7 +2,8 @@
 confusion sums pooled over the patient's slices) and over the dataset (pooled over every slice, as
 validation in training), from arrays.
 
-An empty prediction of an empty mask scores 1 (:func:`jaxseg.train.metrics.scores_from_sums`).
+An empty prediction of an empty mask scores 1 (:func:`jaxseg.overlap.scores_from_sums`, jaxseg's
+one Dice).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxseg.train import metrics as M
+from jaxseg import overlap
 
 SCORES = ("dice", "iou", "precision", "recall")
 
@@ -18,7 +19,7 @@ SCORES = ("dice", "iou", "precision", "recall")
 def scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     """Dice, IoU, precision and recall of one set of confusion counts."""
     sums = {"tp": np.array([tp]), "fp": np.array([fp]), "fn": np.array([fn])}
-    return {k: float(v[0]) for k, v in M.scores_from_sums(sums).items()}
+    return {k: float(v[0]) for k, v in overlap.scores_from_sums(sums).items()}
 
 
 @dataclass

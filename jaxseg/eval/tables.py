@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 from rich.table import Table
 
-from jaxseg.data.brats import REGIONS
 from jaxseg.eval.slices import SCORES
 from jaxseg.eval.volumes import METRICS
 from jaxseg.files import atomic_path
+from jaxseg.target import REGIONS
 
 STATISTICS = ("mean", "std", "median")
 PER_CASE_COLUMNS = ("case", "region") + METRICS

@@ -1,8 +1,8 @@
 """The volume scorer: per case and region (WT, TC, ET) Dice, IoU, precision, recall, HD95, BraTS
 2023 lesion-wise Dice and HD95, and the predicted and reference volumes, from arrays.
 
-Overlap scores come from confusion sums (:func:`jaxseg.train.metrics.scores_from_sums`: an empty
-prediction of an empty region scores 1); surface and lesion scores from :mod:`jaxseg.eval.surface`.
+Overlap scores come from confusion sums (:func:`jaxseg.overlap.scores_from_sums`, jaxseg's one
+Dice: an empty prediction of an empty region scores 1); surface and lesion scores from :mod:`jaxseg.eval.surface`.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxseg.data import brats
+from jaxseg import overlap, target
 from jaxseg.eval import surface
-from jaxseg.train import metrics as M
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95", "lesion_dice", "lesion_hd95", "pred_ml", "ref_ml")
 OVERLAP_SCORES = ("dice", "iou", "precision", "recall")
@@ -29,12 +28,12 @@ def score_classes(pred_classes: np.ndarray, ref_classes: np.ndarray, spacing: Se
         :func:`jaxseg.eval.surface.lesion_wise` (defaults: BraTS 2023 GLI/PED dilation, no size
         threshold).
     Returns:
-      three dicts (regions in :data:`jaxseg.data.brats.REGIONS` order), every metric a float.
+      three dicts (regions in :data:`jaxseg.target.REGIONS` order), every metric a float.
     """
-    pred, ref = brats.region_masks(pred_classes), brats.region_masks(ref_classes)
-    scores = M.scores_from_sums(M.confusion_sums(pred.reshape(1, -1, 3), ref.reshape(1, -1, 3)))
+    pred, ref = target.region_masks(pred_classes), target.region_masks(ref_classes)
+    scores = overlap.scores_from_sums(overlap.confusion_sums(pred.reshape(1, -1, 3), ref.reshape(1, -1, 3)))
     rows = []
-    for k, region in enumerate(brats.REGIONS):
+    for k, region in enumerate(target.REGIONS):
         lesions = surface.lesion_wise(pred[..., k], ref[..., k], spacing, dilation_iterations=dilation_iterations,
                                       min_lesion_voxels=min_lesion_voxels)
         rows.append({
