@@ -157,7 +157,7 @@ def evaluate(
 ) -> None:
     """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
     from rich.console import Console
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
     _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
