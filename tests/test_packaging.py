@@ -87,7 +87,8 @@ def test_wheel_holds_the_package_its_configs_and_bundled_models(dists):
                   if n.startswith("jaxseg/configs/") and n.endswith(".toml")) == SHIPPED
     for name in PROBE_FILES:
         assert f"jaxseg/bundled/probe_model/{name}" in names
-    for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css"):
+    for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css", "jaxseg/serve/templates/index.html",
+                  "jaxseg/serve/static/app.js", "jaxseg/serve/static/app.css"):
         assert asset in names
     assert f"{info}/licenses/LICENSE" in names
     meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(f"{info}/METADATA"))
