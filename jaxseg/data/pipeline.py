@@ -409,8 +409,6 @@ def make_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: 
     """
     n_devices = mesh.shape["data"] if mesh is not None else jax.device_count()
     _check_batch(cfg.train.batch_size, n_devices)
-    if not 0 <= seed < 2 ** 32:
-        raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
     modalities = canonical_modalities(cfg)
     source_class = SliceSource
     if cfg.data.format != "brats":  # 2D slice records (figshare .mat, image folders): same batches
