@@ -241,3 +241,10 @@ def test_setting_another_model_keeps_the_shared_settings_only():
     assert cfg.data == file.data and cfg.train == file.train
     with pytest.raises(JaxsegError, match="model.encoder_depths: a setting of resunet34"):
         config_lib.load("figshare_resunet34", ["model.name=unet", "model.encoder_depths=[1, 1, 1, 1]"])
+
+
+def test_the_format_registry_reads_the_formats_the_config_admits():
+    import typing
+    from jaxseg.data import formats
+    choices = typing.get_args(typing.get_type_hints(config_lib.DataConfig)["format"])
+    assert set(formats.FORMATS) == set(choices)
