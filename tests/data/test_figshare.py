@@ -145,7 +145,7 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
 
 def test_2d_formats_refuse_regions_and_classes():
     for target, loss in (("regions", "bce_dice"), ("classes", "ce_dice")):
-        with pytest.raises(JaxsegError, match="data.target must be \"wt\" for data.format = 'figshare_mat'"):
+        with pytest.raises(JaxsegError, match="data.target: must be \"wt\" for data.format = 'figshare_mat'"):
             config_lib.load("figshare_resunet34", [f"data.target={target}", f"train.loss={loss}"])
     with pytest.raises(JaxsegError, match="figshare_mat slices have one channel"):
         config_lib.load("figshare_resunet34", ['data.modalities=["t1ce", "flair"]', "model.input_mode=channels"])
