@@ -17,7 +17,7 @@ Variants: ``jax`` (default convolution path), ``jax xla-conv`` (``JAXSEG_CONV=xl
 eager`` (reference), ``torch eager CL`` (channels_last). Forward passes have no weight gradient,
 so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
 path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
-default XLA flags (``jaxseg.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
+default XLA flags (``jaxseg.xla_flags.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
 adds a column without them.
 Each variant runs in its own process (benchmarks/harness.py).
 """
@@ -69,7 +69,7 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
             return sliding_window.sliding_window_probabilities(
                 lambda w: forward(params, stats, w), volume, window, overlap=overlap,
                 blend="gaussian", window_batch=window_batch)
-    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.get_conv_mode()}
+    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.default_mode()}
 
 
 def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
