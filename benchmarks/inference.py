@@ -48,14 +48,17 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
     import numpy as np
     from flax import nnx
     from jaxseg.infer import sliding_window
-    from jaxseg.infer.predict import _make_forward
+    from jaxseg.infer.predict import probabilities
     from jaxseg.models import conv
     from jaxseg.models.unet import UNet
     from jaxseg.models.unet3d import UNet3D
     base = proc_status_mb("VmRSS")
-    model = (UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0))
+    # The variant's JAXSEG_CONV, given to every layer as build_model does.
+    model = conv.set_mode((UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0)),
+                          conv.default_mode())
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    forward = jax.jit(_make_forward(graphdef, "wt"))
+    def forward(params, stats, x):
+        return probabilities(params, stats, x, graphdef=graphdef, target_kind="wt")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     if kind == "2d":
         x = jnp.asarray(_image((batch, *size, cin)))
