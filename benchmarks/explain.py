@@ -57,10 +57,12 @@ def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: in
     from jaxseg.explain.gradcam import gradcam_volume
     from jaxseg.explain.mc_shared import mc_dropout_shared
     from jaxseg.explain.uncertainty import mc_dropout
+    from jaxseg.models import conv
     from jaxseg.models.unet import UNet
     mc = mc_dropout_shared if shared else mc_dropout
     base = proc_status_mb("VmRSS")
-    model = UNet(cin, 1, features, dropout, rngs=nnx.Rngs(0))
+    # The variant's JAXSEG_CONV, given to every layer as build_model does.
+    model = conv.set_mode(UNet(cin, 1, features, dropout, rngs=nnx.Rngs(0)), conv.default_mode())
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     slices = _slices(n, size, cin)
     if task == "gradcam":
