@@ -64,7 +64,8 @@ def main() -> int:
         return 0
 
     from jaxseg import config as config_lib
-    from jaxseg.model_store import CARD_FILE, export_model, resolve_checkpoint
+    from jaxseg.model_export import export_model
+    from jaxseg.model_store import CARD_FILE, resolve_checkpoint
     from jaxseg.files import write_text
 
     cases = [c for c in args.cases.split(",") if c] or list(config_lib.load("real_brats2018").data.val_cases)

@@ -216,7 +216,7 @@ def export_model(
 ) -> None:
     """Package a run's model as a model folder that --checkpoint, `jaxseg models` and serve use."""
     from jaxseg.model_export import read_card_file
-    from jaxseg.model_store import export_model as run_export
+    from jaxseg.model_export import export_model as run_export
     fields = read_card_file(card) if card is not None else {}
     folder = run_export(run, out, name=name, dtype=dtype, card=fields, check_input=check_input, say=_say)
     typer.echo(f"exported {run} as model {name} into {folder}; use --checkpoint {folder}")

@@ -58,7 +58,7 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
 
     # Saved where `--checkpoint demo` finds it from any folder (float32: it is small anyway).
     from jaxseg import home
-    from jaxseg.model_store import export_model
+    from jaxseg.model_export import export_model
     model = export_model(run, home.demo_model_dir(), name="demo", dtype="float32", card=DEMO_CARD)
     say(f"      saved the model as `--checkpoint demo` in {model}")
 

@@ -17,7 +17,7 @@ from jaxseg import home
 from jaxseg.data import brats
 from jaxseg.errors import JaxsegError
 from jaxseg.train import metrics
-from jaxseg.train.checkpoint import find_run
+from jaxseg.model_store import find_run
 
 
 @dataclasses.dataclass(frozen=True)
