@@ -109,7 +109,7 @@ def measure(model: Path, data: Path, cases: list[str], out: Path, mc_samples: in
     import nibabel as nib
     import numpy as np
     from jaxseg.data import brats
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.explain import calibration
     from jaxseg.explain.run import ExplainSettings, explain
     from jaxseg.infer.predict import Predictor, predict

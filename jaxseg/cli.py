@@ -157,7 +157,7 @@ def evaluate(
 ) -> None:
     """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
     from rich.console import Console
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
     _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
@@ -297,7 +297,7 @@ def data_inspect(
 ) -> None:
     """Table of the cases (BraTS) or patients (2D slices) in a folder: geometry, labels, problems."""
     from rich.console import Console
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     table, problems = inspect_folder(root, format, mask_suffix)
     Console(width=200).print(table)
     if problems:  # the table names each problem; a dataset with problems is a user error

@@ -25,7 +25,7 @@ DEMO_CARD = {
 def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None] = print) -> dict[str, Path]:
     """Run the demo into ``out``; returns the paths of what it made. ``smoke`` shrinks every size
     so the plumbing is checked in seconds (the numbers then mean nothing)."""
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.explain.run import ExplainSettings, explain
     from jaxseg.infer.predict import predict
     from jaxseg.train.loop import train

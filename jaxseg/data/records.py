@@ -122,16 +122,24 @@ def subjects_of(records: Sequence[Record]) -> dict[str, str]:
     return {r.case_id: r.subject for r in records}
 
 
-def is_2d_input(path: str | Path) -> bool:
-    """A file jaxseg reads as one 2D slice (``.mat``, ``.png``, ``.tif``, ``.tiff``), or a folder
-    of such files (and no NIfTI)."""
+def input_format(path: str | Path) -> str:
+    """The ``data.format`` of a prediction input: ``figshare_mat`` for a ``.mat`` file,
+    ``image_folder`` for a ``.png``/``.tif``/``.tiff`` file, :func:`detect_format` for a folder of
+    such files; ``brats`` for anything else (a NIfTI file, a case folder, an empty folder)."""
     path = Path(path)
     if path.is_dir():
         try:
-            return detect_format(path) != "brats"
+            return detect_format(path)
         except JaxsegError:
-            return False
-    return path.suffix.lower() in (".mat", *image_folder.IMAGE_SUFFIXES)
+            return "brats"
+    suffix = path.suffix.lower()
+    return "figshare_mat" if suffix == ".mat" else "image_folder" if suffix in image_folder.IMAGE_SUFFIXES else "brats"
+
+
+def is_2d_input(path: str | Path) -> bool:
+    """A file jaxseg reads as one 2D slice (``.mat``, ``.png``, ``.tif``, ``.tiff``), or a folder
+    of such files (and no NIfTI)."""
+    return input_format(path) != "brats"
 
 
 def to_volume(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

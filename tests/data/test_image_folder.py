@@ -109,7 +109,7 @@ def test_patient_folders_never_cross_splits(tmp_path):
 
 
 def test_inspect_lists_patients_sizes_and_unpaired_images(tmp_path):
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     image, mask = rgb_slice()
     write_image_pair(tmp_path / "p1", "a", image, mask, ".tif")
     write_image_pair(tmp_path / "p1", "b", image, 0 * mask, ".tif")
@@ -123,7 +123,7 @@ def test_inspect_lists_patients_sizes_and_unpaired_images(tmp_path):
 
 def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
     from jaxseg import config as config_lib
-    from jaxseg.data import slices2d
+    from jaxseg.data.formats import records2d
     image, mask = rgb_slice((32, 32), (16, 16))
     for n in range(8):  # slices 0-3 with tumor (slice 0: a single pixel), 4-7 without
         m = mask if 0 < n < 4 else np.zeros_like(mask)
@@ -135,7 +135,7 @@ def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
 
     def kept(*overrides):
         cfg = config_lib.load("lgg_folder", [*config_lib.SMOKE_OVERRIDES, "data.crop=none", *overrides])
-        index = slices2d.build_record_index(found, ["t1", "flair", "t1ce"], cfg.data, 0, True, tmp_path / "cache")
+        index = records2d.build_record_index(found, ["t1", "flair", "t1ce"], cfg.data, 0, True, tmp_path / "cache")
         assert (index[:, 1] == 0).all()
         return [found[i].case_id[-2:] for i in index[:, 0]]
 
@@ -143,6 +143,6 @@ def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
     assert kept("data.empty_slice_fraction=0", "data.min_tumor_pixels=2") == ["s1", "s2", "s3"]
     half = kept("data.empty_slice_fraction=0.5", "data.min_tumor_pixels=2")
     assert half[:3] == ["s1", "s2", "s3"] and len(half) == 5 and set(half[3:]) <= {"s4", "s5", "s6", "s7"}
-    validation = slices2d.build_record_index(found, ["t1", "flair", "t1ce"], config_lib.load("lgg_folder").data,
+    validation = records2d.build_record_index(found, ["t1", "flair", "t1ce"], config_lib.load("lgg_folder").data,
                                              0, False)
     assert validation[:, 0].tolist() == list(range(8))

@@ -1,29 +1,27 @@
-"""The grain source of 2D slice records (figshare ``.mat``, image folders), beside BraTS volumes.
+"""What the 2D slice-record formats share (figshare ``.mat``, image folders): index and source.
 
 Each record is prepared as a one-slice volume by :mod:`jaxseg.data.preprocess` (crop to the
 nonzero pixels, fit to ``data.image_size``, ``data.normalize``: statistics of that one slice), so a
-batch is exactly a :class:`jaxseg.data.pipeline.SliceSource` batch: ``image (B, S, S, C)``,
+batch is exactly a BraTS slice batch (``brats_volumes.SliceSource``): ``image (B, S, S, C)``,
 ``target (B, S, S, 1)``, ``classes (B, S, S)`` (1 = tumor), ``case`` (the record's position),
 ``z`` (always 0) and ``valid``, and the train step, validation and metrics run unchanged.
 
-:func:`build_record_index` has the signature of ``pipeline.build_slice_index``, which hands
-over to it when ``data.format`` is not ``brats``; ``pipeline.make_loader`` then builds the same
-loader around :class:`RecordSource`. The index reads and prepares every record once (so a bad file
-stops the run before the first step, naming the file) and is stored in the run's cache folder.
+:func:`build_record_index` reads and prepares every record once (so a bad file stops the run
+before the first step, naming the file) and is stored in the run's cache folder.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxseg.config import DataConfig
-from jaxseg.data import brats, pipeline, preprocess
+from jaxseg.config import Config, DataConfig
+from jaxseg.data import brats, inspect, preprocess, records, store
+from jaxseg.data.formats.base import DataFormat
+from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.data.records import Record, load_record, to_volume
 from jaxseg.errors import JaxsegError
-from jaxseg.files import write_text
 
 
 def prepare_record(record: Record, channels: int, data_cfg: DataConfig) -> preprocess.PreparedVolume:
@@ -34,7 +32,7 @@ def prepare_record(record: Record, channels: int, data_cfg: DataConfig) -> prepr
 
 
 def _record_signature(record: Record) -> list:
-    return [record.case_id, pipeline._file_signature(record.image), pipeline._file_signature(record.mask)]
+    return [record.case_id, store.file_signature(record.image), store.file_signature(record.mask)]
 
 
 def build_record_index(records: Sequence[Record], modalities: Sequence[str], data_cfg: DataConfig,
@@ -50,16 +48,13 @@ def build_record_index(records: Sequence[Record], modalities: Sequence[str], dat
     d = data_cfg
     cache_file = key = None
     if cache_dir is not None:
-        key = pipeline._digest({"records2d": [_record_signature(r) for r in records], "train": train,
-                                "modalities": list(modalities), "seed": seed if train else None,
-                                "config": [d.image_size, d.crop, d.fit, d.min_tumor_pixels, d.empty_slice_fraction]})
+        key = store.digest({"records2d": [_record_signature(r) for r in records], "train": train,
+                            "modalities": list(modalities), "seed": seed if train else None,
+                            "config": [d.image_size, d.crop, d.fit, d.min_tumor_pixels, d.empty_slice_fraction]})
         cache_file = Path(cache_dir) / f"record_index_{'train' if train else 'val'}_{key[:16]}.json"
-        try:
-            stored = json.loads(cache_file.read_text())
-            if stored.get("key") == key:
-                return np.asarray(stored["index"], dtype=np.int64).reshape(-1, 2)
-        except (OSError, ValueError, AttributeError):
-            pass  # absent or unreadable: rebuild it
+        stored = store.read_index(cache_file, key)
+        if stored is not None:
+            return stored
     tumor_pixels = np.zeros(len(records), dtype=np.int64)
     nonzero = np.zeros(len(records), dtype=bool)
     for i, record in enumerate(records):
@@ -78,15 +73,15 @@ def build_record_index(records: Sequence[Record], modalities: Sequence[str], dat
         keep = np.arange(len(records))
     index = np.stack([keep, np.zeros_like(keep)], axis=1).astype(np.int64).reshape(-1, 2)
     if cache_file is not None:
-        write_text(cache_file, json.dumps({"key": key, "index": index.tolist()}))
+        store.write_index(cache_file, key, index)
     return index
 
 
-class RecordSource(pipeline.CaseIndexedSource):
+class RecordSource(CaseIndexedSource):
     """grain ``RandomAccessDataSource`` of prepared 2D records; items as
-    :class:`jaxseg.data.pipeline.SliceSource` items (``z`` is 0). ``cases`` are :class:`Record`
-    objects; the index is ``(N, 2)`` ``(record_index, 0)``; the LRU keeps ``data.cache_volumes``
-    prepared records (a record is small and quick to read, so nothing is stored on disk)."""
+    ``brats_volumes.SliceSource`` items (``z`` is 0). ``cases`` are :class:`Record` objects; the
+    index is ``(N, 2)`` ``(record_index, 0)``; the LRU keeps ``data.cache_volumes`` prepared
+    records (a record is small and quick to read, so nothing is stored on disk)."""
 
     def _content_settings(self) -> tuple:
         c = self._cfg
@@ -103,3 +98,35 @@ class RecordSource(pipeline.CaseIndexedSource):
         return {"image": np.array(prepared.slices[0]), "target": brats.make_target(classes, self._cfg.target),
                 "classes": classes, "case": np.int32(record_index), "z": np.int32(0),
                 "valid": np.bool_(self._valid[i])}
+
+
+class SliceRecords(DataFormat):
+    """A format of labelled 2D slices (:class:`jaxseg.data.records.Record`): 2D models only,
+    one record per slice, a patient's records kept in one split, PNG masks out."""
+
+    unit = "records"
+    samplings = (2,)
+    output = "png"
+
+    def find_cases(self, cfg: Config, workdir: Path) -> list[Record]:
+        if not cfg.data.root:
+            raise JaxsegError(f"data.root: data.format = {self.name!r} needs a dataset folder "
+                              "(phantoms are BraTS volumes)")
+        return records.find_records(cfg.data.root, self.name, cfg.data.mask_suffix)
+
+    def inspect_jobs(self, root: Path, mask_suffix: str) -> list[Callable[[], inspect.SliceReport]]:
+        """One job per slice file under ``root``, each returning its :class:`inspect.SliceReport`."""
+        raise NotImplementedError
+
+    def inspect(self, root: Path, mask_suffix: str = "_mask") -> tuple[Any, bool]:
+        reports = inspect.inspect_slices(self.inspect_jobs(Path(root), mask_suffix))
+        return inspect.render_slices_table(reports, self.name), any(r.problems for r in reports)
+
+    def subjects(self, cases: Sequence[Record]) -> dict[str, str]:
+        return records.subjects_of(cases)
+
+    def slice_index(self, cases, modalities, data_cfg, seed, train, cache_dir=None) -> np.ndarray:
+        return build_record_index(cases, modalities, data_cfg, seed, train, cache_dir)
+
+    def slice_source(self, cases, modalities, data_cfg, index, valid=None, cache_dir=None) -> RecordSource:
+        return RecordSource(cases, modalities, data_cfg, index, valid, cache_dir)
