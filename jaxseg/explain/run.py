@@ -30,10 +30,9 @@ from jaxseg.explain.volume3d import WindowSpace
 from jaxseg.files import write_text
 from jaxseg.infer.predict import Predictor
 from jaxseg.model_store import resolve_checkpoint
-from jaxseg.models import registry
 from jaxseg.target import target_for
 
-# Where each kind of model sees a case, by spatial rank (jaxseg.models.registry.spatial_dims).
+# Where each kind of model sees a case, by the spatial rank of its sampling (predictor.sampling).
 SPACES: dict[int, Callable[[Predictor, np.ndarray], ModelSpace]] = {2: SliceSpace, 3: WindowSpace}
 
 
@@ -120,7 +119,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     names = predictor.model().activation_names
     if layer not in names:
         raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
-    space = SPACES[registry.spatial_dims(predictor.cfg)](predictor, image)
+    space = SPACES[predictor.sampling.spatial_dims](predictor, image)
     maps = compute_maps(space, target_for(predictor.cfg), layer=layer, gradcam_target=settings.target,
                         key=jax.random.PRNGKey(settings.seed), mc_samples=settings.mc_samples,
                         with_dropout=predictor.cfg.model.dropout > 0, faithfulness_steps=settings.faithfulness_steps,

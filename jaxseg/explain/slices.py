@@ -1,7 +1,7 @@
 """The explain pipeline's space of 2D models: a case as its brain slices (:class:`SliceSpace`).
 
-The model sees the preprocessed axial slices of :func:`jaxseg.data.preprocess.prepare_volume`
-that hold brain; every map is computed on those slices, a batch of the predictor's size at a
+The model sees the preprocessed axial slices that hold brain (its sampling's
+``prepare_input``, :mod:`jaxseg.data.formats.sampling`: :func:`jaxseg.data.preprocess.prepare_volume`); every map is computed on those slices, a batch of the predictor's size at a
 time (the last batch zero-padded: one compiled program), and restored to the canonical volume
 with the recorded geometry that prediction uses (0 off the brain).
 """
@@ -39,16 +39,18 @@ class SliceSpace:
     def __init__(self, predictor: Predictor, image: np.ndarray):
         self.predictor = predictor
         self.target = target_for(predictor.cfg)
-        self.prepared = preprocess.prepare_volume(image, None, predictor.cfg.data)
+        # The predictor's sampling prepares the slices and restores maps (jaxseg.data.formats).
+        self.model_input = predictor.sampling.prepare_input(image, predictor.cfg.data)
+        self.prepared = self.model_input.prepared  # a preprocess.PreparedVolume
         self.brain = preprocess.brain_mask(image)
         self.positions = np.flatnonzero(self.prepared.brain_slices)
-        self.slices = self.prepared.slices[self.positions]
+        self.slices = self.model_input.values[self.positions]
 
     def to_volume(self, per_slice: np.ndarray) -> np.ndarray:
         """``(N, S, S[, K])`` maps of the brain slices -> canonical ``(X, Y, Z[, K])``, 0 off-brain."""
-        full = np.zeros((len(self.prepared.slices), *per_slice.shape[1:]), np.float32)
+        full = np.zeros((len(self.model_input.values), *per_slice.shape[1:]), np.float32)
         full[self.positions] = per_slice
-        restored = preprocess.restore_slices(full, self.prepared.geometry, order=1).astype(np.float32)
+        restored = self.model_input.restore(full)
         return restored * (self.brain if restored.ndim == 3 else self.brain[..., None])
 
     def probabilities(self) -> np.ndarray:

@@ -108,31 +108,34 @@ class WindowSpace:
 
     Attributes:
       brain: ``(X, Y, Z)`` bool, canonical.
-      prepared: the :func:`~jaxseg.data.patches.prepare_volume_3d` box ``(X', Y', Z', C)``.
+      model_input: the brain box ``(X', Y', Z', C)`` (:func:`~jaxseg.data.patches.prepare_volume_3d`
+        by the predictor's sampling) and the way back.
     """
 
     def __init__(self, predictor: Predictor, image: np.ndarray):
         self.predictor = predictor
         self.target = target_lib.target_for(predictor.cfg)
-        self.prepared = patches.prepare_volume_3d(image, None, predictor.cfg.data)
+        # The predictor's sampling cuts the brain box and restores maps (jaxseg.data.formats).
+        self.model_input = predictor.sampling.prepare_input(image, predictor.cfg.data)
+        self.prepared = self.model_input.prepared  # a patches.PreparedVolume3D
         self.brain = preprocess.brain_mask(image)
         self.size = predictor.cfg.data.patch_size
 
     def to_volume(self, box_map: np.ndarray) -> np.ndarray:
         """``(X', Y', Z'[, K])`` maps of the box -> canonical ``(X, Y, Z[, K])``, 0 off-brain."""
-        restored = patches.restore_box(np.asarray(box_map, np.float32), self.prepared.box)
+        restored = self.model_input.restore(np.asarray(box_map, np.float32))
         return restored * (self.brain if restored.ndim == 3 else self.brain[..., None])
 
     def probabilities(self) -> np.ndarray:
         """``(X', Y', Z', K)`` float32 by sliding windows (the run's ``[infer]`` settings)."""
-        return self.predictor.volume_probabilities(self.prepared.image)
+        return self.predictor.volume_probabilities(self.model_input.values)
 
     def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency:
         """3D Grad-CAM of the window centred on the predicted tumor in ``probabilities`` (the
         box's), pasted into zeros of the box."""
         p = self.predictor
         origin = tumor_window_origin(probabilities, self.target.name, self.size)
-        window = patches.cut_patch(self.prepared.image, origin, self.size)[None]
+        window = patches.cut_patch(self.model_input.values, origin, self.size)[None]
         cam_window = np.asarray(gradcam(p.graphdef, p.params, p.batch_stats, window, layer, target,
                                         target_kind=self.target.name))[0]
         start = (np.asarray(self.prepared.box.start) + origin).astype(int).tolist()
@@ -145,7 +148,7 @@ class WindowSpace:
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """:func:`mc_dropout_windows` of the box."""
-        return mc_dropout_windows(self.predictor, self.prepared.image, key, samples)
+        return mc_dropout_windows(self.predictor, self.model_input.values, key, samples)
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
                      steps: int, slices: int) -> dict[str, Any] | None:
