@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxseg.data import brats, figshare, image_folder, nifti, records
+from jaxseg.data import brats, formats, image_folder, nifti, records
+from jaxseg.data.formats.records2d import SliceRecords
 from jaxseg.errors import JaxsegError, file_error
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -172,10 +173,10 @@ def find_slice_pairs(pred_dir: str | Path, ref_dir: str | Path, mask_suffix: str
     a reference slice (all counted, the first named).
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    fmt = records.detect_format(ref_dir)
-    if fmt == "brats":
+    ref_format = formats.get(formats.detect(ref_dir))
+    if not isinstance(ref_format, SliceRecords):
         raise file_error(ref_dir, "holds NIfTI volumes, but the predictions are 2D PNG masks")
-    refs = {r.case_id: r for r in records.find_records(ref_dir, fmt, mask_suffix)}
+    refs = {r.case_id: r for r in ref_format.find_records(ref_dir, mask_suffix)}
     preds = {p.relative_to(pred_dir).with_suffix("").as_posix(): p
              for p in sorted(pred_dir.rglob("*.png")) if not p.name.startswith(".")}
     missing = sorted(c for c in preds if c not in refs)
@@ -188,10 +189,8 @@ def find_slice_pairs(pred_dir: str | Path, ref_dir: str | Path, mask_suffix: str
 
 
 def reference_mask(record: records.Record) -> np.ndarray:
-    """The reference mask ``(H, W)`` uint8 0/1 of a labelled record."""
-    if record.format == "figshare_mat":
-        return figshare.read_slice(record.image).mask
-    return image_folder.read_pair(record.image, record.mask)[1]
+    """The reference mask ``(H, W)`` uint8 0/1 of a labelled record (read by its format)."""
+    return formats.get(record.format).read_mask(record)
 
 
 def read_slice_pair(case_id: str, pred_path: Path, record: records.Record) -> tuple[np.ndarray, np.ndarray]:

@@ -8,30 +8,22 @@ thousands of slices runs at full batches.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from jaxseg.data import formats, records
-from jaxseg.errors import JaxsegError, file_error
+from jaxseg.errors import JaxsegError
 from jaxseg.files import atomic_path
 from jaxseg.infer.prediction import Prediction
 
 
 def records_at(path: Path, mask_suffix: str) -> list[records.Record]:
-    """One record for a 2D file (``.mat``, ``.png``, ``.tif``); every slice under a folder."""
-    if path.is_file():
-        if not records.is_2d_input(path):
-            raise file_error(path, "not a 2D slice file (.mat, .png, .tif, .tiff)")
-        return [records.Record(case_id=path.stem, subject=path.stem, image=path, mask=None,
-                               format=records.input_format(path))]
-    fmt = records.detect_format(path)
-    if fmt == "brats":
-        raise file_error(path, "holds NIfTI volumes, not 2D slices")
-    found = records.find_records(path, fmt, mask_suffix, require_masks=False)
-    return [dataclasses.replace(r, mask=None) for r in found]  # masks are not read to predict
+    """One record for a 2D file (``.mat``, ``.png``, ``.tif``); every slice under a folder (its
+    format detected from the files); JaxsegError for volumes."""
+    data_format = formats.of_input(path) if path.is_file() else formats.get(formats.detect(path))
+    return data_format.input_records(path, mask_suffix)
 
 
 def _target_path(out: Path, record: records.Record, single: bool) -> Path:
@@ -74,7 +66,7 @@ def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities
     results = []
     for start in range(0, len(found), predictor.batch_size):
         chunk = found[start:start + predictor.batch_size]
-        images = [records.load_record(r, channels)[0] for r in chunk]
+        images = [formats.get(r.format).load_record(r, channels)[0] for r in chunk]
         inputs = [formats.SLICES.prepare_input(records.to_volume(image, None)[0], cfg.data) for image in images]
         probs = predictor.slice_probabilities(np.concatenate([i.values for i in inputs]))
         for k, (record, image, model_input) in enumerate(zip(chunk, images, inputs)):

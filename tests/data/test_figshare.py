@@ -5,7 +5,8 @@ import pytest
 
 from jaxseg import config as config_lib
 from jaxseg.data import figshare, records, split
-from jaxseg.data.formats import brats_volumes, records2d
+from jaxseg.data import formats
+from jaxseg.data.formats import brats_volumes
 from jaxseg.errors import JaxsegError
 from tests.data.formats2d import tumor_slice, write_figshare_mat
 
@@ -30,9 +31,9 @@ def test_records_carry_patient_and_tumor_class_and_skip_cvind(tmp_path):
     for n, pid, label in ((1, "A", 1), (2, "A", 1), (3, "B", 2)):
         write_figshare_mat(tmp_path / f"part{n % 2}" / f"{n}.mat", image, mask, label, pid)
     (tmp_path / "cvind.mat").write_bytes(b"MATLAB 5.0 MAT-file")  # the dataset's fold indices
-    found = records.find_records(tmp_path, "figshare_mat")
+    found = formats.get("figshare_mat").find_records(tmp_path)
     assert [(r.case_id, r.subject, r.label) for r in found] == [("1", "A", 1), ("2", "A", 1), ("3", "B", 2)]
-    assert records.detect_format(tmp_path) == "figshare_mat"
+    assert formats.detect(tmp_path) == "figshare_mat"
 
 
 def test_slices_of_one_patient_never_cross_splits(tmp_path):
@@ -40,7 +41,7 @@ def test_slices_of_one_patient_never_cross_splits(tmp_path):
     pids = {str(n): f"P{n % 7}" for n in range(1, 43)}  # 7 patients, 6 slices each, interleaved
     for n, pid in pids.items():
         write_figshare_mat(tmp_path / f"{n}.mat", image, mask, 1, pid)
-    found = records.find_records(tmp_path, "figshare_mat")
+    found = formats.get("figshare_mat").find_records(tmp_path)
     for seed in range(5):
         splits = split.split_cases([r.case_id for r in found], (0.6, 0.2, 0.2), seed,
                                    subjects=records.subjects_of(found))
@@ -117,9 +118,9 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
     for n, size in ((1, 64), (2, 32)):
         image, mask = tumor_slice((size, size), (size // 4, size // 2), size // 8)
         write_figshare_mat(tmp_path / "fig" / f"{n}.mat", image, mask, 2, f"P{n}")
-    found = records.find_records(tmp_path / "fig", "figshare_mat")
-    index = records2d.build_record_index(found, ["t1ce"], cfg.data, 0, False)
-    source = records2d.RecordSource(found, ["t1ce"], cfg.data, index)
+    found = formats.get("figshare_mat").find_records(tmp_path / "fig")
+    index = formats.get("figshare_mat").slice_index(found, ["t1ce"], cfg.data, 0, False)
+    source = formats.get("figshare_mat").slice_source(found, ["t1ce"], cfg.data, index)
     items = [source[i] for i in range(len(source))]
     for item in items:
         assert item["image"].shape == (32, 32, 1) and item["classes"].shape == (32, 32)
@@ -137,7 +138,7 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
 
 def test_2d_formats_refuse_regions_and_classes():
     for target, loss in (("regions", "bce_dice"), ("classes", "ce_dice")):
-        with pytest.raises(JaxsegError, match="data.target must be \"wt\" for data.format = 'figshare_mat'"):
+        with pytest.raises(JaxsegError, match="data.target: must be \"wt\" for data.format = 'figshare_mat'"):
             config_lib.load("figshare_resunet34", [f"data.target={target}", f"train.loss={loss}"])
     with pytest.raises(JaxsegError, match="figshare_mat slices have one channel"):
         config_lib.load("figshare_resunet34", ['data.modalities=["t1ce", "flair"]', "model.input_mode=channels"])

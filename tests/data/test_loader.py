@@ -92,10 +92,3 @@ def test_a_2d_format_cannot_feed_a_3d_model(cases):
     cfg = config.load(None, ["data.format=figshare_mat", 'data.modalities=["t1ce"]', "data.target=wt"])
     with pytest.raises(JaxsegError, match="data.format: figshare_mat cannot feed a model with 3 spatial dims"):
         loader.make_loader(cfg, [], formats.PATCHES, train=True, seed=0)
-
-
-def test_registry_finds_each_format_by_its_name():
-    for name in ("brats", "figshare_mat", "image_folder"):
-        assert formats.get(name).name == name
-    with pytest.raises(JaxsegError, match="data.format: unknown format 'nifti2d'"):
-        formats.get("nifti2d")

@@ -7,7 +7,7 @@ grain source, and what prediction writes. A sampling (2D slices, 3D patches) is 
 prediction, explanation and ``jaxseg data inspect`` ask these two lookups and branch on nothing.
 
 Adding a format: a module ``formats/<name>.py`` with its ``FORMAT``, its entry in
-:data:`FORMATS`, the name in ``config.py``'s choices, and a test.
+:data:`FORMATS`, the name in the ``data.format`` choices (``jaxseg/config/sections.py``), and a test.
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxseg.config import Config
-from jaxseg.data import records
 from jaxseg.data.formats import brats_volumes, figshare_mat, image_folder
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.formats.sampling import PATCHES, SLICES, ModelInput, Sampling
-from jaxseg.errors import JaxsegError
+from jaxseg.errors import JaxsegError, file_error
 
 __all__ = ["FORMATS", "SAMPLINGS", "DataFormat", "Sampling", "ModelInput", "SLICES", "PATCHES", "get",
-           "of_config", "of_input", "prediction_output", "sampling", "inspect_folder"]
+           "of_config", "detect", "of_input", "prediction_output", "sampling", "inspect_folder"]
 
 FORMATS: dict[str, DataFormat] = {f.name: f for f in (brats_volumes.FORMAT, figshare_mat.FORMAT,
                                                        image_folder.FORMAT)}
@@ -50,9 +49,38 @@ def sampling(spatial_dims: int) -> Sampling:
         raise ValueError(f"no sampling for {spatial_dims} spatial dims (known: {sorted(SAMPLINGS)})") from None
 
 
+def detect(root: str | Path) -> str:
+    """The format of the files under ``root`` (or of the file ``root``), by their endings
+    (:attr:`DataFormat.suffixes`); when several occur, the first in :data:`FORMATS` wins (NIfTI
+    over ``.mat`` over PNG/TIFF). JaxsegError naming ``root`` if it is missing or none occurs."""
+    root = Path(root)
+    if not root.exists():
+        raise file_error(root, "no such file or folder")
+    ranked = list(FORMATS.values())
+    files = [root] if root.is_file() else (p for p in root.rglob("*") if not p.name.startswith("."))
+    best = len(ranked)
+    for p in files:
+        name = p.name.lower()
+        rank = next((i for i, f in enumerate(ranked[:best]) if name.endswith(f.suffixes)), best)
+        best = min(best, rank)
+        if best == 0:
+            break  # nothing outranks the first format
+    if best == len(ranked):
+        raise file_error(root, "holds no NIfTI (.nii.gz), MATLAB (.mat) or image (.png, .tif) files")
+    return ranked[best].name
+
+
 def of_input(path: str | Path) -> DataFormat:
-    """The format of a prediction input (a file or folder; :func:`jaxseg.data.records.input_format`)."""
-    return get(records.input_format(path))
+    """The format of a prediction input: a file by its ending, a folder by :func:`detect`; BraTS
+    for anything else (a NIfTI file, a case folder, a folder of nothing known)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            return get(detect(path))
+        except JaxsegError:
+            return FORMATS["brats"]
+    name = path.name.lower()
+    return next((f for f in FORMATS.values() if f.suffixes and name.endswith(f.suffixes)), FORMATS["brats"])
 
 
 def prediction_output(paths: Sequence[str | Path], cfg: Config | None = None) -> str:
@@ -65,5 +93,5 @@ def prediction_output(paths: Sequence[str | Path], cfg: Config | None = None) ->
 
 def inspect_folder(root: str | Path, fmt: str = "auto", mask_suffix: str = "_mask") -> tuple[Any, bool]:
     """``(rich table, any problems)`` for a dataset folder of any format (``auto``: detected from
-    its files, :func:`jaxseg.data.records.detect_format`): ``jaxseg data inspect``."""
-    return get(records.detect_format(root) if fmt == "auto" else fmt).inspect(Path(root), mask_suffix)
+    its files, :func:`detect`): ``jaxseg data inspect``."""
+    return get(detect(root) if fmt == "auto" else fmt).inspect(Path(root), mask_suffix)

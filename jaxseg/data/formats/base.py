@@ -24,6 +24,7 @@ class DataFormat:
     Attributes:
       name: the ``data.format`` value.
       unit: what one of its cases is called in messages (``cases``, ``records``).
+      suffixes: the file name endings that make a folder this format (:func:`formats.detect`).
       samplings: the spatial dims of the models it can feed (2: slices; 3: patches of volumes).
       output: what prediction writes per case: ``nifti`` (a label volume in the input's
         geometry) or ``png`` (a mask in the slice's own size); :mod:`jaxseg.infer.predict` picks
@@ -32,6 +33,7 @@ class DataFormat:
 
     name: str = ""
     unit: str = "cases"
+    suffixes: tuple[str, ...] = ()
     samplings: tuple[int, ...] = (2,)
     output: str = "nifti"
 
@@ -42,6 +44,10 @@ class DataFormat:
     def subjects(self, cases: Sequence[Any]) -> dict[str, str] | None:
         """``case_id -> subject`` for the subject-level split; None: every case is its own subject."""
         return None
+
+    def input_records(self, path: Path, mask_suffix: str = "_mask") -> list:
+        """The 2D slice records ``predict`` reads at ``path`` (a file or folder of this format)."""
+        raise NotImplementedError
 
     def slice_index(self, cases: Sequence[Any], modalities: Sequence[str], data_cfg: DataConfig, seed: int,
                     train: bool, cache_dir: str | Path | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from jaxseg.config import Config, DataConfig, canonical_modalities
 from jaxseg.data import brats, inspect, phantom, preprocess, store
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.pipeline import CaseIndexedSource
-from jaxseg.errors import JaxsegError
+from jaxseg.errors import JaxsegError, file_error
 
 
 def load_prepared(case: brats.Case, modalities: Sequence[str], cfg: DataConfig,
@@ -135,6 +135,7 @@ class BratsVolumes(DataFormat):
 
     name = "brats"
     unit = "cases"
+    suffixes = (".nii", ".nii.gz")
     samplings = (2, 3)
     output = "nifti"
 
@@ -154,6 +155,11 @@ class BratsVolumes(DataFormat):
     def inspect(self, root: Path, mask_suffix: str = "_mask") -> tuple[Any, bool]:
         reports = inspect.inspect_dataset(root)
         return inspect.render_table(reports), any(r.problems for r in reports)
+
+    def input_records(self, path: Path, mask_suffix: str = "_mask") -> list:
+        """Volumes are no 2D slice records: JaxsegError (``predict`` asks for 2D slices here)."""
+        raise file_error(path, "not a 2D slice file (.mat, .png, .tif, .tiff)" if path.is_file()
+                         else "holds NIfTI volumes, not 2D slices")
 
     def slice_index(self, cases, modalities, data_cfg, seed, train, cache_dir=None) -> np.ndarray:
         return build_slice_index(cases, modalities, data_cfg, seed, train, cache_dir)
