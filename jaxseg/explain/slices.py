@@ -2,7 +2,7 @@
 
 The model sees the preprocessed axial slices that hold brain (its sampling's
 ``prepare_input``, :mod:`jaxseg.data.formats.sampling`: :func:`jaxseg.data.preprocess.prepare_volume`); every map is computed on those slices, a batch of the predictor's size at a
-time (the last batch zero-padded: one compiled program), and restored to the canonical volume
+time (the last batch zero-padded: one compiled program, :mod:`jaxseg.infer.chunks`), and restored to the canonical volume
 with the recorded geometry that prediction uses (0 off the brain).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from jaxseg.explain.gradcam import gradcam_volume
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
 from jaxseg.target import target_for
 
@@ -71,17 +72,11 @@ class SliceSpace:
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """MC-dropout statistics of every brain slice: slice batch ``i`` uses ``fold_in(key, i)``,
         the passes :data:`MC_SLICE_CHUNK` at a time."""
-        p, size = self.predictor, self.predictor.batch_size
-        parts: dict[str, list[np.ndarray]] = {}
-        for i, start in enumerate(range(0, len(self.slices), size)):
-            chunk = self.slices[start:start + size]
-            pad = size - len(chunk)  # one compiled program for every chunk
-            padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
-            stats = mc_dropout(p.graphdef, p.params, p.batch_stats, padded, jax.random.fold_in(key, i), samples,
-                               self.target.name, chunk=MC_SLICE_CHUNK)
-            for name, value in stats.items():
-                parts.setdefault(name, []).append(np.asarray(value)[: size - pad])
-        return {name: np.concatenate(values) for name, values in parts.items()}
+        p = self.predictor
+        return map_chunks(lambda i, padded: mc_dropout(p.graphdef, p.params, p.batch_stats, padded,
+                                                       jax.random.fold_in(key, i), samples, self.target.name,
+                                                       chunk=MC_SLICE_CHUNK),
+                          self.slices, batch_size=p.batch_size, empty={})
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
                      steps: int, slices: int) -> dict[str, Any] | None:

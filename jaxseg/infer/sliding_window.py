@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.infer.chunks import call_padded
+
 BLENDS = ("gaussian", "constant")
 GAUSSIAN_SIGMA_SCALE = 1 / 8  # sigma = window * 1/8 (nnU-Net, MONAI's sigma_scale=0.125)
 # nnU-Net clips the map's smallest values to its smallest non-zero value so that no voxel is
@@ -134,10 +136,10 @@ def sliding_window_mean(forward: Callable[[np.ndarray, int], jax.Array], image: 
     norm = np.zeros(padded.shape[:3], np.float32)
     for number, first in enumerate(range(0, len(origins), batch)):
         chunk = origins[first:first + batch]
-        windows = np.zeros((batch, *window, padded.shape[3]), np.float32)
-        for i, o in enumerate(chunk):
-            windows[i] = padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
-        probs = np.asarray(forward(windows, number), np.float32)
+        windows = np.stack([padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
+                            for o in chunk])
+        # Zero windows fill the last batch; the forward hears the batch's number.
+        probs = call_padded(lambda full, n=number: forward(full, n), batch, windows).astype(np.float32, copy=False)
         if accumulated is None:
             accumulated = np.zeros(padded.shape[:3] + probs.shape[-1:], np.float32)
         for i, o in enumerate(chunk):
