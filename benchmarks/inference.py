@@ -26,7 +26,7 @@ last lines give every jax variant against the fastest torch variant, the goal's 
 (docs/speed.md). Forward passes have no weight gradient,
 so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
 path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
-default XLA flags (``jaxseg.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
+default XLA flags (``jaxseg.xla_flags.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
 adds a column without them.
 Each variant runs in its own process (benchmarks/harness.py).
 """
@@ -57,14 +57,17 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
     import numpy as np
     from flax import nnx
     from jaxseg.infer import sliding_window
-    from jaxseg.infer.predict import _make_forward
+    from jaxseg.infer.predict import probabilities
     from jaxseg.models import conv
     from jaxseg.models.unet import UNet
     from jaxseg.models.unet3d import UNet3D
     base = proc_status_mb("VmRSS")
-    model = (UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0))
+    # The variant's JAXSEG_CONV, given to every layer as build_model does.
+    model = conv.set_mode((UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0)),
+                          conv.default_mode())
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    forward = jax.jit(_make_forward(graphdef, "wt"))
+    def forward(params, stats, x):
+        return probabilities(params, stats, x, graphdef=graphdef, target_kind="wt")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     if kind == "2d":
         x = jnp.asarray(_image((batch, *size, cin)))
@@ -78,7 +81,7 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
             return sliding_window.sliding_window_probabilities(
                 lambda w: forward(params, stats, w), volume, window, overlap=overlap,
                 blend="gaussian", window_batch=window_batch)
-    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.get_conv_mode()}
+    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.default_mode()}
 
 
 def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,

@@ -24,6 +24,7 @@ from flax import nnx
 
 from jaxseg.config import MODEL_SECTIONS, Config, TrainConfig
 from jaxseg.errors import JaxsegError
+from jaxseg.models import conv
 from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.transunet import TransUNet
@@ -83,18 +84,21 @@ def spatial_dims(cfg: Config) -> int:
     return cfg.model.spatial_dims
 
 
-def build_model(cfg: Config, rngs: nnx.Rngs, precision: str | None = None) -> nnx.Module:
+def build_model(cfg: Config, rngs: nnx.Rngs, conv_mode: str | None = None,
+                precision: str | None = None) -> nnx.Module:
     """The network ``cfg.model`` describes, for ``cfg.in_channels`` modalities and
     ``cfg.out_channels`` targets. Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
+    ``conv_mode``: the convolution path of every layer (``jaxseg.models.conv``; default
+    ``conv.default_mode()``), a static attribute, so part of the model's graphdef.
     ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"`` (default
     ``cfg.train.precision``); parameters and batch statistics are float32 either way, so one
-    checkpoint serves both. The dtype is a static attribute of the layers, part of the graphdef.
+    checkpoint serves both. The dtype is a static attribute of the layers too.
     """
     builder = BUILDERS[cfg.model.name]  # the config admits the names of MODEL_SECTIONS only
     precision = precision or cfg.train.precision
     if precision not in PRECISIONS:
         raise JaxsegError(f"precision: must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return builder(cfg, jnp.dtype(precision), rngs)
+    return conv.set_mode(builder(cfg, jnp.dtype(precision), rngs), conv_mode or conv.default_mode())
 
 
 def count_params(model: nnx.Module) -> int:
