@@ -126,6 +126,9 @@ def train(
         loop.initialize_distributed(coordinator, num_processes, process_id)
     result = loop.train(cfg, workdir, quiet=quiet)
     _say(f"trained {result.steps} steps; best validation Dice {result.best_dice:.4f}; run in {result.workdir}")
+    if cfg.train.calibrate:  # here, not in train/: the Predictor it needs sits above train/
+        from jaxseg.explain.calibrate import calibrate_after_training
+        _say(calibrate_after_training(result.workdir, progress=lambda case: _say(f"calibrating on {case}")))
 
 
 @app.command()
@@ -166,7 +169,9 @@ def evaluate(
     summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
     _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
-         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else ""))
+         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else "")
+         + (f"; calibration of the probability maps in {out / 'calibration.json'}"
+            if any(r["metric"].startswith("ece_") for r in summary.summary) else ""))
 
 
 @app.command()

@@ -49,6 +49,7 @@ from jaxseg.explain import calibration
 from jaxseg.files import atomic_path
 from jaxseg.infer import chunks
 from jaxseg.infer.predict import Predictor
+from jaxseg.train.checkpoint import load_run_config
 
 KEEP_ABOVE = 1e-3      # a voxel any pass gives more than this is kept (weight 1)
 BACKGROUND_RATE = 20   # one in this many of the other brain voxels is kept, weight BACKGROUND_RATE
@@ -213,9 +214,10 @@ def calibration_cases(predictor: Predictor, data: str | Path | None = None,
         ids = split.load_manifest(splits_file)["val"] if splits_file.is_file() else list(predictor.cfg.data.val_cases)
         if not ids:
             raise JaxsegError(f"{predictor.run}: no validation cases (splits.json or data.val_cases); pass --cases")
-        root = data or predictor.cfg.data.root
+        phantoms = predictor.run / "phantoms"  # a run on phantoms keeps them (data/formats/brats_volumes.py)
+        root = data or predictor.cfg.data.root or (phantoms if phantoms.is_dir() else None)
         if not root:
-            raise JaxsegError(f"{predictor.run}: the run was trained on phantoms; pass --data or --cases")
+            raise JaxsegError(f"{predictor.run}: no data.root and no phantoms folder; pass --data or --cases")
         if not Path(root).is_dir():
             raise JaxsegError(f"{root}: no such data folder (pass --data)")
         by_id = {case.case_id: case for case in brats.find_cases(root)}
@@ -267,6 +269,17 @@ def calibrate(checkpoint: str | Path, *, data: str | Path | None = None, cases: 
     if write:
         write_calibration(predictor.run, result)
     return result
+
+
+def calibrate_after_training(workdir: str | Path, progress: Callable[[str], None] | None = None) -> str:
+    """``train.calibrate``: calibrate a finished run on its validation cases (20 MC passes, or the
+    plain passes for a model without dropout); returns one line for the log. Single-process
+    runs only (a multi-host run says so and writes nothing)."""
+    if jax.process_count() > 1:
+        return "train.calibrate: skipped in a multi-process run; run `jaxseg calibrate` on one host"
+    result = calibrate(workdir, mc_samples=20 if load_run_config(workdir).model.dropout else 0, progress=progress)
+    temperatures = ", ".join(f"{k} {v:.3f}" for k, v in result["temperature"].items())
+    return f"calibrated on {len(result['fitted_on'])} validation cases: temperature {temperatures}; {model_store.CALIBRATION_FILE} in {workdir}"
 
 
 def calibration_result(collected: Sequence[CaseLogits], channel_names: Sequence[str], mc_samples: int) -> dict:
