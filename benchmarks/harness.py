@@ -69,6 +69,10 @@ def env_variants(specs: list[str], setup, kwargs: dict) -> list[Variant]:
 def _worker(variant: Variant, warmup: int, conn) -> None:
     try:
         os.environ.update(variant.env)
+        # jaxseg's CPU flags, as the jaxseg command sets them (a variant's own XLA_FLAGS or
+        # JAXSEG_XLA_DEFAULTS=0 win); only environment, so the torch columns are unaffected.
+        from jaxseg import xla_flags
+        xla_flags.apply()
         t0 = time.perf_counter()
         run, info = variant.setup(**variant.kwargs)
         base = info.pop("_base_rss_mb", proc_status_mb("VmRSS"))
@@ -77,7 +81,7 @@ def _worker(variant: Variant, warmup: int, conn) -> None:
         first = time.perf_counter() - t1
         for _ in range(max(warmup - 1, 0)):
             run()
-        if "jax" in sys.modules:  # the flags XLA read in this worker (jaxseg adds its own on import)
+        if "jax" in sys.modules:  # the flags XLA read in this worker (with jaxseg's, added above)
             info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         conn.send(("ready", {"setup_s": t1 - t0, "first_s": first, "base_mb": base, **info}))
         while True:
@@ -188,3 +192,33 @@ def print_table(title: str, results: list[Result], reference: str, unit: str = "
     print(f"(speed vs {reference} = its median / this median; > 1 is faster. {len(results[0].times) if results else 0} "
           f"interleaved repetitions after warm-up. Memory: worker VmHWM (peak), VmRSS after imports (base).)",
           flush=True)
+    print_against_fastest(results)
+
+
+def fastest(results: list[Result], prefix: str = "torch") -> Result | None:
+    """The measured variant named ``prefix...`` with the smallest median (None if none was measured)."""
+    measured = [r for r in results if r.name.startswith(prefix) and r.times and not r.error]
+    return min(measured, key=lambda r: r.median) if measured else None
+
+
+def print_against_fastest(results: list[Result], prefix: str = "torch") -> None:
+    """One line per other variant: its speed against the fastest ``prefix`` variant (the number
+    the speed goals are stated in, docs/speed.md) and its memory above base against that
+    variant's and against ``torch eager``'s. Prints nothing without a measured ``prefix`` variant."""
+    best = fastest(results, prefix)
+    if best is None:
+        return
+    growth = {r.name: r.info.get("peak_mb", 0.0) - r.info.get("base_mb", 0.0) for r in results if r.times}
+    eager = growth.get(f"{prefix} eager")
+    print(f"against the fastest {prefix} variant, {best.name} ({best.median:.3f} s, "
+          f"peak-base {growth[best.name]:.0f} MB):")
+    for r in results:
+        if r.name.startswith(prefix):
+            continue
+        if not r.times:
+            print(f"  {r.name:<22} not measured")
+            continue
+        memory = f"peak-base {growth[r.name]:.0f} MB"
+        if eager:
+            memory += f" ({growth[r.name] / eager:.2f}x {prefix} eager's)"
+        print(f"  {r.name:<22} {best.median / r.median:5.2f}x faster  {memory}", flush=True)

@@ -113,7 +113,7 @@ def _drop_settings_of_a_replaced_model(given: Any, model: Any) -> None:
     if not (isinstance(given, dict) and isinstance(model, dict)):
         return
     name = model.get("name", "unet")
-    if name == given.get("name", "unet") or name not in MODEL_SECTIONS:
+    if name == given.get("name", "unet") or not isinstance(name, str) or name not in MODEL_SECTIONS:
         return
     own = {f.name for f in dataclasses.fields(MODEL_SECTIONS[name])}
     of_some_model = {f.name for section in MODEL_SECTIONS.values() for f in dataclasses.fields(section)}
@@ -145,7 +145,7 @@ def _check_keys(cls: type, raw: Any, source: str, prefix: tuple[str, ...]) -> No
 
 def _model_section(raw: dict[str, Any], source: str) -> type:
     name = raw.setdefault("name", "unet")
-    if name not in MODEL_SECTIONS:
+    if not isinstance(name, str) or name not in MODEL_SECTIONS:
         raise JaxsegError(f"{source}: model.name: must be one of {', '.join(MODEL_SECTIONS)}; got {name!r}")
     return MODEL_SECTIONS[name]
 

@@ -76,6 +76,27 @@ def _predicted(graphdef, params, batch_stats, images, *, target_kind):
     return probability_table(logits, target_kind)
 
 
+def _region_attributions(graphdef, params, batch_stats, images, regions, sign, steps, baseline, target_kind,
+                         batch_size, chunk):
+    """Yield ``(start, region number, attribution (n, *spatial, C) float64 after the sign
+    convention, predicted (n, *spatial) bool)`` per chunk of ``batch_size`` samples and region."""
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    specs = _regions(regions, target_kind)
+    indices = [channel_index(r, target_kind) for r in specs]
+    for start, stop in _chunks(len(images), batch_size):
+        chunk_images = _padded(images[start:stop], batch_size)
+        keep = stop - start
+        predicted = np.asarray(_predicted(graphdef, params, batch_stats, chunk_images,
+                                          target_kind=target_kind)[1])[:keep]
+        for r, (spec, index) in enumerate(zip(specs, indices)):
+            # The target's channel is traced: every region reuses one compiled program.
+            ig = np.asarray(integrated_gradients(graphdef, params, batch_stats, chunk_images,
+                                                 Target("predicted", spec), steps=steps, baseline=baseline,
+                                                 target_kind=target_kind, chunk=chunk), np.float64)[:keep]
+            yield start, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), predicted[..., index]
+
+
 def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
                      regions: Sequence[int | str] | None = None, sign: str = "abs", steps: int = 16,
                      baseline: float = 0.0, target_kind: str | None = None, batch_size: int = 16,
@@ -93,25 +114,31 @@ def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx
     Returns:
       ``(R, C)`` float64 numpy masses (sums, so masses of several batches add up).
     """
-    if sign not in SIGNS:
-        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     images = np.asarray(images, np.float32)
     kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
-    specs = _regions(regions, kind)
-    indices = [channel_index(r, kind) for r in specs]
-    mass = np.zeros((len(specs), images.shape[-1]), np.float64)
-    for start, stop in _chunks(len(images), batch_size):
-        chunk_images = _padded(images[start:stop], batch_size)
-        keep = stop - start
-        predicted = np.asarray(_predicted(graphdef, params, batch_stats, chunk_images, target_kind=kind)[1])[:keep]
-        for r, (spec, index) in enumerate(zip(specs, indices)):
-            # The target's channel is traced: every region reuses one compiled program.
-            ig = np.asarray(integrated_gradients(graphdef, params, batch_stats, chunk_images,
-                                                 Target("predicted", spec), steps=steps, baseline=baseline,
-                                                 target_kind=kind, chunk=chunk), np.float64)[:keep]
-            ig = np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)
-            mass[r] += (ig * predicted[..., index, None]).reshape(-1, ig.shape[-1]).sum(axis=0)
+    mass = np.zeros((len(_regions(regions, kind)), images.shape[-1]), np.float64)
+    for _, r, attribution, predicted in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                             steps, baseline, kind, batch_size, chunk):
+        mass[r] += (attribution * predicted[..., None]).reshape(-1, attribution.shape[-1]).sum(axis=0)
     return mass
+
+
+def modality_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
+                  regions: Sequence[int | str] | None = None, sign: str = "abs", steps: int = 16,
+                  baseline: float = 0.0, target_kind: str | None = None, batch_size: int = 16,
+                  chunk: int | None = None) -> dict[str, np.ndarray]:
+    """The per-modality maps behind the shares, for a viewer: ``{region: (B, *spatial, C)
+    float32}``, the attribution of each channel (after the ``sign`` convention) at every pixel,
+    not restricted to the predicted region and not normalised. Its sum over the predicted pixels
+    is :func:`attribution_mass`. Arguments as :func:`attribution_mass`."""
+    images = np.asarray(images, np.float32)
+    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
+    names = [str(r) for r in _regions(regions, kind)]
+    maps = {name: np.zeros(images.shape, np.float32) for name in names}
+    for start, r, attribution, _ in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                         steps, baseline, kind, batch_size, chunk):
+        maps[names[r]][start:start + len(attribution)] = attribution
+    return maps
 
 
 def shares_from_mass(mass: np.ndarray, region_names: Sequence[str], modalities: Sequence[str]

@@ -27,6 +27,7 @@ from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.explain.volume3d import explain_volume
 from jaxseg.files import write_text
 from jaxseg.train import metrics as M
+from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor, probabilities_to_classes
 from jaxseg.model_store import resolve_checkpoint
 
@@ -188,17 +189,11 @@ def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int,
                to_volume: Callable) -> dict[str, np.ndarray]:
     """MC-dropout statistics of every slice, in chunks of the predictor's batch size, the passes
     :data:`MC_SLICE_CHUNK` at a time."""
-    parts: dict[str, list[np.ndarray]] = {}
-    size = predictor.batch_size
-    for i, start in enumerate(range(0, len(slices), size)):
-        chunk = slices[start:start + size]
-        pad = size - len(chunk)  # one compiled program for every chunk
-        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
-        stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats, padded,
-                           jax.random.fold_in(key, i), n, kind, chunk=MC_SLICE_CHUNK)
-        for name, value in stats.items():
-            parts.setdefault(name, []).append(np.asarray(value)[: size - pad])
-    mc = {name: to_volume(np.concatenate(values)) for name, values in parts.items()}
+    stats = map_chunks(lambda i, padded: mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats,
+                                                    padded, jax.random.fold_in(key, i), n, kind,
+                                                    chunk=MC_SLICE_CHUNK),
+                       slices, batch_size=predictor.batch_size, empty={})
+    mc = {name: to_volume(values) for name, values in stats.items()}
     # The whole-tumor view of uncertainty, for captions and the report: channel 0 is WT for
     # sigmoid targets; a softmax model's entropy is over all classes already.
     mc["entropy_wt"] = mc["entropy"][..., 0] if mc["entropy"].ndim == 4 else mc["entropy"]

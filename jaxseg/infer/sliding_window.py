@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.infer.chunks import call_padded
+
 BLENDS = ("gaussian", "constant")
 GAUSSIAN_SIGMA_SCALE = 1 / 8  # sigma = window * 1/8 (nnU-Net, MONAI's sigma_scale=0.125)
 # nnU-Net clips the map's smallest values to its smallest non-zero value so that no voxel is
@@ -124,10 +126,9 @@ def sliding_window_probabilities(forward: ProbsFn, image: np.ndarray, window: in
     norm = np.zeros(padded.shape[:3], np.float32)
     for first in range(0, len(origins), batch):
         chunk = origins[first:first + batch]
-        windows = np.zeros((batch, *window, padded.shape[3]), np.float32)
-        for i, o in enumerate(chunk):
-            windows[i] = padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
-        probs = np.asarray(forward(windows), np.float32)
+        windows = np.stack([padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
+                            for o in chunk])
+        probs = call_padded(forward, batch, windows).astype(np.float32, copy=False)  # zero windows fill the batch
         if accumulated is None:
             accumulated = np.zeros(padded.shape[:3] + probs.shape[-1:], np.float32)
         for i, o in enumerate(chunk):

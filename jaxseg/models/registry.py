@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.config import MODEL_SECTIONS, Config
+from jaxseg.models import conv
 from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.transunet import TransUNet
@@ -77,14 +78,16 @@ def spatial_dims(cfg: Config) -> int:
     return cfg.model.spatial_dims
 
 
-def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(cfg: Config, rngs: nnx.Rngs, conv_mode: str | None = None) -> nnx.Module:
     """The network ``cfg.model`` describes, for ``cfg.in_channels`` modalities and
     ``cfg.out_channels`` targets; computes in bfloat16 iff ``cfg.train.bf16`` (parameters stay
     float32). Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
+    ``conv_mode``: the convolution path of every layer (``jaxseg.models.conv``; default
+    ``conv.default_mode()``), a static attribute, so part of the model's graphdef.
     """
     builder = BUILDERS[cfg.model.name]  # the config admits the names of MODEL_SECTIONS only
     dtype = jnp.bfloat16 if cfg.train.bf16 else jnp.float32
-    return builder(cfg, dtype, rngs)
+    return conv.set_mode(builder(cfg, dtype, rngs), conv_mode or conv.default_mode())
 
 
 def count_params(model: nnx.Module) -> int:

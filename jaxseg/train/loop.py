@@ -163,23 +163,21 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
             # checkpoint, so the epoch's loss, Dice and seconds cover all of its steps.
             sums = sums_from_json(meta.get("epoch_sums")) if first else None
             started = time.perf_counter() - (float(meta.get("epoch_seconds", 0.0)) if first else 0.0)
+            pending = StepSums(epoch, sums)
             for i in range(first, steps_per_epoch):
                 state, step_sums = train_step(state, next(batches))
                 step += 1
-                step_sums = jax.device_get(step_sums)
-                loss = float(step_sums["loss_sum"] / max(step_sums["count"], 1))
-                if not math.isfinite(loss):
-                    raise JaxsegError(f"training diverged: the loss is {loss} at step {step} (epoch "
-                                      f"{epoch + 1}); try a lower train.learning_rate or train.clip_norm")
-                sums = add_sums(sums, step_sums)
-                logger.step(step, loss, t.batch_size)
+                pending.add(step, step_sums)  # stays on the devices: no host sync per step
                 last_of_epoch = i + 1 == steps_per_epoch
                 # Multi-host runs agree on the clock with a collective: ask every 10 steps only.
                 if not last_of_epoch and (jax.process_count() == 1 or step % 10 == 0) and out_of_time():
                     budget_stop = True  # behind the plan: end this epoch here, cleanly
                     break
                 stopping = max_steps is not None and step >= max_steps
-                if not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0)):
+                saving = not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0))
+                if saving or len(pending) >= LOG_EVERY_STEPS:
+                    sums = pending.fetch(logger, t.batch_size)  # raises on a NaN loss, naming its step
+                if saving:
                     meta.update(epoch=epoch, step_in_epoch=i + 1, history=history,
                                 epoch_sums=sums_to_json(sums),
                                 epoch_seconds=round(time.perf_counter() - started, 3))
@@ -190,6 +188,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                     ckpts.save(state, train_iter, meta, best=False)
                 if stopping and not last_of_epoch:
                     return _finish(ckpts, logger, workdir, step, meta, history, state)
+            sums = pending.fetch(logger, t.batch_size)
             # With no time for another epoch, this one is the last: validate it.
             budget_stop = budget_stop or (epoch + 1 < epochs and out_of_time())
 
@@ -229,8 +228,54 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
             if budget_stop or (max_steps is not None and step >= max_steps):
                 break
     finally:
+        ckpts.wait()  # a stop (NaN, Ctrl-C) lets a checkpoint being written finish
         logger.close()
     return _finish(ckpts, logger, workdir, step, meta, history, state)
+
+
+# Steps whose sums stay on the devices before the host fetches them together: the NaN check,
+# the epoch's running sums and the progress bar wait this long at most (and a checkpoint or the
+# end of an epoch fetches sooner). A host sync per step would stall the dispatch of the next one.
+LOG_EVERY_STEPS = 10
+
+
+class StepSums:
+    """Train-step sums not yet on the host, and the epoch's running sums they go into.
+
+    :meth:`fetch` brings every pending step's sums over at once, in step order: it stops with
+    "loss is nan at step N" at the first non-finite loss (the exact step, although later steps
+    may have run), adds each step to the running sums exactly as one fetch per step would, and
+    logs each step's loss. Nothing is checkpointed before a fetch, so a diverged state is never
+    saved.
+    """
+
+    def __init__(self, epoch: int, sums: dict[str, Any] | None):
+        self.epoch, self.sums = epoch, sums
+        self.steps: list[int] = []
+        self.values: list[dict[str, jax.Array]] = []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, step_sums: dict[str, jax.Array]) -> None:
+        self.steps.append(step)
+        self.values.append(step_sums)
+
+    def fetch(self, logger: log_lib.RunLog, batch_size: int) -> dict[str, Any] | None:
+        """The running sums with every pending step added (host numpy); raises
+        :class:`JaxsegError` on a non-finite loss."""
+        losses = []
+        for step, step_sums in zip(self.steps, jax.device_get(self.values)):
+            loss = float(step_sums["loss_sum"] / max(step_sums["count"], 1))
+            if not math.isfinite(loss):
+                logger.steps(losses, batch_size)
+                raise JaxsegError(f"training diverged: the loss is {loss} at step {step} (epoch "
+                                  f"{self.epoch + 1}); try a lower train.learning_rate or train.clip_norm")
+            self.sums = add_sums(self.sums, step_sums)
+            losses.append((step, loss))
+        logger.steps(losses, batch_size)
+        self.steps, self.values = [], []
+        return self.sums
 
 
 def sums_to_json(sums: dict[str, Any] | None) -> dict[str, Any] | None:
