@@ -44,6 +44,7 @@ from flax import nnx
 
 from jaxseg.explain.attribution import integrated_gradients
 from jaxseg.explain.gradcam import Target, channel_index, output_kind, probability_table
+from jaxseg.infer import chunks
 from jaxseg.train import metrics as M
 
 SIGNS = ("abs", "positive")
@@ -58,11 +59,6 @@ def _modality_names(modalities: Sequence[str] | None, channels: int) -> list[str
     if len(names) != channels:
         raise ValueError(f"{len(names)} modality names for {channels} input channels")
     return names
-
-
-def _chunks(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
 
 
 def _padded(array: np.ndarray, batch_size: int) -> np.ndarray:
@@ -84,16 +80,16 @@ def _region_attributions(graphdef, params, batch_stats, images, regions, sign, s
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     specs = _regions(regions, target_kind)
     indices = [channel_index(r, target_kind) for r in specs]
-    for start, stop in _chunks(len(images), batch_size):
-        chunk_images = _padded(images[start:stop], batch_size)
-        keep = stop - start
-        predicted = np.asarray(_predicted(graphdef, params, batch_stats, chunk_images,
-                                          target_kind=target_kind)[1])[:keep]
+    for start in range(0, len(images), batch_size):
+        rows = images[start:start + batch_size]
+        predicted = chunks.call_padded(
+            lambda x: _predicted(graphdef, params, batch_stats, x, target_kind=target_kind)[1], batch_size, rows)
         for r, (spec, index) in enumerate(zip(specs, indices)):
             # The target's channel is traced: every region reuses one compiled program.
-            ig = np.asarray(integrated_gradients(graphdef, params, batch_stats, chunk_images,
-                                                 Target("predicted", spec), steps=steps, baseline=baseline,
-                                                 target_kind=target_kind, chunk=chunk), np.float64)[:keep]
+            ig = chunks.call_padded(
+                lambda x: integrated_gradients(graphdef, params, batch_stats, x, Target("predicted", spec),
+                                               steps=steps, baseline=baseline, target_kind=target_kind,
+                                               chunk=chunk), batch_size, rows).astype(np.float64)
             yield start, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), predicted[..., index]
 
 
@@ -233,11 +229,12 @@ def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     fill = np.asarray([images[..., c][brain].mean() if brain.any() else 0.0
                        for c in range(images.shape[-1])], np.float32)
     total = np.zeros((images.shape[-1] + 1, len(indices), 4), np.float64)
-    for start, stop in _chunks(len(images), batch_size):
-        valid = _padded(np.ones(stop - start, bool), batch_size)
-        chunk_sums = _ablation_sums(graphdef, params, batch_stats, _padded(images[start:stop], batch_size),
-                                    _padded(brain[start:stop], batch_size), valid, jnp.asarray(fill),
-                                    jnp.asarray(indices, jnp.int32), target_kind=kind)
+    for start in range(0, len(images), batch_size):
+        # Sums, not rows: the padding rows are excluded inside the sums (valid False), not stripped.
+        n = len(images[start:start + batch_size])
+        chunk_sums = _ablation_sums(graphdef, params, batch_stats, _padded(images[start:start + n], batch_size),
+                                    _padded(brain[start:start + n], batch_size), _padded(np.ones(n, bool), batch_size),
+                                    jnp.asarray(fill), jnp.asarray(indices, jnp.int32), target_kind=kind)
         total += np.asarray(chunk_sums, np.float64)
     out: dict[str, dict[str, Any] | None] = {}
     for r, name in enumerate(names):

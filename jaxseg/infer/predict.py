@@ -35,13 +35,17 @@ class Predictor:
     """A restored model with its config; maps canonical volumes to probabilities.
 
     Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too.
+    ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"``; default the run's
+    ``train.precision`` (a run trained in bfloat16 predicts in bfloat16). The checkpoint's
+    parameters are float32 either way; ``self.precision`` says which one the graphdef computes in.
     """
 
-    def __init__(self, checkpoint: str | Path, batch_size: int = 16):
+    def __init__(self, checkpoint: str | Path, batch_size: int = 16, precision: str | None = None):
         self.run = find_run(checkpoint)
         self.cfg: Config = load_run_config(self.run)
         self.mesh = pipeline.make_mesh()
-        self.graphdef = graphdef_of(self.cfg)
+        self.precision = precision or self.cfg.train.precision
+        self.graphdef = graphdef_of(self.cfg, precision=self.precision)
         target = abstract_state(self.cfg, make_optimizer(self.cfg, 1), self.mesh)
         self.params, self.batch_stats, self.meta = load_model_state(self.run, target)
         # Batches are split over devices, so round the batch up to a multiple of their number.
