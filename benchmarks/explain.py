@@ -44,7 +44,7 @@ def _slices(n, size, cin, seed=0):
 def _chunk(mc_chunk: int):
     """``--mc-chunk`` as ``mc_dropout``'s ``chunk``: -1 = jaxseg explain's default, 0 = all."""
     if mc_chunk < 0:
-        from jaxseg.explain.run import MC_SLICE_CHUNK
+        from jaxseg.explain.slices import MC_SLICE_CHUNK
         return MC_SLICE_CHUNK
     return mc_chunk or None
 
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--mc-chunk", type=int, default=-1,
                     help="jaxseg: MC passes at once (0 = all in one vmap; default -1 = what "
-                         "`jaxseg explain` uses, jaxseg.explain.run.MC_SLICE_CHUNK)")
+                         "`jaxseg explain` uses, jaxseg.explain.slices.MC_SLICE_CHUNK)")
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features", default="32,64,128,256,512")
     ap.add_argument("--reps", type=int, default=3)

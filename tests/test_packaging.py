@@ -92,6 +92,8 @@ def test_wheel_holds_the_package_its_configs_and_bundled_models(dists):
     for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css", "jaxseg/serve/templates/index.html",
                   "jaxseg/serve/static/app.js", "jaxseg/serve/static/app.css"):
         assert asset in names
+    templates = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "jaxseg" / "report" / "templates").rglob("*.j2"))
+    assert templates and set(templates) <= set(names), "the report's templates are package data"
     assert f"{info}/licenses/LICENSE" in names
     meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(f"{info}/METADATA"))
     assert meta["License-Expression"] == "Apache-2.0"
