@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from jaxseg.errors import JaxsegError
+from jaxseg.target import TARGET_KINDS
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-TARGETS = ("wt", "regions", "classes")
+TARGETS = tuple(TARGET_KINDS)  # the target-kind registry (jaxseg/target.py)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Config:
 
     @property
     def out_channels(self) -> int:
-        return {"wt": 1, "regions": 3, "classes": 4}[self.data.target]
+        return TARGET_KINDS[self.data.target].channels
 
     @property
     def in_channels(self) -> int:
@@ -304,8 +305,9 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("data.patch_size", f"must be divisible by {2 ** (len(m.features) - 1)} (the 3D U-Net halves "
                   f"it {len(m.features) - 1} times); got {d.patch_size}")
     if d.format != "brats":  # 2D slices (data/records.py) with binary tumor masks
-        if d.target != "wt":
-            raise bad("data.target", f"must be \"wt\" for data.format = {d.format!r}: its masks are binary "
+        if not TARGET_KINDS[d.target].whole_tumor_only:
+            wt_only = ", ".join(f'"{k.name}"' for k in TARGET_KINDS.values() if k.whole_tumor_only)
+            raise bad("data.target", f"must be {wt_only} for data.format = {d.format!r}: its masks are binary "
                       f"tumor masks, with no sub-regions; got {d.target!r}")
         if m.name == "unet3d":
             raise bad("model.name", f"unet3d needs volumes; data.format = {d.format!r} gives 2D slices")
@@ -351,10 +353,13 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.features", f"must list at least two positive channel counts; got {m.features}")
     if not 0 <= m.dropout < 1:
         raise bad("model.dropout", f"must be in [0, 1); got {m.dropout}")
-    if t.loss == "ce_dice" and d.target != "classes":
-        raise bad("train.loss", "ce_dice (softmax) needs data.target = \"classes\"")
-    if d.target == "classes" and t.loss != "ce_dice":
-        raise bad("train.loss", f"data.target = \"classes\" is softmax and needs loss ce_dice; got {t.loss}")
+    kind = TARGET_KINDS[d.target]
+    if not kind.accepts_loss(t.loss):
+        if kind.activation == "softmax":
+            raise bad("train.loss", f"data.target = \"{d.target}\" is softmax and needs loss {kind.default_loss}; "
+                      f"got {t.loss}")
+        softmax_kinds = " or ".join(f'"{k.name}"' for k in TARGET_KINDS.values() if k.activation == "softmax")
+        raise bad("train.loss", f"ce_dice (softmax) needs data.target = {softmax_kinds}")
     for key in ("epochs", "batch_size", "keep_checkpoints", "val_every_epochs"):
         if getattr(t, key) < 1:
             raise bad(f"train.{key}", f"must be at least 1; got {getattr(t, key)}")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_for
 
 # The check input when none is given: one synthetic case (jaxseg.data.phantom) of this size;
 # the model's preprocessing fits it to its image size anyway.
@@ -47,7 +48,6 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
     (top-level keys replace; ``provenance``, ``inputs`` and ``storage`` are merged key by key)."""
     from jaxseg.model_store import FLOAT16_TOLERANCE, best_validation, now_utc, run_provenance
     from jaxseg.models.registry import count_params
-    from jaxseg.train import metrics
     cfg = source.cfg
     m = cfg.model
     best = best_validation(run)
@@ -77,7 +77,7 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
                    "preprocessing": f"{cfg.data.normalize} normalisation, {cfg.data.crop} crop, "
                                     f"{cfg.data.fit} to {cfg.data.image_size} px (done by jaxseg)"},
         "target": cfg.data.target,
-        "regions": list(metrics.region_names(cfg.data.target)),
+        "regions": list(target_for(cfg).region_names),
         "architecture": architecture,
         "parameters": count_params(source.model()),
         "provenance": {

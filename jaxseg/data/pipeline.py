@@ -45,6 +45,7 @@ from jaxseg.config import AugmentConfig, Config, DataConfig, canonical_modalitie
 from jaxseg.data import brats, preprocess
 from jaxseg.errors import JaxsegError
 from jaxseg.files import atomic_path, write_text
+from jaxseg.target import target_kind
 
 READ_THREADS = 2  # threads reading the source per process; this project targets 2-core machines
 _CACHE_VERSION = 1  # bump when the stored index or volume format changes
@@ -237,7 +238,7 @@ class SliceSource(CaseIndexedSource):
         case_index, z = (int(v) for v in self._index[i])
         prepared = self.volume(case_index)
         classes = np.array(prepared.classes[z])  # copies into plain arrays: never alias the cache or a memmap
-        return {"image": np.array(prepared.slices[z]), "target": brats.make_target(classes, self._cfg.target),
+        return {"image": np.array(prepared.slices[z]), "target": target_kind(self._cfg.target).encode(classes),
                 "classes": classes, "case": np.int32(case_index), "z": np.int32(z),
                 "valid": np.bool_(self._valid[i])}
 

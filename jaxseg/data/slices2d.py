@@ -20,10 +20,11 @@ from typing import Sequence
 import numpy as np
 
 from jaxseg.config import DataConfig
-from jaxseg.data import brats, pipeline, preprocess
+from jaxseg.data import pipeline, preprocess
 from jaxseg.data.records import Record, load_record, to_volume
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
+from jaxseg.target import target_kind
 
 
 def prepare_record(record: Record, channels: int, data_cfg: DataConfig) -> preprocess.PreparedVolume:
@@ -100,6 +101,6 @@ class RecordSource(pipeline.CaseIndexedSource):
         record_index = int(self._index[i, 0])
         prepared = self.record(record_index)
         classes = np.array(prepared.classes[0])  # copies: never alias the cache
-        return {"image": np.array(prepared.slices[0]), "target": brats.make_target(classes, self._cfg.target),
+        return {"image": np.array(prepared.slices[0]), "target": target_kind(self._cfg.target).encode(classes),
                 "classes": classes, "case": np.int32(record_index), "z": np.int32(0),
                 "valid": np.bool_(self._valid[i])}

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseg.explain.gradcam import _batch_sharding, output_kind, probability_table
+from jaxseg.explain.gradcam import _batch_sharding, resolve_kind
+from jaxseg.target import TargetKind
 
 ROLLOUT = "rollout"
 
@@ -131,32 +132,33 @@ def _model_maps(graphdef, params, batch_stats, images, *, target_kind):
     if attention_names:
         factor = 2 ** model.depth
         grid = (size[0] // factor, size[1] // factor)
-        whole_tumor = probability_table(logits, target_kind)[0][..., 0]  # WT is the first column
+        whole_tumor = target_kind.whole_tumor_probability(target_kind.probabilities(logits.astype(jnp.float32)))
         maps[ROLLOUT] = rollout_map([activations[n] for n in attention_names], grid, size,
                                     _pool(whole_tumor, grid))
     return maps
 
 
 def model_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
-               target_kind: str | None = None) -> dict[str, jax.Array]:
+               target_kind: str | TargetKind | None = None) -> dict[str, jax.Array]:
     """Every model-carried map of a batch, from one inference-mode forward pass.
 
     Args:
       graphdef, params, batch_stats: the model (as for :func:`jaxseg.explain.gradcam.gradcam`).
       images: ``(B, H, W, C)`` float32.
-      target_kind: ``'wt'``, ``'regions'`` or ``'classes'``; None infers it from the logits.
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`; None infers it
+        from the logits.
     Returns:
       ``name -> (B, H, W)`` float32 in [0, 1]: the gate names of ``model.explanation_maps`` and,
       for a model with ``attention_names``, ``'rollout'`` (query tokens weighted by the predicted
       whole-tumor probability). Empty for a model with neither.
     """
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     return _model_maps(graphdef, params, batch_stats, images, target_kind=kind)
 
 
 def model_maps_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
-                      target_kind: str | None = None, batch_size: int = 16) -> dict[str, np.ndarray]:
+                      target_kind: str | TargetKind | None = None, batch_size: int = 16) -> dict[str, np.ndarray]:
     """:func:`model_maps` of every slice of a volume, ``batch_size`` slices at a time.
 
     Args:
@@ -170,7 +172,7 @@ def model_maps_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     if not names:
         return {}
     sharding = _batch_sharding(params, batch_size)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, len(slices), batch_size):
         chunk = slices[start:start + batch_size]

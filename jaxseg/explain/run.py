@@ -26,9 +26,9 @@ from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.explain.volume3d import explain_volume
 from jaxseg.files import write_text
-from jaxseg.train import metrics as M
-from jaxseg.infer.predict import Predictor, probabilities_to_classes
+from jaxseg.infer.predict import Predictor
 from jaxseg.model_store import resolve_checkpoint
+from jaxseg.target import TargetKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     run = resolve_checkpoint(checkpoint, modalities=case.images, input_name=str(path), say=say)
     if predictor is None:
         predictor = Predictor(run, settings.batch_size)
-    kind = predictor.cfg.data.target
+    kind = predictor.target_kind
     image, truth, props = brats.load_case(case, predictor.modalities)
     # Refuses a spacing far from 1 mm; warns (stderr, the summary, the report) if not skull-stripped.
     input_warnings = checks.check_model_input(
@@ -106,7 +106,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         probs, classes, cam, mc, curves, model_maps = _explain_slices(predictor, image, layer, key, settings, step)
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
 
-    regions = M.region_names(kind)
+    regions = kind.region_names
     uncertainty = None if mc is None else mc["entropy_wt"]
     volume_caption = captions_lib.describe_volume(classes, props.canonical_affine, brain, cam, uncertainty, regions)
     slice_captions = captions_lib.describe_slices(classes, props.canonical_affine, brain, cam, uncertainty, regions)
@@ -133,7 +133,7 @@ def _explain_slices(predictor: Predictor, image: np.ndarray, layer: str, key: ja
                     settings: ExplainSettings, step: Callable[[str], None]) -> tuple:
     """2D models: ``(probs, classes, cam, mc, curves, model_maps)`` from the model's own slices, restored to
     the canonical volume."""
-    cfg, kind = predictor.cfg, predictor.cfg.data.target
+    cfg, kind = predictor.cfg, predictor.target_kind
     prepared = preprocess.prepare_volume(image, None, cfg.data)
     geometry, brain = prepared.geometry, preprocess.brain_mask(image)
     zs = np.flatnonzero(prepared.brain_slices)
@@ -147,7 +147,7 @@ def _explain_slices(predictor: Predictor, image: np.ndarray, layer: str, key: ja
         return restored * (brain if restored.ndim == 3 else brain[..., None])
 
     probs = to_volume(predictor.slice_probabilities(slices))
-    classes = probabilities_to_classes(probs, kind) * brain
+    classes = kind.classes_from_output(probs) * brain
     step("segmented")
 
     cam = to_volume(gradcam_volume(predictor.graphdef, predictor.params, predictor.batch_stats, slices,
@@ -184,7 +184,7 @@ def _default_layer(predictor: Predictor) -> str:
 MC_SLICE_CHUNK = 5
 
 
-def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int, kind: str,
+def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int, kind: TargetKind,
                to_volume: Callable) -> dict[str, np.ndarray]:
     """MC-dropout statistics of every slice, in chunks of the predictor's batch size, the passes
     :data:`MC_SLICE_CHUNK` at a time."""
@@ -208,9 +208,9 @@ def _mc_volume(predictor: Predictor, slices: np.ndarray, key: jax.Array, n: int,
 
 def _faithfulness(predictor: Predictor, slices: np.ndarray, probs: np.ndarray, cam: np.ndarray,
                   zs: np.ndarray, geometry: preprocess.SliceGeometry, key: jax.Array,
-                  settings: ExplainSettings, kind: str) -> dict[str, Any] | None:
+                  settings: ExplainSettings, kind: TargetKind) -> dict[str, Any] | None:
     """Deletion/insertion on the slices with the largest predicted tumor, in model space."""
-    wt = probs[..., 0] if kind != "classes" else 1 - probs[..., 0]
+    wt = kind.whole_tumor_probability(probs)
     area = (wt > 0.5).sum(axis=(0, 1))[zs]
     order = np.argsort(-area, kind="stable")[: settings.faithfulness_slices]
     order = order[area[order] > 0]
@@ -239,8 +239,9 @@ def _summary(case, run, predictor, settings, layer, classes, truth, props, volum
 
 
 def _write_maps(out: Path, case: brats.Case, props: nifti.VolumeProperties, classes, probs, cam, mc,
-                kind: str, model_maps: dict[str, np.ndarray]) -> dict[str, Path]:
-    labels = classes if kind == "wt" else brats.from_internal(classes, case.naming)
+                kind: TargetKind, model_maps: dict[str, np.ndarray]) -> dict[str, Path]:
+    # A whole-tumor model's 0/1 map is written as is: internal 1 is file label 1 in both namings.
+    labels = brats.from_internal(classes, case.naming)
     files = {"segmentation": out / f"{case.case_id}_seg.nii.gz", "probabilities": out / f"{case.case_id}_prob.nii.gz",
              "gradcam": out / f"{case.case_id}_gradcam.nii.gz"}
     nifti.write_volume(labels.astype(np.uint8), props, files["segmentation"], dtype=np.uint8)
@@ -267,13 +268,9 @@ def _write_report(path, case, image, predictor, props, classes, truth, probs, ca
     if mc is not None:
         maps["MC variance"] = mc["variance_wt"]
         maps["Entropy"] = mc["entropy_wt"]
-    if kind == "classes":
-        maps["P(WT)"] = 1 - probs[..., 0]
-        maps["P(TC)"] = probs[..., 1] + probs[..., 3]
-        maps["P(ET)"] = probs[..., 3]
-    else:
-        for i, region in enumerate(M.region_names(kind)):
-            maps[f"P({region})"] = probs[..., i]
+    region_probs = kind.region_probabilities(probs)
+    for i, region in enumerate(kind.region_names):
+        maps[f"P({region})"] = region_probs[..., i]
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(
         case_id=case.case_id, image=image, channel_names=list(predictor.modalities),

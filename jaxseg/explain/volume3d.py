@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxseg import target as target_lib
 from jaxseg.data import patches, preprocess
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.infer import sliding_window
-from jaxseg.infer.predict import Predictor, probabilities_to_classes
+from jaxseg.infer.predict import Predictor
 
 # MC passes and deletion/insertion steps evaluated at once on a window: each holds every
 # activation of a 128^3 forward pass, so a handful at a time bounds memory.
@@ -40,12 +41,12 @@ MC_CHUNK = 2
 FAITHFULNESS_CHUNK = 2
 
 
-def tumor_window_origin(probs: np.ndarray, target_kind: str, size: int) -> np.ndarray:
+def tumor_window_origin(probs: np.ndarray, target_kind: str | target_lib.TargetKind, size: int) -> np.ndarray:
     """``(3,)`` int64 origin of the ``size``-cube centred on the predicted whole tumor's centroid
     in ``probs (X', Y', Z', K)`` (the box centre without tumor), kept inside the (padded) box as
     :func:`~jaxseg.data.patches.patch_range` allows."""
     shape = probs.shape[:3]
-    whole_tumor = (1 - probs[..., 0] if target_kind == "classes" else probs[..., 0]) > 0.5
+    whole_tumor = target_lib.target_kind(target_kind).whole_tumor_probability(probs) > 0.5
     centre = (np.argwhere(whole_tumor).mean(axis=0).round().astype(np.int64) if whole_tumor.any()
               else np.asarray(shape, np.int64) // 2)
     lo, hi = patches.patch_range(shape, size)
@@ -73,7 +74,7 @@ def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array,
     Returns ``mean``, ``variance`` ``(X', Y', Z', K)``; ``entropy``, ``mutual_information``
     ``(X', Y', Z', K)`` for sigmoid targets, ``(X', Y', Z')`` for softmax ones; float32.
     """
-    cfg, kind = predictor.cfg, predictor.cfg.data.target
+    cfg, kind = predictor.cfg, predictor.target_kind
     sharding = NamedSharding(predictor.mesh, P("data"))
     batches = iter(range(1 << 30))  # the window batches arrive in a fixed order: batch b gets fold_in(key, b)
 
@@ -89,11 +90,12 @@ def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array,
     stacked = sliding_window.sliding_window_probabilities(
         forward, volume, cfg.data.patch_size, overlap=i.overlap, blend=i.blend,
         window_batch=i.window_batch, batch_multiple=predictor.mesh.size)
-    k = cfg.out_channels
-    e = 1 if kind == "classes" else k
+    k = kind.channels
+    softmax = kind.activation == "softmax"  # one categorical entropy per voxel, not one per channel
+    e = 1 if softmax else k
     out = {"mean": stacked[..., :k], "variance": stacked[..., k:2 * k],
            "entropy": stacked[..., 2 * k:2 * k + e], "mutual_information": stacked[..., 2 * k + e:]}
-    if kind == "classes":
+    if softmax:
         out = {name: v[..., 0] if name in ("entropy", "mutual_information") else v for name, v in out.items()}
     return out
 
@@ -108,7 +110,7 @@ def explain_volume(predictor: Predictor, image: np.ndarray, layer: str, target: 
     (or None without predicted tumor) and ``gradcam_window`` (its first voxel and edge in the
     canonical grid).
     """
-    cfg, kind = predictor.cfg, predictor.cfg.data.target
+    cfg, kind = predictor.cfg, predictor.target_kind
     prepared = patches.prepare_volume_3d(image, None, cfg.data)
     brain = preprocess.brain_mask(image)
 
@@ -118,7 +120,7 @@ def explain_volume(predictor: Predictor, image: np.ndarray, layer: str, target: 
 
     probs_box = predictor.volume_probabilities(prepared.image)
     probs = to_volume(probs_box)
-    classes = probabilities_to_classes(probs, kind) * brain
+    classes = kind.classes_from_output(probs) * brain
     step(f"segmented by sliding windows of {cfg.data.patch_size}^3 (overlap {cfg.infer.overlap}, {cfg.infer.blend})")
 
     size = cfg.data.patch_size

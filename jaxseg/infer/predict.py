@@ -26,6 +26,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.infer import sliding_window
 from jaxseg.models import registry
 from jaxseg.model_store import resolve_checkpoint
+from jaxseg.target import TargetKind, target_for
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 
@@ -33,12 +34,14 @@ from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 class Predictor:
     """A restored model with its config; maps canonical volumes to probabilities.
 
-    Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too.
+    Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too;
+    ``target_kind`` (:class:`~jaxseg.target.TargetKind`) says what the output channels mean.
     """
 
     def __init__(self, checkpoint: str | Path, batch_size: int = 16):
         self.run = find_run(checkpoint)
         self.cfg: Config = load_run_config(self.run)
+        self.target_kind: TargetKind = target_for(self.cfg)
         self.mesh = pipeline.make_mesh()
         self.graphdef = graphdef_of(self.cfg)
         target = abstract_state(self.cfg, make_optimizer(self.cfg, 1), self.mesh)
@@ -47,7 +50,7 @@ class Predictor:
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         self.modalities = config_lib.canonical_modalities(self.cfg)
         self.volumetric = registry.spatial_dims(self.cfg) == 3
-        forward = _make_forward(self.graphdef, self.cfg.data.target)
+        forward = _make_forward(self.graphdef, self.target_kind)
         if self.cfg.infer.tta_flips:  # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
             forward = _with_flip_tta(forward, (1, 2, 3) if self.volumetric else (1, 2))
         if self.volumetric:
@@ -92,19 +95,18 @@ class Predictor:
             prepared = patches.prepare_volume_3d(image, None, self.cfg.data)
             probs = patches.restore_box(self.volume_probabilities(prepared.image), prepared.box)
             probs *= preprocess.brain_mask(image)[..., None]
-            return probs, probabilities_to_classes(probs, self.cfg.data.target)
+            return probs, self.target_kind.classes_from_output(probs)
         prepared = preprocess.prepare_volume(image, None, self.cfg.data)
         probs = self.slice_probabilities(prepared.slices)
         probs = preprocess.restore_slices(probs, prepared.geometry, order=1).astype(np.float32)
         probs *= preprocess.brain_mask(image)[..., None]
-        return probs, probabilities_to_classes(probs, self.cfg.data.target)
+        return probs, self.target_kind.classes_from_output(probs)
 
 
-def _make_forward(graphdef: nnx.GraphDef, target_kind: str) -> Callable:
+def _make_forward(graphdef: nnx.GraphDef, target_kind: TargetKind) -> Callable:
     def forward(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
         logits, _ = nnx.merge(graphdef, params, batch_stats)(x, train=False)
-        logits = logits.astype(jnp.float32)
-        return jax.nn.softmax(logits, -1) if target_kind == "classes" else jax.nn.sigmoid(logits)
+        return target_kind.probabilities(logits.astype(jnp.float32))
     return forward
 
 
@@ -152,13 +154,6 @@ def relabel_small_enhancing(classes: np.ndarray, spacing: tuple[float, ...], min
     out = classes.copy()
     out[enhancing] = 1
     return out
-
-
-def probabilities_to_classes(probs: np.ndarray, target_kind: str) -> np.ndarray:
-    """(…, K) probabilities -> (…) uint8 internal classes (threshold 0.5, or argmax for softmax)."""
-    if target_kind == "classes":
-        return np.argmax(probs, axis=-1).astype(np.uint8)
-    return brats.targets_to_classes(probs > 0.5, target_kind)
 
 
 @dataclasses.dataclass
@@ -228,7 +223,8 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         probs, classes = predictor.predict_image(image)
         classes = remove_small_components(classes, props.spacing, min_component_ml)
         target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
-        labels = brats.from_internal(classes, case.naming) if predictor.cfg.data.target != "wt" else classes
+        # A whole-tumor model's 0/1 map is written as is: internal 1 is file label 1 in both namings.
+        labels = brats.from_internal(classes, case.naming)
         nifti.write_volume(labels.astype(np.uint8), props, target, dtype=np.uint8)
         prob_path = None
         if probabilities:
@@ -236,8 +232,7 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
             prob_path = target.with_name(f"{stem}_prob.nii.gz")
             nifti.write_volume(probs, props, prob_path, dtype=np.float32)
         volumes = brats.tumor_volumes_ml(classes, props.spacing)
-        if predictor.cfg.data.target == "wt":
-            volumes = {"WT": volumes["WT"]}
+        volumes = {region: volumes[region] for region in predictor.target_kind.region_names}
         results.append(Prediction(case.case_id, target, prob_path, volumes, input_warnings))
     return results
 

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxseg import config as config_lib
+from jaxseg import overlap, target as target_lib
 from jaxseg.config import Config
 from jaxseg.data import brats, patches, phantom, pipeline, records, split
 from jaxseg.errors import JaxsegError
@@ -33,7 +34,6 @@ from jaxseg.files import write_text
 from jaxseg.models import registry
 from jaxseg.train import budget as budget_lib
 from jaxseg.train import log as log_lib
-from jaxseg.train import metrics as M
 from jaxseg.train import pretrained
 from jaxseg.train.checkpoint import RunCheckpoints
 from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer
@@ -168,7 +168,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     batches = pipeline.device_batches(train_iter, mesh)
     primary = jax.process_index() == 0
     logger = log_lib.RunLog(workdir, show_progress=primary and not quiet, write_files=primary)
-    region_names = M.region_names(cfg.data.target)
+    region_names = target_lib.target_for(cfg).region_names
 
     # --- loop.
     step = int(jax.device_get(state.step))
@@ -220,7 +220,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
                                       "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
                                       "lr_scale": float(jax.device_get(state.lr_scale)),
                                       "seconds": round(time.perf_counter() - started, 2)}
-            record.update(_prefixed("train", M.scores_from_sums(sums), region_names))
+            record.update(_prefixed("train", overlap.scores_from_sums(sums), region_names))
             val_dice = None
             if budget_stop:
                 record["stopped_by_budget"] = True
@@ -228,7 +228,7 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
             if val_loader is not None and ((epoch + 1) % t.val_every_epochs == 0 or last_epoch):
                 val = evaluate(state, eval_step, val_loader, mesh)
                 record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
-                scores = M.scores_from_sums(val)
+                scores = overlap.scores_from_sums(val)
                 record.update(_prefixed("val", scores, region_names))
                 val_dice = float(np.mean(scores["dice"]))
                 record["val_dice"] = val_dice
