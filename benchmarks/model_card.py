@@ -64,7 +64,8 @@ def main() -> int:
         return 0
 
     from jaxseg import config as config_lib
-    from jaxseg.model_store import CARD_FILE, export_model, resolve_checkpoint
+    from jaxseg.model_export import export_model
+    from jaxseg.model_store import CARD_FILE, resolve_checkpoint
     from jaxseg.files import write_text
 
     cases = [c for c in args.cases.split(",") if c] or list(config_lib.load("real_brats2018").data.val_cases)
@@ -108,7 +109,7 @@ def measure(model: Path, data: Path, cases: list[str], out: Path, mc_samples: in
     import nibabel as nib
     import numpy as np
     from jaxseg.data import brats
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.explain import calibration
     from jaxseg.explain.run import ExplainSettings, explain
     from jaxseg.infer.predict import Predictor, predict

@@ -43,7 +43,7 @@ def main() -> int:
     import numpy as np
     from jaxseg import config as config_lib
     from jaxseg.data import brats
-    from jaxseg.evaluate import score_classes
+    from jaxseg.eval.volumes import score_classes
     from jaxseg.infer.predict import Predictor, relabel_small_enhancing, remove_small_components
     from jaxseg.model_store import resolve_checkpoint
 

@@ -76,7 +76,7 @@ def run_one(workdir: Path, data: Path, overrides: list[str], min_component_ml: f
     import jax
     from jaxseg import config as config_lib
     from jaxseg.data import split
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.infer.predict import predict
     from jaxseg.models.registry import build_model, count_params
     from jaxseg.train.loop import train

@@ -157,7 +157,7 @@ def evaluate(
 ) -> None:
     """Compare predictions with reference segmentations: Dice, IoU, HD95, lesion-wise scores."""
     from rich.console import Console
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
     _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
@@ -216,7 +216,7 @@ def export_model(
 ) -> None:
     """Package a run's model as a model folder that --checkpoint, `jaxseg models` and serve use."""
     from jaxseg.model_export import read_card_file
-    from jaxseg.model_store import export_model as run_export
+    from jaxseg.model_export import export_model as run_export
     fields = read_card_file(card) if card is not None else {}
     folder = run_export(run, out, name=name, dtype=dtype, card=fields, check_input=check_input, say=_say)
     typer.echo(f"exported {run} as model {name} into {folder}; use --checkpoint {folder}")
@@ -297,7 +297,7 @@ def data_inspect(
 ) -> None:
     """Table of the cases (BraTS) or patients (2D slices) in a folder: geometry, labels, problems."""
     from rich.console import Console
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     table, problems = inspect_folder(root, format, mask_suffix)
     Console(width=200).print(table)
     if problems:  # the table names each problem; a dataset with problems is a user error

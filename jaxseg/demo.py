@@ -25,7 +25,7 @@ DEMO_CARD = {
 def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None] = print) -> dict[str, Path]:
     """Run the demo into ``out``; returns the paths of what it made. ``smoke`` shrinks every size
     so the plumbing is checked in seconds (the numbers then mean nothing)."""
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.explain.run import ExplainSettings, explain
     from jaxseg.infer.predict import predict
     from jaxseg.train.loop import train
@@ -58,7 +58,7 @@ def run_demo(out: str | Path, *, smoke: bool = False, say: Callable[[str], None]
 
     # Saved where `--checkpoint demo` finds it from any folder (float32: it is small anyway).
     from jaxseg import home
-    from jaxseg.model_store import export_model
+    from jaxseg.model_export import export_model
     model = export_model(run, home.demo_model_dir(), name="demo", dtype="float32", card=DEMO_CARD)
     say(f"      saved the model as `--checkpoint demo` in {model}")
 

@@ -1,15 +1,26 @@
-"""The parts of :func:`jaxseg.model_store.export_model` that need a model: the card's facts read
-off a run, and the float16-vs-float32 probability check."""
+"""Writing model folders (:mod:`jaxseg.model_store` reads them): :func:`export_model`, the card's
+facts read off a run, and the float16-vs-float32 probability check. This module needs a model
+(it imports the predictor); the store below it does not."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from jaxseg import config as config_lib
+from jaxseg import home
 from jaxseg.errors import JaxsegError
+from jaxseg.files import write_text
+from jaxseg.model_store import (CARD_FILE, CONFIG_FILE, DEMO_NAME, FLOAT16_TOLERANCE, STORAGE_DTYPES,
+                                WEIGHTS_FILE, find_run, is_model_folder, write_weights)
 from jaxseg.target import target_for
 
 # The check input when none is given: one synthetic case (jaxseg.data.phantom) of this size;
@@ -46,7 +57,7 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
                checked_on: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The model card of ``run``'s model (``source``: its Predictor), updated with ``overrides``
     (top-level keys replace; ``provenance``, ``inputs`` and ``storage`` are merged key by key)."""
-    from jaxseg.model_store import FLOAT16_TOLERANCE, best_validation, now_utc, run_provenance
+    from jaxseg.model_store import best_validation, now_utc, run_provenance
     from jaxseg.models.registry import count_params
     cfg = source.cfg
     m = cfg.model
@@ -93,7 +104,7 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
                     "float16_tolerance": FLOAT16_TOLERANCE if dtype == "float16" else None,
                     "max_probability_difference": difference, "measured_on": checked_on},
     }
-    from jaxseg.model_store import is_model_folder, read_card
+    from jaxseg.model_store import read_card
     if is_model_folder(run):  # re-exporting a model folder: keep its card's facts
         previous = read_card(run)
         for key in ("description", "provenance", "license", "citation", "limits"):
@@ -168,3 +179,73 @@ def render_models(entries: Any, console: Any) -> None:
             console.print(f"\n[bold]{e.name}[/bold] ({e.source}) model card:")
             for line in card_summary(e.card):
                 console.print(f"  {line}", markup=False, highlight=False)
+
+
+# --- exporting --------------------------------------------------------------------------------
+
+def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "float16",
+                 card: dict[str, Any] | None = None, check_input: str | Path | None = None,
+                 say: Callable[[str], None] = lambda m: None) -> Path:
+    """Write ``run``'s model (its best checkpoint, else the newest; or another model folder) as a
+    model folder ``out``: config.toml, model.safetensors (floats as ``dtype``) and card.json.
+
+    The card is filled in from the run (architecture, inputs, target, parameter count,
+    provenance from config.toml, splits.json and the best validation record) and then updated
+    with ``card`` (top-level keys replace, ``provenance`` is merged). With float16 storage the
+    probabilities of the exported model are compared with the run's on ``check_input`` (a case
+    folder or file; default: a synthetic phantom), and the export is refused above
+    :data:`FLOAT16_TOLERANCE`. Written in a hidden temporary folder beside ``out`` and renamed:
+    on any error nothing is left and an existing ``out`` is untouched. Returns ``out``.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise JaxsegError(f"--dtype {dtype!r}: must be one of {', '.join(STORAGE_DTYPES)}")
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise JaxsegError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names the model)")
+    if name == DEMO_NAME and Path(out).absolute() != home.demo_model_dir().absolute():
+        raise JaxsegError(f"--name {name!r}: reserved for the model of `jaxseg demo`; choose another name")
+    run = find_run(run)
+    out = Path(out).absolute()
+    if out.exists() and not is_model_folder(out):
+        raise JaxsegError(f"{out}: exists and is not a model folder; choose a new --out")
+    if out == run or run in out.parents:
+        raise JaxsegError(f"{out}: inside the run being exported; choose a folder elsewhere")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        from jaxseg.infer.predict import Predictor
+        source = Predictor(run)
+        cfg = dataclasses.replace(source.cfg, model=dataclasses.replace(source.cfg.model, pretrained=""))
+        write_text(tmp / CONFIG_FILE, config_lib.dumps(cfg))
+        size = write_weights(tmp / WEIGHTS_FILE, source.params, source.batch_stats, dtype)
+        difference, checked_on = None, None
+        if dtype == "float16":
+            difference, checked_on = measure_difference(source, tmp, check_input)
+            say(f"float16 vs float32: max probability difference {difference:.2e} on {checked_on}")
+            if not math.isfinite(difference) or difference > FLOAT16_TOLERANCE:
+                raise JaxsegError(f"{run}: float16 storage changes a probability by {difference:.3g} on "
+                                  f"{checked_on} (tolerance {FLOAT16_TOLERANCE:g}); export with --dtype float32")
+        full = build_card(run, source, name=name, dtype=dtype, size_bytes=size, difference=difference,
+                          checked_on=checked_on, overrides=card or {})
+        write_text(tmp / CARD_FILE, json.dumps(full, indent=2) + "\n")
+        _replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing model folder ``out`` is moved aside first and
+    deleted only once the new one is in place."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

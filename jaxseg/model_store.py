@@ -10,10 +10,10 @@ A **model folder** is a trained model alone, small enough to ship inside the pac
                          state's float32;
   ``card.json``          the model card: name, description, inputs, target and regions,
                          architecture, parameter count, provenance, license, storage dtype and the
-                         measured float16-vs-float32 probability difference (:func:`export_model`).
+                         measured float16-vs-float32 probability difference (:func:`jaxseg.model_export.export_model`).
 
 ``--checkpoint`` takes a run folder of ``jaxseg train`` or a model folder
-(:func:`jaxseg.train.checkpoint.find_run`), a bundled model's name, or ``demo``; without it the
+(:func:`find_run`), a bundled model's name, or ``demo``; without it the
 default bundled model is used for inputs that have its modalities (:func:`resolve_checkpoint`).
 Bundled models live in :data:`BUNDLED_DIR` (``jaxseg/bundled/<name>/``, one model folder each);
 the demo model in :func:`jaxseg.home.demo_model_dir`, written by ``jaxseg demo``.
@@ -23,10 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -183,6 +180,24 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     return card
 
 
+# --- finding ---------------------------------------------------------------------------------
+
+def find_run(checkpoint: str | Path) -> Path:
+    """The folder for a ``--checkpoint`` path: a run folder (or its best/ or checkpoints/), or a
+    model folder (config.toml + model.safetensors)."""
+    path = Path(checkpoint).absolute()
+    if is_model_folder(path):
+        return path
+    if path.name in ("best", "checkpoints"):
+        path = path.parent
+    if not (path / "config.toml").is_file():
+        raise JaxsegError(f"{checkpoint}: not a jaxseg run folder or model folder (no config.toml; pass the "
+                          "--workdir of `jaxseg train`, or a folder of `jaxseg export-model`)")
+    if not any((path / sub).is_dir() and any((path / sub).iterdir()) for sub in ("best", "checkpoints")):
+        raise JaxsegError(f"{checkpoint}: the run has no checkpoint yet")
+    return path
+
+
 # --- listing ----------------------------------------------------------------------------------
 
 def bundled_names() -> list[str]:
@@ -212,7 +227,6 @@ def list_models(runs: Iterable[str | Path] = ()) -> list[ModelEntry]:
     Raises JaxsegError naming a path of ``runs`` that is not a trained run or model folder.
     Reads only config.toml, card.json, splits.json and metrics.jsonl, never the weights.
     """
-    from jaxseg.train.checkpoint import find_run
     entries = [_entry(name, "bundled", BUNDLED_DIR / name) for name in bundled_names()]
     if is_model_folder(home.demo_model_dir()):
         entries.append(_entry(DEMO_NAME, "demo", home.demo_model_dir()))
@@ -270,7 +284,6 @@ def resolve_checkpoint(checkpoint: str | Path | None, *, modalities: Iterable[st
       name (no ``/``, not a ``Path``) that is no existing folder gets an error listing the names.
     ``say`` hears which model was chosen when ``checkpoint`` is None.
     """
-    from jaxseg.train.checkpoint import find_run
     if checkpoint is None:
         return _default_model(modalities, input_name, say)
     text = str(checkpoint)
@@ -311,78 +324,6 @@ def _default_model(modalities: Iterable[str] | None, input_name: str | None,
     got = ", ".join(sorted(have)) if have else "no BraTS modalities"
     raise JaxsegError(f"{where}: has {got}; no --checkpoint given and "
                       f"{'; '.join(map(_needs, entries))}; {alternatives}")
-
-
-# --- exporting --------------------------------------------------------------------------------
-
-def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "float16",
-                 card: dict[str, Any] | None = None, check_input: str | Path | None = None,
-                 say: Callable[[str], None] = lambda m: None) -> Path:
-    """Write ``run``'s model (its best checkpoint, else the newest; or another model folder) as a
-    model folder ``out``: config.toml, model.safetensors (floats as ``dtype``) and card.json.
-
-    The card is filled in from the run (architecture, inputs, target, parameter count,
-    provenance from config.toml, splits.json and the best validation record) and then updated
-    with ``card`` (top-level keys replace, ``provenance`` is merged). With float16 storage the
-    probabilities of the exported model are compared with the run's on ``check_input`` (a case
-    folder or file; default: a synthetic phantom), and the export is refused above
-    :data:`FLOAT16_TOLERANCE`. Written in a hidden temporary folder beside ``out`` and renamed:
-    on any error nothing is left and an existing ``out`` is untouched. Returns ``out``.
-    """
-    from jaxseg.model_export import build_card, measure_difference
-    from jaxseg.train.checkpoint import find_run
-    if dtype not in STORAGE_DTYPES:
-        raise JaxsegError(f"--dtype {dtype!r}: must be one of {', '.join(STORAGE_DTYPES)}")
-    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
-        raise JaxsegError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names the model)")
-    if name == DEMO_NAME and Path(out).absolute() != home.demo_model_dir().absolute():
-        raise JaxsegError(f"--name {name!r}: reserved for the model of `jaxseg demo`; choose another name")
-    run = find_run(run)
-    out = Path(out).absolute()
-    if out.exists() and not is_model_folder(out):
-        raise JaxsegError(f"{out}: exists and is not a model folder; choose a new --out")
-    if out == run or run in out.parents:
-        raise JaxsegError(f"{out}: inside the run being exported; choose a folder elsewhere")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
-        from jaxseg.infer.predict import Predictor
-        source = Predictor(run)
-        cfg = dataclasses.replace(source.cfg, model=dataclasses.replace(source.cfg.model, pretrained=""))
-        write_text(tmp / CONFIG_FILE, config_lib.dumps(cfg))
-        size = write_weights(tmp / WEIGHTS_FILE, source.params, source.batch_stats, dtype)
-        difference, checked_on = None, None
-        if dtype == "float16":
-            difference, checked_on = measure_difference(source, tmp, check_input)
-            say(f"float16 vs float32: max probability difference {difference:.2e} on {checked_on}")
-            if not math.isfinite(difference) or difference > FLOAT16_TOLERANCE:
-                raise JaxsegError(f"{run}: float16 storage changes a probability by {difference:.3g} on "
-                                  f"{checked_on} (tolerance {FLOAT16_TOLERANCE:g}); export with --dtype float32")
-        full = build_card(run, source, name=name, dtype=dtype, size_bytes=size, difference=difference,
-                          checked_on=checked_on, overrides=card or {})
-        write_text(tmp / CARD_FILE, json.dumps(full, indent=2) + "\n")
-        _replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Rename ``new`` to ``out``; an existing model folder ``out`` is moved aside first and
-    deleted only once the new one is in place."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def now_utc() -> str:

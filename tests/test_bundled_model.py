@@ -57,7 +57,7 @@ def test_bundled_model_card_matches_its_config(name):
 def test_default_model_gives_its_documented_dice_on_a_real_case(real_data, tmp_path):
     """The shipped BraTS model, chosen without --checkpoint, on one of the held-out BraTS 2018
     cases its card reports: whole-volume Dice within 0.01 of the card's, per region."""
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.infer.predict import predict
     if model_store.DEFAULT_MODEL not in BUNDLED:
         pytest.skip(f"{model_store.DEFAULT_MODEL} is not bundled")

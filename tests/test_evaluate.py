@@ -1,4 +1,4 @@
-"""evaluate_folders on tiny synthetic NIfTIs, checked against direct numpy computations."""
+"""`jaxseg evaluate` (evaluate_folders) on tiny synthetic NIfTIs, checked against direct numpy computations."""
 import csv
 import gzip
 
@@ -8,9 +8,11 @@ import pytest
 from rich.console import Console
 
 from jaxseg.errors import JaxsegError
-from jaxseg.evaluate import METRICS, case_id_of, evaluate_folders
-from jaxseg.train import metrics as M
-from tests.train.test_metrics import brute_force_hd95
+from jaxseg.eval import surface
+from jaxseg.eval.pairs import case_id_of
+from jaxseg.eval.run import evaluate_folders
+from jaxseg.eval.volumes import METRICS
+from tests.eval.test_surface import brute_force_hd95
 
 SHAPE = (28, 18, 10)
 AFFINE = np.diag([-1.0, -1.0, 2.0, 1.0])  # LPS like BraTS, 2 mm slices
@@ -78,7 +80,7 @@ def test_evaluate_folders_against_numpy(folders):
         }
         for name, value in expected.items():
             assert float(row[name]) == pytest.approx(value, rel=1e-5, abs=1e-9), (row["case"], row["region"], name)
-        lesions = M.lesion_wise(pred, ref, SPACING)
+        lesions = surface.lesion_wise(pred, ref, SPACING)
         assert float(row["lesion_dice"]) == pytest.approx(lesions["dice"], rel=1e-5)
         assert float(row["lesion_hd95"]) == pytest.approx(lesions["hd95"], rel=1e-5)
     # The slab is a separate, unmatched predicted WT lesion in the 2023 case: lesion-wise Dice is
@@ -213,7 +215,7 @@ def test_evaluate_writes_the_figures(folders):
 
 def test_figures_use_the_flair_beside_the_reference(folders):
     from jaxseg.data import nifti
-    from jaxseg.report.evaluation_figures import background_image
+    from jaxseg.eval.pairs import read_background as background_image
     root, _ = folders
     ref = root / "ref" / "Case_A" / "Case_A_seg.nii.gz"
     assert background_image(ref, nifti.read_label_volume(ref)[1]) == (None, None)  # no image: black

@@ -10,12 +10,12 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from jaxseg import cli, home, model_store
+from jaxseg import cli, home, model_export, model_store
 from jaxseg.data import brats, phantom
 from jaxseg.errors import JaxsegError
 from jaxseg.infer.predict import Predictor
 from jaxseg.model_export import CHECK_PHANTOM_SEED, CHECK_PHANTOM_SHAPE
-from jaxseg.train.checkpoint import find_run
+from jaxseg.model_store import find_run
 from jaxseg.target import target_kind
 
 runner = CliRunner()
@@ -29,7 +29,7 @@ def invoke(*args):
 def exported(smoke_run, tmp_path_factory):
     """The smoke run as a float32 and a float16 model folder."""
     root = tmp_path_factory.mktemp("exported")
-    return {dtype: model_store.export_model(smoke_run, root / dtype, name=f"smoke_{dtype}", dtype=dtype)
+    return {dtype: model_export.export_model(smoke_run, root / dtype, name=f"smoke_{dtype}", dtype=dtype)
             for dtype in ("float32", "float16")}
 
 
@@ -123,14 +123,14 @@ def test_loading_puts_float32_arrays_into_the_abstract_states_shardings(exported
 
 def test_a_refused_export_leaves_nothing_and_keeps_the_previous_folder(smoke_run, tmp_path, monkeypatch):
     out = tmp_path / "model"
-    monkeypatch.setattr(model_store, "FLOAT16_TOLERANCE", 0.0)
+    monkeypatch.setattr(model_export, "FLOAT16_TOLERANCE", 0.0)
     with pytest.raises(JaxsegError, match="float16 storage changes a probability by .* export with --dtype float32"):
-        model_store.export_model(smoke_run, out, name="m")
+        model_export.export_model(smoke_run, out, name="m")
     assert list(tmp_path.iterdir()) == []
-    model_store.export_model(smoke_run, out, name="m", dtype="float32")
+    model_export.export_model(smoke_run, out, name="m", dtype="float32")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(JaxsegError):
-        model_store.export_model(smoke_run, out, name="m")
+        model_export.export_model(smoke_run, out, name="m")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -141,9 +141,9 @@ def test_export_refuses_bad_settings_in_one_line(smoke_run, tmp_path):
     for kwargs, message in (({"dtype": "bfloat16"}, "--dtype 'bfloat16'"), ({"name": "a b"}, "--name 'a b'"),
                             ({"name": "demo"}, "reserved")):
         with pytest.raises(JaxsegError, match=message):
-            model_store.export_model(smoke_run, tmp_path / "m", **{"name": "m", **kwargs})
+            model_export.export_model(smoke_run, tmp_path / "m", **{"name": "m", **kwargs})
     with pytest.raises(JaxsegError, match="exists and is not a model folder"):
-        model_store.export_model(smoke_run, tmp_path / "taken", name="m")
+        model_export.export_model(smoke_run, tmp_path / "taken", name="m")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine" and not (tmp_path / "m").exists()
 
 
@@ -174,7 +174,7 @@ def test_resolution_rules(store, smoke_run, exported, tmp_path):
     assert model_store.resolve_checkpoint(model_store.DEFAULT_MODEL) == default
     with pytest.raises(JaxsegError, match="--checkpoint demo: no demo model in .*run `jaxseg demo` first"):
         model_store.resolve_checkpoint("demo")
-    demo = model_store.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32")
+    demo = model_export.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32")
     assert demo == tmp_path / "home" / "models" / "demo"
     assert model_store.resolve_checkpoint("demo") == demo
     with pytest.raises(JaxsegError) as err:
@@ -199,7 +199,7 @@ def test_without_a_bundled_model_it_says_so(store, monkeypatch, tmp_path):
 
 
 def test_list_models_and_the_models_command(store, smoke_run, exported):
-    model_store.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32",
+    model_export.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32",
                              card={"description": "phantom demo"})
     entries = model_store.list_models([smoke_run, exported["float32"]])
     assert [(e.name, e.source) for e in entries] == [(model_store.DEFAULT_MODEL, "bundled"), ("demo", "demo"),
@@ -293,7 +293,7 @@ def test_demo_saves_its_model_for_checkpoint_demo_from_any_folder(tmp_path, monk
 
 
 def test_a_3d_run_exports_and_loads(smoke_run_3d, tmp_path):
-    folder = model_store.export_model(smoke_run_3d, tmp_path / "m3d", name="smoke3d")
+    folder = model_export.export_model(smoke_run_3d, tmp_path / "m3d", name="smoke3d")
     card = json.loads((folder / model_store.CARD_FILE).read_text())
     assert card["architecture"]["name"] == "unet3d" and card["architecture"]["patch_size"]
     assert 0 <= card["storage"]["max_probability_difference"] <= model_store.FLOAT16_TOLERANCE

@@ -16,7 +16,7 @@ it. Four things go wrong in practice, and each gets one line naming the file:
   report): the segmentation may still be useful, but the brain crop is the whole head.
 
 The thresholds sit far from what the real data show. Measured on the 16 BraTS 2018 training cases and
-one BraTS 2023 GLI case this project develops with (``python -m jaxseg.data.checks CASE_DIR...`` prints
+one BraTS 2023 GLI case this project develops with (``python benchmarks/input_checks.py CASE_DIR...`` prints
 these numbers, 68 modality volumes): every one has at least 195 distinct values in a 1-in-13
 sample (the label-map threshold is 16); the largest share of border voxels above background is
 0.0095 (Brats18_TCIA01_499_1, where the brain touches a face; 32 of 68 are exactly 0; the warning
@@ -130,20 +130,3 @@ def check_model_input(image: np.ndarray, files: Sequence[str | Path], spacing: S
     for message in found:
         print(f"warning: {message}", file=sys.stderr)
     return found
-
-
-def measure(folders: Sequence[str | Path]) -> None:
-    """Print, for each case, the numbers the thresholds are compared with."""
-    from jaxseg.data import brats
-    for folder in folders:
-        case = brats.case_from_path(folder)
-        image, _, props = brats.load_case(case, None)
-        for c, modality in enumerate(case.images):
-            volume = image[..., c]
-            sample = len(np.unique(volume.ravel()[::_SAMPLE_STRIDE]))
-            print(f"{case.case_id} {modality:5s} spacing {props.spacing} distinct-in-sample {sample:6d} "
-                  f"border-signal {border_signal_fraction(volume):.4f} range {volume.min():g}..{volume.max():g}")
-
-
-if __name__ == "__main__":
-    measure(sys.argv[1:])

@@ -1,16 +1,23 @@
-"""A health check of a BraTS dataset folder (``jaxseg data inspect DIR``).
+"""A health check of a dataset folder (``jaxseg data inspect DIR``), for every data format.
 
 Every image and segmentation is read in full, so corrupt or truncated files, NaN/Inf voxels,
 volumes that are not co-registered and unexpected labels are all found before training. A problem
 is recorded on its case (one line naming the file) and the scan goes on; only a missing folder or a
-folder with no BraTS cases at all raises.
+folder with no cases at all (image folders: a mask without its image) raises.
+
+BraTS folders are reported per case (:func:`inspect_dataset`); the 2D formats (figshare ``.mat``
+slices, image folders) per patient (:func:`inspect_slices`: slices, slices with tumor, the
+figshare tumor classes, image sizes and channels), each slice read by its format's
+(``formats.<name>.FORMAT.inspect_jobs``). The one entry is :func:`jaxseg.data.formats.inspect_folder`.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 from rich import box
 from rich.markup import escape
@@ -18,7 +25,7 @@ from rich.table import Table
 
 from jaxseg.data.brats import (MODALITIES, SUFFIXES, Case, find_cases, label_values, to_internal,
                                tumor_volumes_ml)
-from jaxseg.data import checks
+from jaxseg.data import checks, figshare, image_folder, records
 from jaxseg.data.nifti import VolumeProperties, geometry_mismatch, read_label_volume, read_volume
 from jaxseg.errors import JaxsegError
 
@@ -148,4 +155,101 @@ def render_table(reports: list[CaseReport]) -> Table:
                + (f"[red]{len(bad)} with problems:[/red]" if bad else "[green]no problems[/green]"))
     lines = [f"[red]- {escape(p)}[/red]" for r in bad for p in r.problems]
     table.caption = "\n".join([summary, *lines])
+    return table
+
+
+UNREADABLE = "(unreadable)"  # the patient of a figshare file whose PID cannot be read
+
+
+@dataclass
+class SliceReport:
+    """One slice: its patient, size ``(H, W)``, channels, tumor pixels, figshare class, problems."""
+
+    case_id: str
+    subject: str
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    tumor_pixels: int | None = None  # None: no mask (or unreadable)
+    label: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubjectReport:
+    subject: str
+    slices: list[SliceReport]
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for s in self.slices for p in s.problems]
+
+
+def inspect_figshare_file(path: Path) -> SliceReport:
+    """The report of one figshare ``.mat`` slice (an unreadable file: its problem, patient unknown)."""
+    try:
+        s = figshare.read_slice(path)
+    except JaxsegError as err:
+        return SliceReport(case_id=path.stem, subject=UNREADABLE, problems=[str(err)])
+    return SliceReport(case_id=path.stem, subject=s.pid, size=s.image.shape, channels=1,
+                       tumor_pixels=int(s.mask.sum()), label=s.label)
+
+
+def inspect_image_pair(root: Path, image: Path, mask: Path | None, mask_suffix: str) -> SliceReport:
+    """The report of one image-folder slice and its mask (a missing mask is a problem)."""
+    record = records.folder_record(root, image, mask)
+    report = SliceReport(case_id=record.case_id, subject=record.subject)
+    try:
+        pixels, labels = image_folder.read_pair(image, mask)
+    except JaxsegError as err:
+        report.problems.append(str(err))
+        return report
+    report.size, report.channels = pixels.shape[:2], pixels.shape[2]
+    if labels is None:
+        report.problems.append(f"{image}: has no mask {image.stem}{mask_suffix}{image.suffix}")
+    else:
+        report.tumor_pixels = int(labels.sum())
+    return report
+
+
+def inspect_slices(jobs: Sequence[Callable[[], SliceReport]], workers: int = 8) -> list[SubjectReport]:
+    """Run the slice reports ``jobs`` (a format's ``inspect_jobs``) on ``workers`` threads; the
+    reports per patient, sorted by patient."""
+    workers = max(1, min(workers, len(jobs), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        slices = list(pool.map(lambda job: job(), jobs))
+    by_subject: dict[str, list[SliceReport]] = {}
+    for s in slices:
+        by_subject.setdefault(s.subject, []).append(s)
+    return [SubjectReport(k, sorted(v, key=lambda s: s.case_id)) for k, v in sorted(by_subject.items())]
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} x{n}" if n > 1 else str(k) for k, n in counter.most_common())
+
+
+def render_slices_table(reports: list[SubjectReport], fmt: str) -> Table:
+    """One row per patient; totals per tumor class and image size and every problem in the caption."""
+    table = Table(title=f"{fmt} dataset", box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left")
+    for name in ("patient", "slices", "with tumor", "tumor classes", "sizes (HxW)", "channels", "problems"):
+        table.add_column(name, no_wrap=name != "sizes (HxW)", overflow="fold")
+    sizes, labels, channels = Counter(), Counter(), Counter()
+    for r in reports:
+        s_sizes = Counter("x".join(map(str, s.size)) for s in r.slices if s.size)
+        s_labels = Counter(figshare.TUMOR_LABELS[s.label] for s in r.slices if s.label)
+        s_channels = Counter(s.channels for s in r.slices if s.channels)
+        sizes += s_sizes
+        labels += s_labels
+        channels += s_channels
+        tumor = sum(1 for s in r.slices if s.tumor_pixels)
+        table.add_row(escape(r.subject), str(len(r.slices)), str(tumor), _counts(s_labels) or "-",
+                      _counts(s_sizes) or "-", _counts(s_channels) or "-",
+                      f"[red]{len(r.problems)}[/red]" if r.problems else "[green]ok[/green]")
+    n_slices = sum(len(r.slices) for r in reports)
+    problems = [p for r in reports for p in r.problems]
+    lines = [f"{n_slices} slices of {len(reports)} patient(s); image sizes: {_counts(sizes) or '-'}"]
+    if labels:
+        lines.append(f"tumor classes: {_counts(labels)}")
+    lines.append(f"[red]{len(problems)} problem(s):[/red]" if problems else "[green]no problems[/green]")
+    lines += [f"[red]- {escape(p)}[/red]" for p in problems]
+    table.caption = "\n".join(lines)
     return table

@@ -18,33 +18,29 @@ Why it looks the way it does:
   process, and only batched patches go through its queue. The price: a volume stays alive while
   a reference waits in the read-ahead buffer (at most ``2 * batch`` of them), even if the LRU
   evicted it.
-- **Lazy volumes, bounded cache, optional store on disk**, as in :mod:`jaxseg.data.pipeline`:
+- **Lazy volumes, bounded cache, optional store on disk**, as for slices (:mod:`jaxseg.data.store`):
   ``data.cache_volumes`` prepared volumes per process; with ``cache_dir`` each prepared volume is
   saved as ``.npy`` + JSON and memory-mapped afterwards.
+The loader is :func:`jaxseg.data.loader.make_loader` with :data:`jaxseg.data.formats.PATCHES`.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import grain
-import jax
 import numpy as np
-from jax.sharding import Mesh
 
-from jaxseg.config import Config, DataConfig, canonical_modalities
-from jaxseg.data import brats, preprocess
-from jaxseg.data.pipeline import (CaseIndexedSource, _beside, _case_signature, _check_batch, _digest,
-                                  build_loader, device_batches, make_mesh, padded_index)
+from jaxseg.config import DataConfig
+from jaxseg.data import brats, preprocess, store
+from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.errors import JaxsegError
-from jaxseg.files import atomic_path, write_text
 from jaxseg.target import target_kind
 
 __all__ = ["VolumeBox", "PreparedVolume3D", "PatchSpec", "brain_box", "restore_box", "prepare_volume_3d",
            "load_prepared_volume", "patch_range", "place_patch", "cut_patch", "patch_index", "PatchSource",
-           "RandomPatch", "make_patch_loader", "device_batches", "make_mesh"]
+           "RandomPatch"]
 
 PATCH_MODES = ("center", "tumor")
 PATCH_MULTIPLE = 8  # a 3D U-Net halves a patch three times; 8 | P keeps every level whole
@@ -131,38 +127,34 @@ def prepare_volume_3d(image: np.ndarray, classes: np.ndarray | None, data_cfg: D
     return PreparedVolume3D(image=normalized, classes=cropped, box=box, tumor_voxels=tumor)
 
 
-def _store_stem(cache_dir: str | Path, case: brats.Case, modalities: Sequence[str], cfg: DataConfig) -> Path:
-    key = _digest(["volume3d", 1, _case_signature(case, modalities), cfg.normalize, cfg.crop])
-    return Path(cache_dir) / "volumes3d" / f"{case.case_id}-{key[:16]}"
-
-
-_STORED_ARRAYS = (("image", ".image.npy"), ("classes", ".classes.npy"), ("tumor_voxels", ".tumor.npy"))
+_STORED_ARRAYS = (("image", "image"), ("classes", "classes"), ("tumor_voxels", "tumor"))  # field, file part
 
 
 def load_prepared_volume(case: brats.Case, modalities: Sequence[str], data_cfg: DataConfig,
                          cache_dir: str | Path | None = None) -> PreparedVolume3D:
-    """The :class:`PreparedVolume3D` of a labelled case: from the store in ``cache_dir`` (memory-mapped,
-    read-only arrays) when present, else loaded, prepared and, with ``cache_dir``, stored.
-    Raises JaxsegError for a case without segmentation (patches need labels)."""
-    stem = None if cache_dir is None else _store_stem(cache_dir, case, modalities, data_cfg)
-    if stem is not None:
+    """The :class:`PreparedVolume3D` of a labelled case: from the volume store in ``cache_dir``
+    (:mod:`jaxseg.data.store`; memory-mapped, read-only arrays) when present, else loaded, prepared
+    and, with ``cache_dir``, stored. Raises JaxsegError for a case without segmentation (patches
+    need labels)."""
+    stem = None if cache_dir is None else store.stem(
+        cache_dir, "volumes3d", case.case_id,
+        ["volume3d", 1, store.case_signature(case, modalities), data_cfg.normalize, data_cfg.crop])
+    stored = None if stem is None else store.read_volume(stem, [part for _, part in _STORED_ARRAYS])
+    if stored is not None:
+        arrays, meta = stored
         try:
-            box = VolumeBox.from_dict(json.loads(_beside(stem, ".json").read_text())["box"])
-            arrays = {name: np.load(_beside(stem, suffix), mmap_mode="r") for name, suffix in _STORED_ARRAYS}
-            if arrays["image"].shape[:3] != box.shape or arrays["classes"].shape != box.shape:
-                raise ValueError("stored arrays do not match their box")
-            return PreparedVolume3D(box=box, **arrays)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent, partial or from another version: prepare it again
+            box = VolumeBox.from_dict(meta["box"])
+            if arrays["image"].shape[:3] == box.shape and arrays["classes"].shape == box.shape:
+                return PreparedVolume3D(box=box, **{field: arrays[part] for field, part in _STORED_ARRAYS})
+        except (ValueError, KeyError, TypeError):
+            pass  # from another version: prepare it again
     image, classes, _ = brats.load_case(case, modalities)
     if classes is None:
         raise JaxsegError(f"{case.folder}: case {case.case_id} has no segmentation; training and validation need one")
     prepared = prepare_volume_3d(image, classes, data_cfg)
     if stem is not None:
-        for name, suffix in _STORED_ARRAYS:  # arrays first, the JSON last: a store without its JSON is never read
-            with atomic_path(_beside(stem, suffix)) as tmp:
-                np.save(tmp, getattr(prepared, name))
-        write_text(_beside(stem, ".json"), json.dumps({"box": prepared.box.as_dict()}))
+        store.write_volume(stem, {part: getattr(prepared, field) for field, part in _STORED_ARRAYS},
+                           {"box": prepared.box.as_dict()})
     return prepared
 
 
@@ -308,41 +300,3 @@ class RandomPatch(grain.transforms.RandomMap):
         return {"image": image, "target": target_kind(self.target).encode(classes), "classes": classes,
                 "case": element["case"], "origin": (np.asarray(volume.box.start) + origin).astype(np.int32),
                 "valid": element["valid"]}
-
-
-def make_patch_loader(cfg: Config, cases: Sequence[brats.Case], *, train: bool, seed: int, patch_size: int,
-                      mode: str = "tumor", tumor_probability: float = 0.67, samples_per_case: int = 4,
-                      mesh: Mesh | None = None, cache_dir: str | Path | None = None) -> grain.DataLoader:
-    """A grain DataLoader of this process's share of the 3D patch batches.
-
-    Training: the ``(case, draw)`` records shuffled, endless epochs (each a new order and new
-    placements), flips on all three axes when ``data.augment.flip`` (rot90 and intensity settings
-    are 2D-only and ignored here); sharded by JAX process so N processes see the global batches of
-    one. Validation: every record once in order, padded to whole global batches (``valid`` marks the
-    real rows), no flips. Per-process batch = ``train.batch_size / jax.process_count()``.
-    Batches: dict of numpy ``'image' (B, P, P, P, C) float32``, ``'target' (B, P, P, P, K) float32``,
-    ``'classes' (B, P, P, P) uint8``, ``'case' (B,) int32``, ``'origin' (B, 3) int32``, ``'valid' (B,) bool``;
-    put them on devices with ``pipeline.device_batches``.
-
-    Args:
-      patch_size, mode, tumor_probability: a :class:`PatchSpec` (JaxsegError naming the setting).
-      samples_per_case: records per case per epoch (at least 1).
-      mesh: the mesh the batches go to; ``train.batch_size`` must divide over its ``'data'`` axis.
-      cache_dir: folder for the prepared-volume store; None = no disk cache.
-    The iterator's ``get_state()`` / ``set_state()`` (JSON bytes) resume at the identical batch.
-    """
-    spec = PatchSpec(patch_size, mode, tumor_probability)
-    index = patch_index(len(cases), samples_per_case)
-    n_devices = mesh.shape["data"] if mesh is not None else jax.device_count()
-    _check_batch(cfg.train.batch_size, n_devices)
-    if not 0 <= seed < 2 ** 32:
-        raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
-    if not len(index):
-        raise JaxsegError(f"data: no {'training' if train else 'validation'} cases for 3D patches")
-    index, valid = padded_index(index, cfg.train.batch_size, train,
-                                f"patch records ({len(cases)} cases x samples_per_case {samples_per_case})")
-    source = PatchSource(cases, canonical_modalities(cfg), cfg.data, spec, index, valid, cache_dir)
-    # Each record's placement generator is keyed by its global position, so N hosts cut the
-    # patches of one (see pipeline.GlobalBatchSampler).
-    return build_loader(source, [RandomPatch(spec, cfg.data.target, flip=train and cfg.data.augment.flip)],
-                        train=train, seed=seed, global_batch=cfg.train.batch_size, workers=cfg.data.workers)

@@ -1,15 +1,16 @@
-"""2D slice records of the non-BraTS formats, found and read the same way whatever the format.
+"""2D slice records of the non-BraTS formats: what one is, whatever the format.
 
 A :class:`Record` is one labelled 2D slice and plays the part of a BraTS case in the loop: its
 ``case_id`` goes into ``splits.json``, its ``subject`` keeps a patient's slices in one split.
+Each format finds and reads its own (``jaxseg/data/formats/<format>.py``):
 
 | ``data.format`` | files | case_id | subject |
 |---|---|---|---|
 | ``figshare_mat`` | ``<n>.mat`` (MATLAB v7.3, ``cjdata``) | ``<n>`` | ``cjdata.PID`` |
 | ``image_folder`` | ``<stem>.png/.tif``, ``<stem><mask_suffix>.<ext>`` | path under root, no suffix | folder |
 
-:func:`load_record` returns ``image (H, W, C)`` float32 and ``mask (H, W)`` uint8 0/1 in the
-file's (row, column) order.
+A format's ``load_record`` returns ``image (H, W, C)`` float32 and ``mask (H, W)`` uint8 0/1 in
+the file's (row, column) order.
 """
 from __future__ import annotations
 
@@ -19,10 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxseg.data import figshare, image_folder
-from jaxseg.errors import JaxsegError, file_error
-
-FORMATS_2D = ("figshare_mat", "image_folder")
+from jaxseg.errors import file_error
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,8 @@ class Record:
     """One 2D slice: where its image and mask are, and whom it belongs to.
 
     ``mask`` is None for an unlabelled image (prediction only); for figshare it is the ``.mat``
-    file itself. ``label`` is the figshare tumor class (1-3), else None.
+    file itself. ``label`` is the figshare tumor class (1-3), else None. ``format`` is the
+    ``data.format`` that found it.
     """
 
     case_id: str
@@ -41,51 +40,8 @@ class Record:
     label: int | None = None
 
 
-def detect_format(root: str | Path) -> str:
-    """``brats`` if ``root`` (or a file) is NIfTI, ``figshare_mat`` for ``.mat`` files, else
-    ``image_folder`` if it holds PNG/TIFF files; JaxsegError if none of these."""
-    root = Path(root)
-    if not root.exists():
-        raise file_error(root, "no such file or folder")
-    files = [root] if root.is_file() else (p for p in root.rglob("*") if not p.name.startswith("."))
-    seen = set()
-    for p in files:
-        name = p.name.lower()
-        if name.endswith((".nii", ".nii.gz")):
-            return "brats"
-        if name.endswith(".mat"):
-            seen.add("figshare_mat")
-        elif name.endswith(image_folder.IMAGE_SUFFIXES):
-            seen.add("image_folder")
-    for fmt in FORMATS_2D:
-        if fmt in seen:
-            return fmt
-    raise file_error(root, "holds no NIfTI (.nii.gz), MATLAB (.mat) or image (.png, .tif) files")
-
-
-def find_records(root: str | Path, fmt: str, mask_suffix: str = "_mask", require_masks: bool = True
-                 ) -> list[Record]:
-    """Every slice of a ``fmt`` dataset under ``root``, sorted by case id.
-
-    figshare: each file's header (PID, label) is read, so a file that cannot be read is reported
-    here. Raises JaxsegError for a missing or empty folder, two files with one case id, unpaired
-    images (with ``require_masks``) and masks.
-    """
-    root = Path(root)
-    if fmt == "figshare_mat":
-        paths = [root] if root.is_file() else figshare.find_files(root)
-        records = []
-        for path in paths:
-            pid, label = figshare.read_header(path)
-            records.append(Record(case_id=path.stem, subject=pid, image=path, mask=path, format=fmt, label=label))
-    elif fmt == "image_folder":
-        if root.is_file():
-            records = [Record(case_id=root.stem, subject=root.stem, image=root, mask=None, format=fmt)]
-        else:
-            records = [folder_record(root, image, mask)
-                       for image, mask in image_folder.find_pairs(root, mask_suffix, require_masks)]
-    else:
-        raise JaxsegError(f"data.format {fmt!r} is not a 2D format ({', '.join(FORMATS_2D)})")
+def sorted_unique(records: Sequence[Record]) -> list[Record]:
+    """``records`` sorted by case id; JaxsegError naming both files when two share one case id."""
     seen: dict[str, Record] = {}
     for record in records:
         if record.case_id in seen:
@@ -104,34 +60,9 @@ def folder_record(root: Path, image: Path, mask: Path | None) -> Record:
                   format="image_folder")
 
 
-def load_record(record: Record, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(image (H, W, C) float32, mask (H, W) uint8 0/1 or None)`` with ``C == channels``.
-
-    Raises JaxsegError naming the file for every problem the format readers check.
-    """
-    if record.format == "figshare_mat":
-        if channels != 1:
-            raise file_error(record.image, f"a figshare slice has one channel; data.modalities lists {channels}")
-        s = figshare.read_slice(record.image)
-        return s.image[..., None], (s.mask if record.mask is not None else None)
-    return image_folder.read_pair(record.image, record.mask, channels)
-
-
 def subjects_of(records: Sequence[Record]) -> dict[str, str]:
     """``case_id -> subject`` for :func:`jaxseg.data.split.split_cases`."""
     return {r.case_id: r.subject for r in records}
-
-
-def is_2d_input(path: str | Path) -> bool:
-    """A file jaxseg reads as one 2D slice (``.mat``, ``.png``, ``.tif``, ``.tiff``), or a folder
-    of such files (and no NIfTI)."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            return detect_format(path) != "brats"
-        except JaxsegError:
-            return False
-    return path.suffix.lower() in (".mat", *image_folder.IMAGE_SUFFIXES)
 
 
 def to_volume(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

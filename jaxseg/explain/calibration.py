@@ -13,6 +13,10 @@ probability of the positive event itself is binned (not max(p, 1 - p), the "top-
 multi-class ECE), because each BraTS region is its own Bernoulli event with sigmoid outputs.
 Over all brain voxels the ECE is dominated by easy background; :func:`relevant_mask` selects the
 voxels that matter for a region (predicted above ``floor`` or inside the reference).
+
+Also here: temperature scaling fitted per region (:func:`fit_region_temperatures`,
+:func:`fit_temperature`, :func:`apply_temperature`; its own section below) and the AUROC of
+voxel uncertainty as a detector of voxel errors (:func:`error_detection_auroc`).
 """
 from __future__ import annotations
 
@@ -63,3 +67,153 @@ def relevant_mask(probs: np.ndarray, truth: np.ndarray, floor: float = 0.01,
     (bool, same shape), optionally restricted to ``within`` (e.g. the brain)."""
     selected = (np.asarray(probs) > floor) | np.asarray(truth).astype(bool)
     return selected if within is None else selected & within
+
+
+# ------------------------------------------------------------------------ temperature scaling
+#
+# Temperature scaling (Guo et al. 2017): divide the logits by one scalar T > 0 per region (per
+# sigmoid channel; one for a softmax), fitted on validation voxels by minimising the negative
+# log-likelihood. T > 1 softens overconfident probabilities, T < 1 sharpens; the predicted
+# region (logit > 0, or the argmax) never changes. For plain logits the NLL is convex in 1/T,
+# so it is unimodal in log T and a golden-section search over log T finds the minimum; for
+# Monte-Carlo passes (a leading sample axis) the NLL of the MC-mean probability is searched the
+# same way. Every log-probability goes through log-sigmoid / log-softmax / logsumexp, so no
+# probability is ever rounded to 0 before its logarithm is taken.
+
+ACTIVATIONS = ("sigmoid", "softmax")
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -z)
+
+
+def _log_mean_exp(log_values: np.ndarray, axis: int) -> np.ndarray:
+    top = log_values.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(log_values - top).mean(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def temperature_nll(temperature: float, logits: np.ndarray, truth: np.ndarray, activation: str = "sigmoid",
+                    samples: bool = False) -> float:
+    """Mean negative log-likelihood (nats per voxel) of ``truth`` under ``logits / temperature``.
+
+    Args:
+      logits: sigmoid: ``(N,)`` logits of one event (``(S, N)`` with ``samples``, S MC passes);
+        softmax: ``(N, K)`` (``(S, N, K)``).
+      truth: sigmoid: ``(N,)`` bool; softmax: ``(N,)`` int class labels.
+      samples: the first axis of ``logits`` holds MC passes; the likelihood is that of the
+        MC-mean probability ``mean_s p_s``.
+    """
+    z = np.asarray(logits, np.float64) / float(temperature)
+    if activation == "sigmoid":
+        y = np.asarray(truth).astype(bool)
+        log_p, log_q = _log_sigmoid(z), _log_sigmoid(-z)
+        if samples:
+            log_p, log_q = _log_mean_exp(log_p, 0), _log_mean_exp(log_q, 0)
+        return float(-np.where(y, log_p, log_q).mean())
+    if activation != "softmax":
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    labels = np.asarray(truth).astype(np.int64)
+    log_probs = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+    index = labels[..., None]
+    if samples:
+        index = np.broadcast_to(index[None], (*log_probs.shape[:-1], 1))
+    log_true = np.take_along_axis(log_probs, index, axis=-1)[..., 0]
+    if samples:
+        log_true = _log_mean_exp(log_true, 0)
+    return float(-log_true.mean())
+
+
+def fit_temperature(logits: np.ndarray, truth: np.ndarray, activation: str = "sigmoid", *,
+                    samples: bool = False, bounds: tuple[float, float] = TEMPERATURE_RANGE,
+                    tolerance: float = 1e-5) -> float:
+    """The temperature in ``bounds`` minimising :func:`temperature_nll` (golden section on log T,
+    to ``tolerance`` in log T). Arguments as :func:`temperature_nll`; voxels already selected
+    (flattened). Returns 1.0 when there are no voxels."""
+    if np.size(truth) == 0:
+        return 1.0
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+
+    def f(u: float) -> float:
+        return temperature_nll(np.exp(u), logits, truth, activation, samples)
+
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = f(a), f(b)
+    while hi - lo > tolerance:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = f(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def fit_region_temperatures(logits: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
+                            samples: bool = False, bounds: tuple[float, float] = TEMPERATURE_RANGE
+                            ) -> np.ndarray:
+    """One temperature per sigmoid channel (region), fitted independently.
+
+    Args:
+      logits: ``(..., K)`` float (``(S, ..., K)`` with ``samples``), e.g. a validation volume's.
+      truth: ``(..., K)`` bool region masks.
+      mask: ``(...)`` bool voxels to fit on (the brain, say); None = all.
+    Returns:
+      ``(K,)`` float64 temperatures (for :func:`apply_temperature`).
+    """
+    logits = np.asarray(logits, np.float64)
+    truth = np.asarray(truth).astype(bool)
+    lead = logits.shape[1:] if samples else logits.shape
+    if truth.shape != lead:
+        raise ValueError(f"region masks {truth.shape} and logits {lead} differ in shape")
+    select = np.ones(lead[:-1], bool) if mask is None else np.asarray(mask, bool)
+    temperatures = []
+    for k in range(lead[-1]):
+        z = logits[..., k][:, select] if samples else logits[..., k][select]
+        temperatures.append(fit_temperature(z, truth[..., k][select], "sigmoid", samples=samples, bounds=bounds))
+    return np.asarray(temperatures)
+
+
+def apply_temperature(logits, temperature):
+    """``logits / temperature``: ``logits (..., K)`` (numpy or jax), ``temperature`` a scalar or
+    ``(K,)`` (one per region, broadcast over the last axis). Same type and dtype as the logits."""
+    t = np.asarray(temperature, np.float64)
+    if t.ndim == 1:
+        t = t.reshape((1,) * (np.ndim(logits) - 1) + (-1,))  # explicit: rank promotion may raise
+    return logits / t.astype(getattr(logits, "dtype", np.float64))
+
+
+# ---------------------------------------------------------------- uncertainty as an error detector
+
+def error_detection_auroc(uncertainty: np.ndarray, error: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """AUROC of voxel uncertainty as a predictor of a voxel error.
+
+    The probability that a random erroneous voxel is more uncertain than a random correct one,
+    ties counting one half (the Mann-Whitney U statistic over ``n_error * n_correct``, from
+    tie-averaged ranks). 0.5 = uninformative, 1 = every error more uncertain than every correct
+    voxel. NaN when the selection has no error or no correct voxel.
+
+    Args:
+      uncertainty: any shape, float (entropy, variance, mutual information).
+      error: same shape, bool (prediction != reference, per region).
+      mask: same shape, bool voxels to score (the brain, or :func:`relevant_mask`).
+    """
+    u = np.asarray(uncertainty, np.float64)
+    e = np.asarray(error).astype(bool)
+    if u.shape != e.shape:
+        raise ValueError(f"uncertainty {u.shape} and errors {e.shape} differ in shape")
+    if mask is not None:
+        u, e = u[mask], e[mask]
+    u, e = u.ravel(), e.ravel()
+    n_error, n_correct = int(e.sum()), int((~e).sum())
+    if n_error == 0 or n_correct == 0:
+        return float("nan")
+    values, inverse, counts = np.unique(u, return_inverse=True, return_counts=True)
+    # Tie-averaged 1-based ranks: a run of equal values shares the mean of its positions.
+    upper = np.cumsum(counts)
+    ranks = (upper - (counts - 1) / 2.0)[inverse]
+    u_statistic = ranks[e].sum() - n_error * (n_error + 1) / 2.0
+    return float(u_statistic / (n_error * n_correct))

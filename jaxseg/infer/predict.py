@@ -8,9 +8,8 @@ and header.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +20,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, checks, nifti, patches, pipeline, preprocess, records
+from jaxseg.data import brats, checks, formats, nifti, pipeline, preprocess
 from jaxseg.errors import JaxsegError
-from jaxseg.infer import sliding_window
+from jaxseg.infer import predict2d, sliding_window
+from jaxseg.infer.prediction import Prediction
 from jaxseg.models import registry
 from jaxseg.model_store import resolve_checkpoint
+from jaxseg import target as target_lib
 from jaxseg.target import TargetKind, target_for
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
@@ -49,14 +50,13 @@ class Predictor:
         # Batches are split over devices, so round the batch up to a multiple of their number.
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         self.modalities = config_lib.canonical_modalities(self.cfg)
-        self.volumetric = registry.spatial_dims(self.cfg) == 3
+        # How the model reads an image (2D slices or 3D sliding windows) and the way back.
+        self.sampling = formats.sampling(registry.spatial_dims(self.cfg))
+        self.volumetric = self.sampling.spatial_dims == 3
         forward = _make_forward(self.graphdef, self.target_kind)
         if self.cfg.infer.tta_flips:  # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
-            forward = _with_flip_tta(forward, (1, 2, 3) if self.volumetric else (1, 2))
-        if self.volumetric:
-            self._window_forward = jax.jit(forward)
-        else:
-            self._forward = jax.jit(forward)
+            forward = _with_flip_tta(forward, self.sampling.flip_axes)
+        self._forward = jax.jit(forward)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
@@ -81,7 +81,7 @@ class Predictor:
         sharding = NamedSharding(self.mesh, P("data"))
 
         def forward(windows: np.ndarray) -> jax.Array:
-            return self._window_forward(self.params, self.batch_stats, jax.device_put(windows, sharding))
+            return self._forward(self.params, self.batch_stats, jax.device_put(windows, sharding))
 
         i = self.cfg.infer
         return sliding_window.sliding_window_probabilities(
@@ -91,22 +91,18 @@ class Predictor:
     def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Canonical (X, Y, Z, C) image -> (probabilities (X, Y, Z, K) float32, classes (X, Y, Z)
         uint8 internal classes). Voxels outside the brain are background."""
-        if self.volumetric:
-            prepared = patches.prepare_volume_3d(image, None, self.cfg.data)
-            probs = patches.restore_box(self.volume_probabilities(prepared.image), prepared.box)
-            probs *= preprocess.brain_mask(image)[..., None]
-            return probs, self.target_kind.classes_from_output(probs)
-        prepared = preprocess.prepare_volume(image, None, self.cfg.data)
-        probs = self.slice_probabilities(prepared.slices)
-        probs = preprocess.restore_slices(probs, prepared.geometry, order=1).astype(np.float32)
+        model_input = self.sampling.prepare_input(image, self.cfg.data)
+        probs = model_input.restore(self.sampling.probabilities(self, model_input.values))
         probs *= preprocess.brain_mask(image)[..., None]
         return probs, self.target_kind.classes_from_output(probs)
 
 
-def _make_forward(graphdef: nnx.GraphDef, target_kind: TargetKind) -> Callable:
+def _make_forward(graphdef: nnx.GraphDef, target_kind: str | TargetKind) -> Callable:
+    kind = target_lib.target_kind(target_kind)
+
     def forward(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
         logits, _ = nnx.merge(graphdef, params, batch_stats)(x, train=False)
-        return target_kind.probabilities(logits.astype(jnp.float32))
+        return kind.probabilities(logits.astype(jnp.float32))
     return forward
 
 
@@ -156,15 +152,6 @@ def relabel_small_enhancing(classes: np.ndarray, spacing: tuple[float, ...], min
     return out
 
 
-@dataclasses.dataclass
-class Prediction:
-    case_id: str
-    segmentation: Path
-    probabilities: Path | None
-    volumes_ml: dict[str, float]
-    warnings: list[str] = dataclasses.field(default_factory=list)  # about the input (jaxseg.data.checks)
-
-
 def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | None, out: str | Path, *,
             probabilities: bool = False,
             batch_size: int = 16, min_component_ml: float = 0.0,
@@ -179,7 +166,8 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
     2017-2021 names, 0,1,2,3 for 2023+), or 0/1 for a whole-tumor model. ``min_component_ml`` > 0
     removes tumor components smaller than that (:func:`remove_small_components`).
     2D slices (``.mat``, ``.png``, ``.tif`` files or folders of them, or any input of a run trained
-    on a 2D ``data.format``) go to :func:`jaxseg.infer.predict2d.predict_slices`: PNG masks.
+    on a 2D ``data.format``; :func:`jaxseg.data.formats.prediction_output`) go to
+    :func:`jaxseg.infer.predict2d.predict_slices`: PNG masks.
     ``checkpoint``: a run or model folder, a bundled model's name, ``demo``, or None for the
     bundled model whose modalities every case has (:func:`jaxseg.model_store.resolve_checkpoint`;
     ``say`` hears which). Every case is checked for the model's modalities before any is written.
@@ -191,16 +179,19 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
             raise JaxsegError(f"{p}: no such file or folder")
     cases = None  # found once: choosing the default model needs them too
     if checkpoint is None:
-        checkpoint, cases = _default_checkpoint(paths, say)
+        checkpoint, cases = _OUTPUTS[formats.prediction_output(paths)].default_checkpoint(paths, say)
     else:
         checkpoint = resolve_checkpoint(checkpoint)
     run_cfg = load_run_config(find_run(checkpoint))
-    if run_cfg.data.format != "brats" or any(map(records.is_2d_input, paths)):
-        if min_component_ml > 0:
-            raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
-        from jaxseg.infer.predict2d import predict_slices
-        return predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
-                              progress=progress)
+    return _OUTPUTS[formats.prediction_output(paths, run_cfg)].write(
+        paths, checkpoint, run_cfg, out, cases, probabilities=probabilities, batch_size=batch_size,
+        min_component_ml=min_component_ml, progress=progress)
+
+
+def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, out: Path,
+                     cases: list[brats.Case] | None, *, probabilities: bool, batch_size: int,
+                     min_component_ml: float, progress: Callable[[str], None] | None) -> list[Prediction]:
+    """:func:`predict` for BraTS volumes: a NIfTI label map per case in the input's geometry."""
     cases = cases or [case for p in paths for case in _cases_at(p)]
     if len(cases) > 1 and out.name.endswith((".nii", ".nii.gz")):
         raise JaxsegError(f"{out}: {', '.join(map(str, paths))} hold {len(cases)} cases; --out must be a folder")
@@ -237,11 +228,23 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
     return results
 
 
+def _predict_slices(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, out: Path, cases: None, *,
+                    probabilities: bool, batch_size: int, min_component_ml: float,
+                    progress: Callable[[str], None] | None) -> list[Prediction]:
+    """:func:`predict` for 2D slices: a PNG mask per slice in its own size."""
+    if min_component_ml > 0:
+        raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
+    return predict2d.predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
+                                    progress=progress)
+
+
+def _default_slice_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> tuple[Path, None]:
+    return resolve_checkpoint(None, modalities=(), input_name=str(paths[0]))  # raises: no 2D bundled model
+
+
 def _default_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> tuple[Path, list[brats.Case]]:
-    """The bundled model for inputs given without ``--checkpoint`` (one whose modalities every
+    """The bundled model for volumes given without ``--checkpoint`` (one whose modalities every
     case has; else the error of the first case that lacks them), and the cases found."""
-    if any(map(records.is_2d_input, paths)):
-        return resolve_checkpoint(None, modalities=(), input_name=str(paths[0]))  # raises: no 2D bundled model
     cases = [case for p in paths for case in _cases_at(p)]
     common = set.intersection(*(set(case.images) for case in cases))
     try:
@@ -260,3 +263,13 @@ def _cases_at(path: Path) -> list[brats.Case]:
         return [brats.case_from_path(path)]
     except JaxsegError:
         return brats.find_cases(path)
+
+
+class _Output(NamedTuple):
+    default_checkpoint: Callable[[Sequence[Path], Callable[[str], None]], tuple[Path, Any]]
+    write: Callable[..., list[Prediction]]
+
+
+# What prediction writes (formats.prediction_output): NIfTI volumes or 2D PNG masks.
+_OUTPUTS = {"nifti": _Output(_default_checkpoint, _predict_volumes),
+            "png": _Output(_default_slice_checkpoint, _predict_slices)}

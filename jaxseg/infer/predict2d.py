@@ -8,29 +8,22 @@ thousands of slices runs at full batches.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxseg.data import preprocess, records
-from jaxseg.errors import JaxsegError, file_error
+from jaxseg.data import formats, records
+from jaxseg.errors import JaxsegError
 from jaxseg.files import atomic_path
+from jaxseg.infer.prediction import Prediction
 
 
 def records_at(path: Path, mask_suffix: str) -> list[records.Record]:
-    """One record for a 2D file (``.mat``, ``.png``, ``.tif``); every slice under a folder."""
-    if path.is_file():
-        if not records.is_2d_input(path):
-            raise file_error(path, "not a 2D slice file (.mat, .png, .tif, .tiff)")
-        fmt = "figshare_mat" if path.suffix.lower() == ".mat" else "image_folder"
-        return [records.Record(case_id=path.stem, subject=path.stem, image=path, mask=None, format=fmt)]
-    fmt = records.detect_format(path)
-    if fmt == "brats":
-        raise file_error(path, "holds NIfTI volumes, not 2D slices")
-    found = records.find_records(path, fmt, mask_suffix, require_masks=False)
-    return [dataclasses.replace(r, mask=None) for r in found]  # masks are not read to predict
+    """One record for a 2D file (``.mat``, ``.png``, ``.tif``); every slice under a folder (its
+    format detected from the files); JaxsegError for volumes."""
+    data_format = formats.of_input(path) if path.is_file() else formats.get(formats.detect(path))
+    return data_format.input_records(path, mask_suffix)
 
 
 def _target_path(out: Path, record: records.Record, single: bool) -> Path:
@@ -53,15 +46,15 @@ def write_mask_png(mask: np.ndarray, path: Path) -> None:
 
 def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities: bool = False,
                    progress: Callable[[str], None] | None = None) -> list:
-    """Segment every 2D slice at ``paths`` with ``predictor`` (a :class:`jaxseg.infer.predict.Predictor`).
+    """Segment every 2D slice at ``paths`` with ``predictor`` (a :class:`jaxseg.infer.predict.Predictor`;
+    taken, not imported: predict.py dispatches here).
 
     One slice: ``out`` is the PNG (another extension is replaced by ``.png``, e.g. ``seg.nii.gz``
     -> ``seg.png`` beside it); a folder ``out`` gets ``<out>/<case id>.png``. Several slices:
     ``<out>/<case id>.png`` each (an image folder's case id keeps its patient folder).
-    Returns :class:`jaxseg.infer.predict.Prediction` records (``volumes_ml`` is empty: 2D slices
+    Returns :class:`jaxseg.infer.prediction.Prediction` records (``volumes_ml`` is empty: 2D slices
     carry no pixel size).
     """
-    from jaxseg.infer.predict import Prediction  # noqa: PLC0415 (predict.py dispatches here)
     cfg = predictor.cfg
     if not predictor.target_kind.whole_tumor_only:
         raise JaxsegError(f"{predictor.run}: 2D slices are predicted as binary tumor masks; this run's "
@@ -73,13 +66,13 @@ def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities
     results = []
     for start in range(0, len(found), predictor.batch_size):
         chunk = found[start:start + predictor.batch_size]
-        images = [records.load_record(r, channels)[0] for r in chunk]
-        prepared = [preprocess.prepare_volume(*records.to_volume(image, None), cfg.data) for image in images]
-        probs = predictor.slice_probabilities(np.concatenate([p.slices for p in prepared]))
-        for k, (record, image, prep) in enumerate(zip(chunk, images, prepared)):
+        images = [formats.get(r.format).load_record(r, channels)[0] for r in chunk]
+        inputs = [formats.SLICES.prepare_input(records.to_volume(image, None)[0], cfg.data) for image in images]
+        probs = predictor.slice_probabilities(np.concatenate([i.values for i in inputs]))
+        for k, (record, image, model_input) in enumerate(zip(chunk, images, inputs)):
             if progress is not None:
                 progress(record.case_id)
-            restored = preprocess.restore_slices(probs[k:k + 1], prep.geometry, order=1)[:, :, 0, 0]
+            restored = model_input.restore(probs[k:k + 1])[:, :, 0, 0]
             restored *= np.any(image != 0, axis=-1)  # as for volumes: zero pixels are background
             target = _target_path(out, record, len(found) == 1)
             write_mask_png(restored > 0.5, target)

@@ -16,8 +16,8 @@ from jaxseg import config as config_lib
 from jaxseg import home
 from jaxseg.data import brats
 from jaxseg.errors import JaxsegError
+from jaxseg.model_store import find_run
 from jaxseg.target import target_kind
-from jaxseg.train.checkpoint import find_run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 
 from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
+from jaxseg.model_store import find_run  # noqa: F401  (the run lookup lives with the model folders)
+from jaxseg import model_store
 from jaxseg.train.state import TrainState
 
 
@@ -84,23 +86,6 @@ def save_model(workdir: str | Path, params: Any, batch_stats: Any, meta: dict[st
         best.wait_until_finished()
 
 
-def find_run(checkpoint: str | Path) -> Path:
-    """The folder for a ``--checkpoint`` path: a run folder (or its best/ or checkpoints/), or a
-    model folder (config.toml + model.safetensors, :mod:`jaxseg.model_store`)."""
-    from jaxseg.model_store import is_model_folder
-    path = Path(checkpoint).absolute()
-    if is_model_folder(path):
-        return path
-    if path.name in ("best", "checkpoints"):
-        path = path.parent
-    if not (path / "config.toml").is_file():
-        raise JaxsegError(f"{checkpoint}: not a jaxseg run folder or model folder (no config.toml; pass the "
-                          "--workdir of `jaxseg train`, or a folder of `jaxseg export-model`)")
-    if not any((path / sub).is_dir() and any((path / sub).iterdir()) for sub in ("best", "checkpoints")):
-        raise JaxsegError(f"{checkpoint}: the run has no checkpoint yet")
-    return path
-
-
 def load_model_state(checkpoint: str | Path, target: TrainState) -> tuple[Any, Any, dict[str, Any]]:
     """Parameters and batch statistics for inference: the best checkpoint, else the newest.
 
@@ -110,7 +95,6 @@ def load_model_state(checkpoint: str | Path, target: TrainState) -> tuple[Any, A
     card as meta.
     """
     run = find_run(checkpoint)
-    from jaxseg import model_store
     if model_store.is_model_folder(run):
         params, batch_stats = model_store.load_weights(run, target.params, target.batch_stats)
         return params, batch_stats, {"card": model_store.read_card(run)}

@@ -28,7 +28,8 @@ import numpy as np
 from jaxseg import config as config_lib
 from jaxseg import overlap, target as target_lib
 from jaxseg.config import Config
-from jaxseg.data import brats, patches, phantom, pipeline, records, split
+from jaxseg.data import formats, pipeline, split
+from jaxseg.data import loader as loader_lib
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 from jaxseg.models import registry
@@ -60,23 +61,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                process_id=process_id)
 
 
-def prepare_cases(cfg: Config, workdir: Path) -> list[brats.Case] | list[records.Record]:
-    """The dataset's cases; with no ``data.root``, phantoms written once into the run folder.
-    The 2D formats (``data.format`` figshare_mat, image_folder) give one record per slice."""
-    if cfg.data.format != "brats":
-        if not cfg.data.root:
-            raise JaxsegError(f"data.root: data.format = {cfg.data.format!r} needs a dataset folder "
-                              "(phantoms are BraTS volumes)")
-        return records.find_records(cfg.data.root, cfg.data.format, cfg.data.mask_suffix)
-    if cfg.data.root:
-        return brats.find_cases(cfg.data.root, config_lib.canonical_modalities(cfg))
-    root = workdir / "phantoms"
-    if jax.process_index() == 0 and not root.is_dir():
-        phantom.write_phantoms(root, cfg.data.phantom_cases, cfg.data.phantom_seed, cfg.data.phantom_shape)
-    _sync("phantoms")
-    return brats.find_cases(root, config_lib.canonical_modalities(cfg))
-
-
 def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, quiet: bool = False
           ) -> TrainResult:
     """Train ``cfg`` in ``workdir``, resuming from its newest checkpoint if there is one.
@@ -96,24 +80,19 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
         raise JaxsegError(f"train.batch_size = {t.batch_size} must be divisible by the number of "
                           f"devices ({mesh.size})")
 
-    # --- input: cases -> subject-level split -> slice indices (2D) or patches (3D) -> grain loaders.
-    cases = prepare_cases(cfg, workdir)
+    # --- input: cases -> subject-level split -> the records the model samples (2D slices or 3D
+    # patches, jaxseg/data/formats) -> grain loaders.
+    data_format = formats.of_config(cfg)
+    cases = data_format.find_cases(cfg, workdir)
     splits = split.split_cases([c.case_id for c in cases], cfg.data.split, cfg.data.split_seed,
-                               cfg.data.val_cases, cfg.data.test_cases,
-                               subjects=records.subjects_of(cases) if cfg.data.format != "brats" else None)
+                               cfg.data.val_cases, cfg.data.test_cases, subjects=data_format.subjects(cases))
     if jax.process_index() == 0:
         split.save_manifest(splits, workdir / "splits.json", seed=cfg.data.split_seed,
                             ratios=list(cfg.data.split))
     by_id = {c.case_id: c for c in cases}
-    train_cases = [by_id[i] for i in splits["train"]]
-    val_cases = [by_id[i] for i in splits["val"]]
-    cache = workdir / "cache"
-    if registry.spatial_dims(cfg) == 3:
-        train_loader, val_loader, steps_per_epoch, val_batch_count = _patch_loaders(
-            cfg, train_cases, val_cases, mesh, cache)
-    else:
-        train_loader, val_loader, steps_per_epoch, val_batch_count = _slice_loaders(
-            cfg, train_cases, val_cases, mesh, cache)
+    train_loader, val_loader, steps_per_epoch, val_batch_count = loader_lib.train_val_loaders(
+        cfg, formats.sampling(registry.spatial_dims(cfg)), [by_id[i] for i in splits["train"]],
+        [by_id[i] for i in splits["val"]], mesh, workdir / "cache")
     epochs, total_steps = t.epochs, t.epochs * steps_per_epoch
     train_iter = iter(train_loader)
 
@@ -274,46 +253,6 @@ def sums_from_json(saved: dict[str, Any] | None) -> dict[str, np.ndarray] | None
             for key, v in saved.items()}
 
 
-def _slice_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
-                   ) -> tuple[Any, Any, int, int]:
-    """2D models: (train loader, validation loader or None, steps per epoch, validation
-    batches) over slices."""
-    t = cfg.train
-    modalities = config_lib.canonical_modalities(cfg)
-    train_index = pipeline.build_slice_index(train_cases, modalities, cfg.data, t.seed, True, cache)
-    if not len(train_index):
-        raise JaxsegError(f"{cfg.data.root or 'phantoms'}: no training slices left after the slice "
-                          "filters (data.min_tumor_pixels, data.empty_slice_fraction)")
-    steps_per_epoch = t.steps_per_epoch or max(1, len(train_index) // t.batch_size)
-    train_loader = pipeline.make_loader(cfg, train_cases, train=True, seed=t.seed, index=train_index,
-                                       mesh=mesh, cache_dir=cache)
-    val_loader = None
-    if val_cases:
-        val_index = pipeline.build_slice_index(val_cases, modalities, cfg.data, t.seed, False, cache)
-        val_loader = pipeline.make_loader(cfg, val_cases, train=False, seed=t.seed, index=val_index,
-                                         mesh=mesh, cache_dir=cache)
-    val_batch_count = -(-len(val_index) // t.batch_size) if val_cases else 0  # validation pads to whole batches
-    return train_loader, val_loader, steps_per_epoch, val_batch_count
-
-
-def _patch_loaders(cfg: Config, train_cases: list, val_cases: list, mesh: Any, cache: Path
-                   ) -> tuple[Any, Any, int, int]:
-    """3D models (the four values of :func:`_slice_loaders`): training on ``data.patch_mode``
-    patches (``samples_per_case`` per case per epoch); validation on one centre patch per case,
-    deterministic and as cheap as a training step (whole-volume sliding-window scores come from
-    ``predict`` + ``evaluate``)."""
-    t, d = cfg.train, cfg.data
-    steps_per_epoch = t.steps_per_epoch or max(1, len(train_cases) * d.samples_per_case // t.batch_size)
-    train_loader = patches.make_patch_loader(
-        cfg, train_cases, train=True, seed=t.seed, patch_size=d.patch_size, mode=d.patch_mode,
-        tumor_probability=d.tumor_probability, samples_per_case=d.samples_per_case, mesh=mesh, cache_dir=cache)
-    val_loader = None
-    if val_cases:
-        val_loader = patches.make_patch_loader(cfg, val_cases, train=False, seed=t.seed, patch_size=d.patch_size,
-                                               mode="center", samples_per_case=1, mesh=mesh, cache_dir=cache)
-    return train_loader, val_loader, steps_per_epoch, -(-len(val_cases) // t.batch_size)
-
-
 def evaluate(state: Any, eval_step: Callable, loader: Any, mesh: Any) -> dict[str, np.ndarray]:
     """Sums of the eval step over one pass of ``loader`` (padding excluded by ``valid``)."""
     total = None
@@ -375,12 +314,6 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
         elif a[key] != b[key]:
             out.append(prefix + key)
     return out
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 def load_history(workdir: str | Path) -> list[dict[str, Any]]:

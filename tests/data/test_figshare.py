@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
-from jaxseg.data import figshare, records, slices2d, split
+from jaxseg.data import figshare, records, split
+from jaxseg.data import formats
+from jaxseg.data.formats import brats_volumes
 from jaxseg.errors import JaxsegError
 from tests.data.formats2d import tumor_slice, write_figshare_mat
 
@@ -29,9 +31,9 @@ def test_records_carry_patient_and_tumor_class_and_skip_cvind(tmp_path):
     for n, pid, label in ((1, "A", 1), (2, "A", 1), (3, "B", 2)):
         write_figshare_mat(tmp_path / f"part{n % 2}" / f"{n}.mat", image, mask, label, pid)
     (tmp_path / "cvind.mat").write_bytes(b"MATLAB 5.0 MAT-file")  # the dataset's fold indices
-    found = records.find_records(tmp_path, "figshare_mat")
+    found = formats.get("figshare_mat").find_records(tmp_path)
     assert [(r.case_id, r.subject, r.label) for r in found] == [("1", "A", 1), ("2", "A", 1), ("3", "B", 2)]
-    assert records.detect_format(tmp_path) == "figshare_mat"
+    assert formats.detect(tmp_path) == "figshare_mat"
 
 
 def test_slices_of_one_patient_never_cross_splits(tmp_path):
@@ -39,7 +41,7 @@ def test_slices_of_one_patient_never_cross_splits(tmp_path):
     pids = {str(n): f"P{n % 7}" for n in range(1, 43)}  # 7 patients, 6 slices each, interleaved
     for n, pid in pids.items():
         write_figshare_mat(tmp_path / f"{n}.mat", image, mask, 1, pid)
-    found = records.find_records(tmp_path, "figshare_mat")
+    found = formats.get("figshare_mat").find_records(tmp_path)
     for seed in range(5):
         splits = split.split_cases([r.case_id for r in found], (0.6, 0.2, 0.2), seed,
                                    subjects=records.subjects_of(found))
@@ -88,13 +90,14 @@ def test_bad_files_are_one_error_naming_the_file(tmp_path):
 
 
 def test_inspect_reports_patients_labels_sizes_and_problems(tmp_path):
-    from jaxseg.data.inspect2d import inspect_folder, inspect_records
+    from jaxseg.data import inspect
+    from jaxseg.data.formats import figshare_mat, inspect_folder
     image, mask = tumor_slice((32, 24), (10, 10), 4)
     write_figshare_mat(tmp_path / "1.mat", image, mask, 1, "A")
     write_figshare_mat(tmp_path / "2.mat", np.zeros((16, 16)), np.zeros((16, 16)), 3, "A")
     write_figshare_mat(tmp_path / "3.mat", image, mask, 2, "B")
     (tmp_path / "4.mat").write_bytes(b"junk")
-    reports = {r.subject: r for r in inspect_records(tmp_path, "figshare_mat")}
+    reports = {r.subject: r for r in inspect.inspect_slices(figshare_mat.FORMAT.inspect_jobs(tmp_path, "_mask"))}
     assert sorted(reports) == ["(unreadable)", "A", "B"]
     a = reports["A"]
     assert [(s.case_id, s.size, s.label, s.tumor_pixels > 0) for s in a.slices] == [
@@ -109,15 +112,15 @@ def test_inspect_reports_patients_labels_sizes_and_problems(tmp_path):
 def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
     """Both sizes of the set (here 64 and 32 for 512 and 256) become image_size, and an item has
     the keys, dtypes and shapes of a BraTS SliceSource item."""
-    from jaxseg.data import phantom, pipeline, brats
+    from jaxseg.data import phantom, brats
     cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, "data.format=figshare_mat",
                                    'data.modalities=["t1ce"]', "data.target=wt", "data.crop=none"])
     for n, size in ((1, 64), (2, 32)):
         image, mask = tumor_slice((size, size), (size // 4, size // 2), size // 8)
         write_figshare_mat(tmp_path / "fig" / f"{n}.mat", image, mask, 2, f"P{n}")
-    found = records.find_records(tmp_path / "fig", "figshare_mat")
-    index = slices2d.build_record_index(found, ["t1ce"], cfg.data, 0, False)
-    source = slices2d.RecordSource(found, ["t1ce"], cfg.data, index)
+    found = formats.get("figshare_mat").find_records(tmp_path / "fig")
+    index = formats.get("figshare_mat").slice_index(found, ["t1ce"], cfg.data, 0, False)
+    source = formats.get("figshare_mat").slice_source(found, ["t1ce"], cfg.data, index)
     items = [source[i] for i in range(len(source))]
     for item in items:
         assert item["image"].shape == (32, 32, 1) and item["classes"].shape == (32, 32)
@@ -126,7 +129,7 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
     phantom.write_phantoms(tmp_path / "ph", 1, 0, (32, 32, 20))
     cases = brats.find_cases(tmp_path / "ph")
     brats_cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, 'data.modalities=["t1ce"]', "data.target=wt"])
-    reference = pipeline.SliceSource(cases, ["t1ce"], brats_cfg.data, [(0, 10)])[0]
+    reference = brats_volumes.SliceSource(cases, ["t1ce"], brats_cfg.data, [(0, 10)])[0]
     assert set(items[0]) == set(reference)
     for key in reference:
         assert np.asarray(items[0][key]).dtype == np.asarray(reference[key]).dtype, key

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxseg.data import image_folder, records, split
+from jaxseg.data import formats, image_folder, records, split
 from jaxseg.errors import JaxsegError
 from tests.data.formats2d import tumor_slice, write_image_pair
 
@@ -21,12 +21,12 @@ def test_lgg_layout_pairs_tif_masks_and_groups_by_patient_folder(tmp_path):
             image, mask = rgb_slice(seed=n)
             written[f"{patient}/{patient}_{n}"] = write_image_pair(root / patient, f"{patient}_{n}", image, mask, ".tif")
     (root / "data.csv").write_text("Patient,RNASeqCluster\n")  # the set's table of clinical data
-    found = records.find_records(root, "image_folder")
+    found = formats.get("image_folder").find_records(root)
     assert [r.case_id for r in found] == sorted(written)
     for r in found:
         assert (r.image, r.mask) == written[r.case_id]
         assert r.subject == r.case_id.split("/")[0]
-    assert records.detect_format(root) == "image_folder"
+    assert formats.detect(root) == "image_folder"
 
 
 def test_rgb_tiff_and_grayscale_png_read_in_file_order(tmp_path):
@@ -51,16 +51,16 @@ def test_pairing_problems_are_clear_errors(tmp_path):
     (tmp_path / "s1" / "y_mask.png").rename(tmp_path / "s1" / "y_seg.png")
     with pytest.raises(JaxsegError, match=r"y.png: has no mask y_mask.png \(2 image\(s\) without a mask; "
                                           r"check data.mask_suffix\)"):
-        records.find_records(tmp_path, "image_folder")
-    found = records.find_records(tmp_path, "image_folder", require_masks=False)  # enough to predict
+        formats.get("image_folder").find_records(tmp_path)
+    found = formats.get("image_folder").find_records(tmp_path, require_masks=False)  # enough to predict
     assert [(r.case_id, r.mask is None) for r in found] == [("s1/x", False), ("s1/y", True), ("s1/y_seg", True)]
     (tmp_path / "s1" / "y.png").unlink()
     (tmp_path / "s1" / "y_seg.png").rename(tmp_path / "s1" / "z_mask.png")
     with pytest.raises(JaxsegError, match="z_mask.png: a mask without its image"):
-        records.find_records(tmp_path, "image_folder")
+        formats.get("image_folder").find_records(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(JaxsegError, match="empty: no images found"):
-        records.find_records(tmp_path / "empty", "image_folder")
+        formats.get("image_folder").find_records(tmp_path / "empty")
 
 
 @pytest.mark.parametrize("values, problem", [
@@ -101,7 +101,7 @@ def test_patient_folders_never_cross_splits(tmp_path):
     for p in range(6):
         for n in range(4):
             write_image_pair(tmp_path / f"patient{p}", f"p{p}_{n}", image, mask, ".png")
-    found = records.find_records(tmp_path, "image_folder")
+    found = formats.get("image_folder").find_records(tmp_path)
     subjects = records.subjects_of(found)
     splits = split.split_cases(list(subjects), (0.5, 0.25, 0.25), 3, subjects=subjects)
     owners = [{subjects[c] for c in splits[name]} for name in split.SPLITS]
@@ -109,7 +109,7 @@ def test_patient_folders_never_cross_splits(tmp_path):
 
 
 def test_inspect_lists_patients_sizes_and_unpaired_images(tmp_path):
-    from jaxseg.data.inspect2d import inspect_folder
+    from jaxseg.data.formats import inspect_folder
     image, mask = rgb_slice()
     write_image_pair(tmp_path / "p1", "a", image, mask, ".tif")
     write_image_pair(tmp_path / "p1", "b", image, 0 * mask, ".tif")
@@ -123,7 +123,6 @@ def test_inspect_lists_patients_sizes_and_unpaired_images(tmp_path):
 
 def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
     from jaxseg import config as config_lib
-    from jaxseg.data import slices2d
     image, mask = rgb_slice((32, 32), (16, 16))
     for n in range(8):  # slices 0-3 with tumor (slice 0: a single pixel), 4-7 without
         m = mask if 0 < n < 4 else np.zeros_like(mask)
@@ -131,11 +130,11 @@ def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
             m = np.zeros_like(mask)
             m[16, 16] = 1
         write_image_pair(tmp_path / "p", f"s{n}", image, m, ".png")
-    found = records.find_records(tmp_path, "image_folder")
+    found = formats.get("image_folder").find_records(tmp_path)
 
     def kept(*overrides):
         cfg = config_lib.load("lgg_folder", [*config_lib.SMOKE_OVERRIDES, "data.crop=none", *overrides])
-        index = slices2d.build_record_index(found, ["t1", "flair", "t1ce"], cfg.data, 0, True, tmp_path / "cache")
+        index = formats.get("image_folder").slice_index(found, ["t1", "flair", "t1ce"], cfg.data, 0, True, tmp_path / "cache")
         assert (index[:, 1] == 0).all()
         return [found[i].case_id[-2:] for i in index[:, 0]]
 
@@ -143,6 +142,6 @@ def test_training_index_keeps_tumor_slices_and_a_share_of_empty_ones(tmp_path):
     assert kept("data.empty_slice_fraction=0", "data.min_tumor_pixels=2") == ["s1", "s2", "s3"]
     half = kept("data.empty_slice_fraction=0.5", "data.min_tumor_pixels=2")
     assert half[:3] == ["s1", "s2", "s3"] and len(half) == 5 and set(half[3:]) <= {"s4", "s5", "s6", "s7"}
-    validation = slices2d.build_record_index(found, ["t1", "flair", "t1ce"], config_lib.load("lgg_folder").data,
+    validation = formats.get("image_folder").slice_index(found, ["t1", "flair", "t1ce"], config_lib.load("lgg_folder").data,
                                              0, False)
     assert validation[:, 0].tolist() == list(range(8))

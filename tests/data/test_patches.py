@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxseg import config
-from jaxseg.data import brats, patches, phantom, pipeline, preprocess
+from jaxseg.data import brats, formats, loader, patches, phantom, pipeline, preprocess
 from jaxseg.errors import JaxsegError
 from jaxseg.target import target_kind
 
@@ -42,9 +42,15 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
 
-def _loader(cfg=None, **kwargs):
-    kwargs = {"train": True, "seed": 1, "patch_size": 16, "samples_per_case": 4, **kwargs}
-    return patches.make_patch_loader(cfg or _cfg(), kwargs.pop("cases"), **kwargs)
+_PATCH_SETTINGS = {"mode": "patch_mode"}  # keyword -> data.* setting
+
+
+def _loader(*overrides: str, cases, train=True, seed=1, mesh=None, index=None, **settings):
+    """The patch loader of ``_cfg(*overrides)`` with ``data.<setting>`` = ``settings`` (patch_size 16,
+    samples_per_case 4 unless given), the config read inside (a bad setting raises here)."""
+    settings = {"patch_size": 16, "samples_per_case": 4, **settings}
+    cfg = _cfg(*(f"data.{_PATCH_SETTINGS.get(k, k)}={v!r}" for k, v in settings.items()), *overrides)
+    return loader.make_loader(cfg, cases, formats.PATCHES, train=train, seed=seed, mesh=mesh, index=index)
 
 
 def test_prepared_volume_is_the_normalised_brain_box_and_restores_exactly(cases):
@@ -90,7 +96,7 @@ def test_volume_store_serves_identical_volumes_without_reading_nifti(cases, tmp_
 
 @pytest.mark.parametrize("target,k", [("wt", 1), ("regions", 3)])
 def test_loader_items_shapes_and_dtypes(cases, target, k):
-    batch = next(iter(_loader(_cfg(f"data.target={target!r}"), cases=cases)))
+    batch = next(iter(_loader(f"data.target={target!r}", cases=cases)))
     assert batch["image"].shape == (4, 16, 16, 16, 4) and batch["image"].dtype == np.float32
     assert batch["target"].shape == (4, 16, 16, 16, k) and batch["target"].dtype == np.float32
     assert batch["classes"].shape == (4, 16, 16, 16) and batch["classes"].dtype == np.uint8
@@ -198,8 +204,8 @@ def test_loader_is_deterministic_by_seed_and_new_each_epoch(cases):
 
 
 def test_validation_sees_each_record_once_in_order_and_pads(cases):
-    cfg = _cfg("train.batch_size=4")
-    batches = list(_loader(cfg, cases=cases, train=False, mode="center", samples_per_case=3))
+    # the loop validates on one centre patch per case; three records per case are given as an index
+    batches = list(_loader("train.batch_size=4", cases=cases, train=False, index=patches.patch_index(2, 3)))
     assert len(batches) == 2 and all(len(b["valid"]) == 4 for b in batches)
     cases_seen = np.concatenate([b["case"] for b in batches])
     valid = np.concatenate([b["valid"] for b in batches])
@@ -259,7 +265,7 @@ def test_bad_patch_settings_are_user_errors(cases, kwargs, match):
 
 def test_batch_and_record_count_errors(cases):
     with pytest.raises(JaxsegError, match=r"train\.batch_size = 6 .* 4 devices"):
-        _loader(_cfg("train.batch_size=6"), cases=cases)
+        _loader("train.batch_size=6", cases=cases)
     with pytest.raises(JaxsegError, match="larger than the 2 patch records"):
         _loader(cases=cases[:1], samples_per_case=2)
     with pytest.raises(JaxsegError, match="no training cases"):
@@ -269,7 +275,7 @@ def test_batch_and_record_count_errors(cases):
 def test_worker_process_loader_matches_in_process(cases):
     # the worker is spawned: PatchSource and RandomPatch travel by pickle, and placement comes from
     # the per-record generator, so one worker process gives the in-process stream.
-    it = iter(_loader(_cfg("data.workers=1"), cases=cases, seed=5))
+    it = iter(_loader("data.workers=1", cases=cases, seed=5))
     with_worker = _take(it, 2)
     assert json.loads(it.get_state())["worker_count"] == 1
     in_process = _take(iter(_loader(cases=cases, seed=5)), 2)

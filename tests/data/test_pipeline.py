@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxseg import config
-from jaxseg.data import brats, phantom, pipeline, preprocess
+from jaxseg.data import brats, formats, loader, phantom, pipeline, preprocess
+from jaxseg.data.formats import brats_volumes
 from jaxseg.errors import JaxsegError
 from jaxseg.target import target_kind
 
@@ -40,27 +41,27 @@ def _same(a: dict, b: dict) -> bool:
 def test_slice_index_train_and_val(cases):
     cfg = _cfg()
     mods = config.canonical_modalities(cfg)
-    val = pipeline.build_slice_index(cases, mods, cfg.data, seed=0, train=False)
+    val = brats_volumes.build_slice_index(cases, mods, cfg.data, seed=0, train=False)
     brain_slices = sum(int(brats.load_case(c, mods)[0].any(axis=(0, 1, 3)).sum()) for c in cases)
     assert val.shape == (brain_slices, 2) and val.dtype == np.int64
     assert set(val[:, 0]) == {0, 1, 2}
-    train = pipeline.build_slice_index(cases, mods, cfg.data, seed=0, train=True)
+    train = brats_volumes.build_slice_index(cases, mods, cfg.data, seed=0, train=True)
     np.testing.assert_array_equal(train, val)  # defaults keep every brain slice
-    tumor_only = pipeline.build_slice_index(cases, mods, _cfg("data.empty_slice_fraction=0.0").data, 0, True)
+    tumor_only = brats_volumes.build_slice_index(cases, mods, _cfg("data.empty_slice_fraction=0.0").data, 0, True)
     for case_index, z in tumor_only:
         _, classes, _ = brats.load_case(cases[case_index], mods)
         assert classes[:, :, z].any()
     assert 0 < len(tumor_only) < len(train)
     # a fraction no case reaches drops every training case but never touches validation
     strict = _cfg("data.min_tumor_fraction=0.9").data
-    assert len(pipeline.build_slice_index(cases, mods, strict, 0, True)) == 0
-    assert len(pipeline.build_slice_index(cases, mods, strict, 0, False)) == len(val)
+    assert len(brats_volumes.build_slice_index(cases, mods, strict, 0, True)) == 0
+    assert len(brats_volumes.build_slice_index(cases, mods, strict, 0, False)) == len(val)
 
 
 def test_slice_index_cache(cases, tmp_path, monkeypatch):
     cfg = _cfg("data.empty_slice_fraction=0.5")
     mods = config.canonical_modalities(cfg)
-    first = pipeline.build_slice_index(cases, mods, cfg.data, 3, True, cache_dir=tmp_path)
+    first = brats_volumes.build_slice_index(cases, mods, cfg.data, 3, True, cache_dir=tmp_path)
     (stored,) = tmp_path.glob("slice_index_train_*.json")
     assert json.loads(stored.read_text())["index"] == first.tolist()
 
@@ -68,14 +69,14 @@ def test_slice_index_cache(cases, tmp_path, monkeypatch):
         raise AssertionError("cached index should not load volumes")
 
     monkeypatch.setattr(brats, "load_case", no_loading)
-    np.testing.assert_array_equal(pipeline.build_slice_index(cases, mods, cfg.data, 3, True, cache_dir=tmp_path), first)
+    np.testing.assert_array_equal(brats_volumes.build_slice_index(cases, mods, cfg.data, 3, True, cache_dir=tmp_path), first)
     # a new seed needs a new index, but the prepared volumes stored beside the first one serve it
-    other_seed = pipeline.build_slice_index(cases, mods, cfg.data, 4, True, cache_dir=tmp_path)
+    other_seed = brats_volumes.build_slice_index(cases, mods, cfg.data, 4, True, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("slice_index_train_*.json"))) == 2
     assert len(other_seed) == len(first)  # the same share of empty slices ...
     assert not np.array_equal(other_seed, first)  # ... but other ones: the seed is used
     monkeypatch.undo()
-    changed = pipeline.build_slice_index(cases, mods, _cfg("data.image_size=16").data, 3, True, cache_dir=tmp_path)
+    changed = brats_volumes.build_slice_index(cases, mods, _cfg("data.image_size=16").data, 3, True, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("slice_index_train_*.json"))) == 3 and len(changed)
 
 
@@ -83,20 +84,20 @@ def test_volume_store_serves_identical_items_without_reading_nifti(cases, tmp_pa
     cfg = _cfg()
     mods = config.canonical_modalities(cfg)
     index = [(0, 4), (1, 8), (2, 12)]
-    plain = pipeline.SliceSource(cases, mods, cfg.data, index)
-    stored = pipeline.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
+    plain = brats_volumes.SliceSource(cases, mods, cfg.data, index)
+    stored = brats_volumes.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
     expected = [plain[i] for i in range(3)]
     assert all(_same(stored[i], expected[i]) for i in range(3))  # first pass writes the store
     assert len(list((tmp_path / "volumes").glob("*.slices.npy"))) == 3
     monkeypatch.setattr(brats, "load_case", lambda *a, **k: pytest.fail("store should be used"))
-    again = pipeline.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
+    again = brats_volumes.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
     assert all(_same(again[i], expected[i]) for i in range(3))
     assert isinstance(again.volume(0).slices, np.memmap)
     assert repr(again) == repr(plain)  # where volumes come from is not part of the content
     for broken in (tmp_path / "volumes").glob("*.json"):
         broken.write_text("{")  # a damaged store is rebuilt, not trusted
     monkeypatch.undo()
-    rebuilt = pipeline.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
+    rebuilt = brats_volumes.SliceSource(cases, mods, cfg.data, index, cache_dir=tmp_path)
     assert _same(rebuilt[1], expected[1])
 
 
@@ -105,7 +106,7 @@ def test_source_items(cases, target, k):
     loss = "ce_dice" if target == "classes" else "bce_dice"
     cfg = _cfg(f"data.target={target!r}", f"train.loss={loss!r}")
     index = [(1, 8), (2, 3)]
-    source = pipeline.SliceSource(cases, config.canonical_modalities(cfg), cfg.data, index)
+    source = brats_volumes.SliceSource(cases, config.canonical_modalities(cfg), cfg.data, index)
     assert len(source) == 2
     item = source[0]
     assert item["image"].shape == (32, 32, 4) and item["image"].dtype == np.float32
@@ -125,7 +126,7 @@ def test_source_items(cases, target, k):
 def test_source_cache_is_a_bounded_lru_and_survives_pickling(cases):
     cfg = _cfg("data.cache_volumes=2")
     index = [(c, 8) for c in (0, 1, 2)]
-    source = pipeline.SliceSource(cases, config.canonical_modalities(cfg), cfg.data, index)
+    source = brats_volumes.SliceSource(cases, config.canonical_modalities(cfg), cfg.data, index)
     source[0], source[1]
     assert source.cached_cases == (0, 1) and source.volumes_prepared == 2
     source[0]  # a hit makes case 0 most recent ...
@@ -142,10 +143,10 @@ def test_source_cache_is_a_bounded_lru_and_survives_pickling(cases):
 def test_source_repr_names_the_content(cases):
     cfg = _cfg()
     mods = config.canonical_modalities(cfg)
-    a = pipeline.SliceSource(cases, mods, cfg.data, [(0, 5)])
-    assert repr(a) == repr(pipeline.SliceSource(cases, mods, _cfg("data.cache_volumes=9").data, [(0, 5)]))
-    assert repr(a) != repr(pipeline.SliceSource(cases, mods, cfg.data, [(0, 6)]))
-    assert repr(a) != repr(pipeline.SliceSource(cases, mods, _cfg("data.normalize='slice_zscore'").data, [(0, 5)]))
+    a = brats_volumes.SliceSource(cases, mods, cfg.data, [(0, 5)])
+    assert repr(a) == repr(brats_volumes.SliceSource(cases, mods, _cfg("data.cache_volumes=9").data, [(0, 5)]))
+    assert repr(a) != repr(brats_volumes.SliceSource(cases, mods, cfg.data, [(0, 6)]))
+    assert repr(a) != repr(brats_volumes.SliceSource(cases, mods, _cfg("data.normalize='slice_zscore'").data, [(0, 5)]))
     assert "0x" not in repr(a)
 
 
@@ -193,9 +194,9 @@ def test_augment_intensity_only_on_brain_and_within_bounds():
 
 def test_train_loader_is_deterministic_by_seed(cases):
     cfg = _cfg("data.augment.rot90=true", "data.augment.intensity_scale=0.1")
-    a = _take(iter(pipeline.make_loader(cfg, cases, train=True, seed=1)), 3)
-    b = _take(iter(pipeline.make_loader(cfg, cases, train=True, seed=1)), 3)
-    c = _take(iter(pipeline.make_loader(cfg, cases, train=True, seed=2)), 3)
+    a = _take(iter(loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=1)), 3)
+    b = _take(iter(loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=1)), 3)
+    c = _take(iter(loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=2)), 3)
     assert all(_same(x, y) for x, y in zip(a, b))
     assert not all(_same(x, y) for x, y in zip(a, c))
     batch = a[0]
@@ -206,7 +207,7 @@ def test_train_loader_is_deterministic_by_seed(cases):
 
 def test_train_loader_reshuffles_every_epoch(cases):
     index = np.array([(c, z) for c in (0, 1) for z in range(4, 10)])  # 12 slices, 3 batches an epoch
-    it = iter(pipeline.make_loader(_cfg(), cases, train=True, seed=0, index=index))
+    it = iter(loader.make_loader(_cfg(), cases, formats.SLICES, train=True, seed=0, index=index))
     seen = [(int(c), int(z)) for b in _take(it, 9) for c, z in zip(b["case"], b["z"])]
     epochs = [seen[k * 12:(k + 1) * 12] for k in range(3)]
     for epoch in epochs:  # each epoch is a permutation of the index ...
@@ -216,9 +217,9 @@ def test_train_loader_reshuffles_every_epoch(cases):
 
 def test_val_loader_sees_each_slice_once_and_pads_the_last_batch(cases):
     cfg = _cfg("train.batch_size=4")
-    index = pipeline.build_slice_index(cases, config.canonical_modalities(cfg), cfg.data, 0, False)[:-1]
+    index = brats_volumes.build_slice_index(cases, config.canonical_modalities(cfg), cfg.data, 0, False)[:-1]
     assert len(index) % 4  # make sure there is padding to do
-    batches = list(pipeline.make_loader(cfg, cases, train=False, seed=0, index=index))
+    batches = list(loader.make_loader(cfg, cases, formats.SLICES, train=False, seed=0, index=index))
     assert len(batches) == -(-len(index) // 4) and all(len(b["valid"]) == 4 for b in batches)
     seen = [(int(c), int(z)) for b in batches for c, z, v in zip(b["case"], b["z"], b["valid"]) if v]
     assert seen == [tuple(r) for r in index.tolist()]  # in order, each once
@@ -227,14 +228,14 @@ def test_val_loader_sees_each_slice_once_and_pads_the_last_batch(cases):
 
 def test_iterator_state_round_trip(cases):
     cfg = _cfg("data.augment.rot90=true", "data.augment.intensity_shift=0.1")
-    it = iter(pipeline.make_loader(cfg, cases, train=True, seed=7))
+    it = iter(loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=7))
     _take(it, 3)
     state = it.get_state()
     expected = _take(it, 2)
-    resumed = iter(pipeline.make_loader(cfg, cases, train=True, seed=7))
+    resumed = iter(loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=7))
     resumed.set_state(state)
     assert all(_same(x, y) for x, y in zip(expected, _take(resumed, 2)))
-    other_data = iter(pipeline.make_loader(_cfg("data.image_size=16"), cases, train=True, seed=7))
+    other_data = iter(loader.make_loader(_cfg("data.image_size=16"), cases, formats.SLICES, train=True, seed=7))
     with pytest.raises(ValueError, match="DataSource"):  # grain refuses a different dataset
         other_data.set_state(state)
 
@@ -244,8 +245,8 @@ def test_two_devices_get_half_a_batch_each(cases):
     mesh = pipeline.make_mesh(jax.devices()[:2])
 
     def first_batches():
-        loader = pipeline.make_loader(cfg, cases, train=True, seed=3, mesh=mesh)
-        return _take(pipeline.device_batches(iter(loader), mesh), 2)
+        slices = loader.make_loader(cfg, cases, formats.SLICES, train=True, seed=3, mesh=mesh)
+        return _take(pipeline.device_batches(iter(slices), mesh), 2)
 
     runs = [first_batches(), first_batches()]
     for batch in runs[0]:
@@ -262,9 +263,9 @@ def test_two_devices_get_half_a_batch_each(cases):
 def test_batch_not_divisible_by_devices_is_a_user_error(cases):
     mesh = pipeline.make_mesh(jax.devices()[:2])
     with pytest.raises(JaxsegError, match=r"train\.batch_size = 3 .* 2 devices"):
-        pipeline.make_loader(_cfg("train.batch_size=3"), cases, train=True, seed=0, mesh=mesh)
+        loader.make_loader(_cfg("train.batch_size=3"), cases, formats.SLICES, train=True, seed=0, mesh=mesh)
     with pytest.raises(JaxsegError, match=r"train\.batch_size = 6 .* 4 devices"):
-        pipeline.make_loader(_cfg("train.batch_size=6"), cases, train=True, seed=0)  # default: all 4
+        loader.make_loader(_cfg("train.batch_size=6"), cases, formats.SLICES, train=True, seed=0)  # default: all 4
     odd = iter([{"image": np.zeros((3, 4, 4, 1), np.float32)}])
     with pytest.raises(JaxsegError, match="train.batch_size"):
         next(pipeline.device_batches(odd, mesh))
@@ -272,7 +273,7 @@ def test_batch_not_divisible_by_devices_is_a_user_error(cases):
 
 def test_empty_index_is_a_user_error(cases):
     with pytest.raises(JaxsegError, match="no training slices"):
-        pipeline.make_loader(_cfg(), cases, train=True, seed=0, index=np.zeros((0, 2), np.int64))
+        loader.make_loader(_cfg(), cases, formats.SLICES, train=True, seed=0, index=np.zeros((0, 2), np.int64))
 
 
 def test_worker_process_loader_matches_in_process(cases):
@@ -280,10 +281,10 @@ def test_worker_process_loader_matches_in_process(cases):
     # parsed, and the per-record RNG makes the stream independent of the worker count.
     with_worker = _cfg("data.workers=1", "data.augment.rot90=true")
     start = time.perf_counter()
-    it = iter(pipeline.make_loader(with_worker, cases, train=True, seed=5))
+    it = iter(loader.make_loader(with_worker, cases, formats.SLICES, train=True, seed=5))
     batches = _take(it, 3)
     state = it.get_state()
     assert json.loads(state)["worker_count"] == 1
-    in_process = _take(iter(pipeline.make_loader(_cfg("data.augment.rot90=true"), cases, train=True, seed=5)), 3)
+    in_process = _take(iter(loader.make_loader(_cfg("data.augment.rot90=true"), cases, formats.SLICES, train=True, seed=5)), 3)
     assert all(_same(x, y) for x, y in zip(batches, in_process))
     assert time.perf_counter() - start < 60  # ~2 s: spawning imports jax once in the worker

@@ -54,7 +54,7 @@ def test_explain_to_a_single_report_file(smoke_run, case, tmp_path):
 
 
 def test_without_checkpoint_uses_the_bundled_model_or_says_what_to_do(smoke_run, case, tmp_path, monkeypatch):
-    from jaxseg import home, model_store
+    from jaxseg import home, model_export, model_store
     monkeypatch.setenv("JAXSEG_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(model_store, "BUNDLED_DIR", tmp_path / "bundled")
     with pytest.raises(JaxsegError, match="no model is bundled with this installation.*--checkpoint demo"):
@@ -62,13 +62,13 @@ def test_without_checkpoint_uses_the_bundled_model_or_says_what_to_do(smoke_run,
     with pytest.raises(JaxsegError, match="--checkpoint demo: no demo model .*run `jaxseg demo` first"):
         explain(case, "demo", tmp_path / "r.html", QUICK)
     assert not (tmp_path / "r.html").exists()
-    model_store.export_model(smoke_run, tmp_path / "bundled" / model_store.DEFAULT_MODEL,
+    model_export.export_model(smoke_run, tmp_path / "bundled" / model_store.DEFAULT_MODEL,
                              name=model_store.DEFAULT_MODEL, dtype="float32")
     said = []
     result = explain(case, None, tmp_path / "r.html", QUICK, say=said.append)
     assert any(f"using the bundled model {model_store.DEFAULT_MODEL}" in line for line in said)
     assert result.summary["checkpoint"] == str(tmp_path / "bundled" / model_store.DEFAULT_MODEL)
-    model_store.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32")
+    model_export.export_model(smoke_run, home.demo_model_dir(), name="demo", dtype="float32")
     monkeypatch.chdir(tmp_path / "bundled")  # any folder
     result = explain(case, "demo", tmp_path / "d.html", QUICK)
     assert result.summary["checkpoint"] == str(tmp_path / "home" / "models" / "demo")

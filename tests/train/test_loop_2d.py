@@ -86,7 +86,7 @@ def test_a_2d_run_resumes_exactly(figshare_run, tmp_path):
 
 
 def test_predict_writes_a_png_of_the_input_size_and_evaluate_scores_it(figshare_run, tmp_path):
-    from jaxseg.evaluate import evaluate_folders
+    from jaxseg.eval.run import evaluate_folders
     from jaxseg.infer.predict import predict
     root, pids, _, result = figshare_run
     one = next(root.rglob("2.mat"))  # 64 x 48: a transposed mask would be 48 x 64

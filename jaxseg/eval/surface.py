@@ -1,11 +1,10 @@
-"""Segmentation metrics: the BraTS surface and volume metrics, beside the overlap sums.
+"""Surface and lesion metrics of whole volumes, in numpy/scipy: HD95, BraTS 2023 lesion-wise
+Dice and HD95, and volumes in millilitres. ``jaxseg evaluate`` scores with them
+(:mod:`jaxseg.eval.volumes`); the training loop does not (it keeps overlap sums).
 
-Overlap metrics (Dice, IoU, precision, recall) and their empty-mask convention live in
-:mod:`jaxseg.overlap` (:func:`confusion_sums` per batch, :func:`scores_from_sums` once, habit 6);
-they are imported here for the training loop and the evaluation. Which regions a run is scored on
-comes from its target kind (:mod:`jaxseg.target`).
-
-Surface metrics (:func:`hd95`, :func:`lesion_wise`) run on whole volumes in numpy/scipy.
+Conventions (CONTRIBUTING.md, habit 12): HD95 pools the directed surface distances of both
+directions as medpy and the BraTS evaluation do; an empty mask against a non-empty one scores
+:data:`EMPTY_HD95`. Lesion-wise scores follow the official BraTS 2023 code, see :func:`lesion_wise`.
 """
 from __future__ import annotations
 
@@ -14,8 +13,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from jaxseg.overlap import confusion_sums, dice, scores_from_sums  # noqa: F401 (the loop's and evaluation's sums)
-from jaxseg.target import REGIONS  # noqa: F401 (the regions a BraTS evaluation reports)
+from jaxseg.overlap import dice
+
 # HD95 when exactly one of the masks is empty: the diagonal of the 240 x 240 x 155 BraTS volume
 # at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm, the largest distance a BraTS case can have.
 EMPTY_HD95 = 373.13

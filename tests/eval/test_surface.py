@@ -1,10 +1,9 @@
-"""Surface metrics against independent computations: HD95 against a brute-force pairwise-distance
-implementation (and medpy when installed), BraTS lesion-wise scores on hand-made cubes. Dice and
-the confusion sums are tested in tests/test_overlap.py, region masks in tests/test_target.py."""
+"""HD95 against a brute-force pairwise-distance implementation (and medpy when installed), and
+BraTS lesion-wise scores on hand-made cubes and against a direct transcription of the official steps."""
 import numpy as np
 import pytest
 
-from jaxseg.train import metrics as M
+from jaxseg.eval import surface
 
 
 # --------------------------------------------------------------------------- HD95
@@ -42,7 +41,7 @@ def test_hd95_matches_brute_force(seed):
         if not mask.any():
             mask[0, 0, 0] = True
     spacing = (1.0, 1.0, 1.0) if seed % 2 else (0.8, 1.3, 2.0)
-    assert M.hd95(pred, ref, spacing) == pytest.approx(brute_force_hd95(pred, ref, spacing), rel=1e-9)
+    assert surface.hd95(pred, ref, spacing) == pytest.approx(brute_force_hd95(pred, ref, spacing), rel=1e-9)
 
 
 def test_hd95_simple_cases():
@@ -50,12 +49,12 @@ def test_hd95_simple_cases():
     b = np.zeros((10, 10, 10), bool)
     a[0, 0, 0] = True
     b[3, 4, 0] = True
-    assert M.hd95(a, b) == pytest.approx(5.0)
-    assert M.hd95(a, a) == 0.0
-    assert M.hd95(a, b, spacing=(2.0, 1.0, 1.0)) == pytest.approx(np.hypot(6.0, 4.0))
+    assert surface.hd95(a, b) == pytest.approx(5.0)
+    assert surface.hd95(a, a) == 0.0
+    assert surface.hd95(a, b, spacing=(2.0, 1.0, 1.0)) == pytest.approx(np.hypot(6.0, 4.0))
     empty = np.zeros_like(a)
-    assert M.hd95(empty, empty) == 0.0
-    assert M.hd95(a, empty) == M.hd95(empty, a) == M.EMPTY_HD95 == 373.13
+    assert surface.hd95(empty, empty) == 0.0
+    assert surface.hd95(a, empty) == surface.hd95(empty, a) == surface.EMPTY_HD95 == 373.13
 
 
 def test_hd95_against_medpy_when_installed():
@@ -64,7 +63,7 @@ def test_hd95_against_medpy_when_installed():
     pred = rng.random((14, 12, 10)) < 0.2
     ref = rng.random((14, 12, 10)) < 0.2
     spacing = (1.0, 0.7, 2.5)
-    assert M.hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, voxelspacing=spacing))
+    assert surface.hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, voxelspacing=spacing))
 
 
 # --------------------------------------------------------------------------- lesion-wise
@@ -81,7 +80,7 @@ def test_lesion_wise_one_match_one_miss_one_false_positive():
     cube(ref, (25, 25, 2), 5)   # missed
     cube(pred, (3, 2, 2), 6)
     cube(pred, (2, 30, 12), 3)  # false positive, far from both lesions
-    result = M.lesion_wise(pred, ref)
+    result = surface.lesion_wise(pred, ref)
     assert (result["n_ref_lesions"], result["n_pred_lesions"]) == (2, 2)
     assert (result["tp"], result["fn"], result["fp"]) == (1, 1, 1)
     lesion, found = np.zeros(shape, bool), np.zeros(shape, bool)
@@ -97,13 +96,13 @@ def test_lesion_wise_empty_cases():
     shape = (12, 12, 12)
     empty, some = np.zeros(shape, bool), np.zeros(shape, bool)
     cube(some, (3, 3, 3), 4)
-    assert M.lesion_wise(empty, empty) == {"dice": 1.0, "hd95": 0.0, "n_ref_lesions": 0,
+    assert surface.lesion_wise(empty, empty) == {"dice": 1.0, "hd95": 0.0, "n_ref_lesions": 0,
                                            "n_pred_lesions": 0, "tp": 0, "fp": 0, "fn": 0}
-    missed = M.lesion_wise(empty, some)
+    missed = surface.lesion_wise(empty, some)
     assert (missed["dice"], missed["hd95"], missed["fn"]) == (0.0, 374.0, 1)
-    false_alarm = M.lesion_wise(some, empty)
+    false_alarm = surface.lesion_wise(some, empty)
     assert (false_alarm["dice"], false_alarm["hd95"], false_alarm["fp"]) == (0.0, 374.0, 1)
-    perfect = M.lesion_wise(some, some)
+    perfect = surface.lesion_wise(some, some)
     assert (perfect["dice"], perfect["hd95"], perfect["tp"]) == (1.0, 0.0, 1)
 
 
@@ -113,8 +112,8 @@ def test_lesion_wise_dilation_merges_nearby_fragments():
     cube(ref, (2, 2, 2), 4)
     cube(ref, (8, 2, 2), 4)  # a 2-voxel gap: one lesion after dilation, two without
     pred = ref.copy()
-    merged = M.lesion_wise(pred, ref, dilation_iterations=3)
-    separate = M.lesion_wise(pred, ref, dilation_iterations=0)
+    merged = surface.lesion_wise(pred, ref, dilation_iterations=3)
+    separate = surface.lesion_wise(pred, ref, dilation_iterations=0)
     assert merged["n_ref_lesions"] == 1 and merged["n_pred_lesions"] == 2 and merged["dice"] == 1.0
     assert separate["n_ref_lesions"] == 2 and separate["dice"] == 1.0 and separate["fp"] == 0
 
@@ -126,9 +125,9 @@ def test_lesion_wise_small_lesions_are_ignored_but_not_false_positives():
     cube(ref, (20, 20, 2), 2)   # 8 voxels: ignored with min_lesion_voxels=50
     cube(pred, (2, 2, 2), 5)
     cube(pred, (20, 20, 2), 2)
-    result = M.lesion_wise(pred, ref, min_lesion_voxels=50)
+    result = surface.lesion_wise(pred, ref, min_lesion_voxels=50)
     assert (result["n_ref_lesions"], result["tp"], result["fp"], result["dice"]) == (1, 1, 0, 1.0)
-    assert M.lesion_wise(pred, ref)["n_ref_lesions"] == 2
+    assert surface.lesion_wise(pred, ref)["n_ref_lesions"] == 2
 
 
 def test_lesion_match_uses_whole_predicted_components():
@@ -137,14 +136,14 @@ def test_lesion_match_uses_whole_predicted_components():
     ref, pred = np.zeros(shape, bool), np.zeros(shape, bool)
     cube(ref, (2, 2, 2), 4)
     pred[2:20, 2:6, 2:6] = True  # overlaps the lesion and extends far beyond it
-    result = M.lesion_wise(pred, ref)
+    result = surface.lesion_wise(pred, ref)
     assert result["fp"] == 0 and result["dice"] == pytest.approx(2 * 64 / (64 + 18 * 16))
 
 
 def test_volume_ml():
     mask = np.zeros((10, 10, 10), bool)
     mask[:5, :4, :2] = True
-    assert M.volume_ml(mask, (1.0, 1.0, 2.0)) == pytest.approx(40 * 2 / 1000)
+    assert surface.volume_ml(mask, (1.0, 1.0, 2.0)) == pytest.approx(40 * 2 / 1000)
 
 
 def official_lesion_wise(pred, ref, dilation_iterations):
@@ -181,6 +180,6 @@ def test_lesion_wise_matches_a_direct_transcription(seed, iterations):
             corner = rng.integers(0, 20, 3) % np.array(shape)
             cube(mask, tuple(corner), int(rng.integers(1, 5)))
     dice, hd = official_lesion_wise(pred, ref, iterations)
-    result = M.lesion_wise(pred, ref, dilation_iterations=iterations)
+    result = surface.lesion_wise(pred, ref, dilation_iterations=iterations)
     assert result["dice"] == pytest.approx(dice, rel=1e-9)
     assert result["hd95"] == pytest.approx(hd, rel=1e-9)
