@@ -14,6 +14,9 @@ explain`` does:
 - **20 MC-dropout passes of the volume**: jaxseg's ``mc_dropout`` (5 passes at a time as
   ``jaxseg explain`` runs them, or ``--mc-chunk K``; 0 = all 20 in one vmap) against a torch loop of 20 passes with the dropout modules in train
   mode (batch norm in eval mode); both return mean, variance, entropy and mutual information.
+  A third column, ``jax shared encoder``, is ``jaxseg.explain.mc_shared.mc_dropout_shared``:
+  everything before the first dropout site (the encoder and the bottleneck's first
+  convolution) once per slice batch, only the rest per pass (same keys, same statistics).
 
 Each variant runs in its own process (benchmarks/harness.py). Captum 0.9 installs beside torch
 2.13 without replacing it.
@@ -47,13 +50,15 @@ def _chunk(mc_chunk: int):
 
 
 def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: int, samples: int,
-              dropout: float, mc_chunk: int):
+              dropout: float, mc_chunk: int, shared: bool = False):
     import jax
     import numpy as np
     from flax import nnx
     from jaxseg.explain.gradcam import gradcam_volume
+    from jaxseg.explain.mc_shared import mc_dropout_shared
     from jaxseg.explain.uncertainty import mc_dropout
     from jaxseg.models.unet import UNet
+    mc = mc_dropout_shared if shared else mc_dropout
     base = proc_status_mb("VmRSS")
     model = UNet(cin, 1, features, dropout, rngs=nnx.Rngs(0))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -71,8 +76,8 @@ def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: in
                 chunk = slices[start:start + batch]
                 if len(chunk) < batch:  # one compiled program, as jaxseg explain pads
                     chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
-                stats_ = mc_dropout(graphdef, params, stats, chunk, jax.random.fold_in(key, i), samples,
-                                    "wt", chunk=_chunk(mc_chunk))
+                stats_ = mc(graphdef, params, stats, chunk, jax.random.fold_in(key, i), samples, "wt",
+                            chunk=_chunk(mc_chunk))
                 out.append({k: np.asarray(v) for k, v in stats_.items()})
             return out
     return run, {"_base_rss_mb": base}
@@ -155,6 +160,9 @@ def main() -> None:
         torch_name = "torch+captum" if task == "gradcam" else "torch eager"
         variants = [Variant("jax", jax_setup, common, env={"JAXSEG_CONV": "auto"}),
                     Variant(torch_name, torch_setup, common)] + env_variants(args.jax_variant, jax_setup, common)
+        if task == "mc":
+            variants.insert(1, Variant("jax shared encoder", jax_setup, {**common, "shared": True},
+                                       env={"JAXSEG_CONV": "auto"}))
         what = (f"Grad-CAM (dec0, mean WT) of {args.slices} slices" if task == "gradcam"
                 else f"{args.samples} MC-dropout passes of {args.slices} slices")
         what += f", {args.size} px, U-Net {features}, {args.batch} slices per pass"

@@ -188,3 +188,33 @@ def print_table(title: str, results: list[Result], reference: str, unit: str = "
     print(f"(speed vs {reference} = its median / this median; > 1 is faster. {len(results[0].times) if results else 0} "
           f"interleaved repetitions after warm-up. Memory: worker VmHWM (peak), VmRSS after imports (base).)",
           flush=True)
+    print_against_fastest(results)
+
+
+def fastest(results: list[Result], prefix: str = "torch") -> Result | None:
+    """The measured variant named ``prefix...`` with the smallest median (None if none was measured)."""
+    measured = [r for r in results if r.name.startswith(prefix) and r.times and not r.error]
+    return min(measured, key=lambda r: r.median) if measured else None
+
+
+def print_against_fastest(results: list[Result], prefix: str = "torch") -> None:
+    """One line per other variant: its speed against the fastest ``prefix`` variant (the number
+    the speed goals are stated in, docs/speed.md) and its memory above base against that
+    variant's and against ``torch eager``'s. Prints nothing without a measured ``prefix`` variant."""
+    best = fastest(results, prefix)
+    if best is None:
+        return
+    growth = {r.name: r.info.get("peak_mb", 0.0) - r.info.get("base_mb", 0.0) for r in results if r.times}
+    eager = growth.get(f"{prefix} eager")
+    print(f"against the fastest {prefix} variant, {best.name} ({best.median:.3f} s, "
+          f"peak-base {growth[best.name]:.0f} MB):")
+    for r in results:
+        if r.name.startswith(prefix):
+            continue
+        if not r.times:
+            print(f"  {r.name:<22} not measured")
+            continue
+        memory = f"peak-base {growth[r.name]:.0f} MB"
+        if eager:
+            memory += f" ({growth[r.name] / eager:.2f}x {prefix} eager's)"
+        print(f"  {r.name:<22} {best.median / r.median:5.2f}x faster  {memory}", flush=True)

@@ -1,20 +1,29 @@
 """Inference speed, jaxseg against PyTorch on the same machine (issue 6).
 
-    python benchmarks/inference.py             # 2D: 16 slices of 256 px; 3D: a 240x240x155 volume
+    python benchmarks/inference.py --only-2d   # 16 slices of 256 px (about 4 min on 2 quiet cores)
+    python benchmarks/inference.py --only-3d   # a brain box of 140x168x137 voxels (about 6 min)
     python benchmarks/inference.py --quick     # small sizes, checks the script in seconds
-    python benchmarks/inference.py --only-2d   # or --only-3d
 
 - **2D**: one forward pass (sigmoid probabilities) of a batch of 16 slices through the default
   2D U-Net (32..512 features, 4 modalities), batch norm in inference mode. jaxseg runs
   ``jaxseg.infer.predict``'s jitted forward; torch runs the same U-Net under
   ``torch.inference_mode()``.
-- **3D**: a whole 240 x 240 x 155 four-modality volume through the 3D U-Net (16..256 features)
-  by sliding 128^3 windows, overlap 0.5, Gaussian blending, 2 windows per pass, i.e. jaxseg's
-  ``[infer]`` defaults. Both frameworks go through the same numpy sliding-window code
-  (``jaxseg.infer.sliding_window``), so the difference is the network.
+- **3D**: a whole four-modality volume through the 3D U-Net (16..256 features) by sliding 128^3
+  windows, overlap 0.5, Gaussian blending, 2 windows per pass, i.e. jaxseg's ``[infer]``
+  defaults. The default volume, 140 x 168 x 137, is the median brain box of the 16 BraTS 2018
+  cases in /work/shared/data: ``jaxseg predict`` slides its windows over the brain box
+  (``data.crop = "brain_bbox"``), 8 windows here; ``--volume 240,240,155`` slides over the whole
+  BraTS grid (18 windows, the earlier tables of benchmarks/NOTES.md). Both frameworks go
+  through the same numpy sliding-window code (``jaxseg.infer.sliding_window``; its last window
+  batch is padded, so every pass has one shape), so the difference is the network.
 
-Variants: ``jax`` (default convolution path), ``jax xla-conv`` (``JAXSEG_CONV=xla``), ``torch
-eager`` (reference), ``torch eager CL`` (channels_last). Forward passes have no weight gradient,
+Variants: ``jax`` (default convolution path), ``jax xla-conv`` (``JAXSEG_CONV=xla``; 2D only by
+default, ``--jax-variant "jax xla-conv:JAXSEG_CONV=xla"`` adds it in 3D), ``torch eager``
+(reference), ``torch eager CL`` (channels_last / channels_last_3d) and ``torch.compile`` (the
+eager model through ``torch.compile``, called under ``torch.inference_mode()``; skipped with
+``--no-compile``, reported if it does not compile within ``--compile-timeout``). The table's
+last lines give every jax variant against the fastest torch variant, the goal's measure
+(docs/speed.md). Forward passes have no weight gradient,
 so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
 path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
 default XLA flags (``jaxseg.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
@@ -73,7 +82,7 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
 
 
 def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
-                window_batch: int, channels_last: bool):
+                window_batch: int, channels_last: bool, compile: bool = False):
     import numpy as np
     import torch
     from torch_unet import UNet, n_params
@@ -84,12 +93,14 @@ def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, w
     model = UNet(cin, 1, features, nd=nd).eval()
     fmt = (torch.channels_last if nd == 2 else torch.channels_last_3d) if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    # Compiled on the first call (inside the harness's setup timeout); every pass has one shape.
+    network = torch.compile(model) if compile else model
 
     def forward(x_last: np.ndarray) -> np.ndarray:
         """channel-last numpy in, channel-last probabilities out (as the JAX forward)."""
         x = torch.from_numpy(x_last).movedim(-1, 1).contiguous(memory_format=fmt)
         with torch.inference_mode():
-            return torch.sigmoid(model(x)[0]).movedim(1, -1).numpy()
+            return torch.sigmoid(network(x)[0]).movedim(1, -1).numpy()
 
     if kind == "2d":
         x = _image((batch, *size, cin))
@@ -111,16 +122,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only-2d", action="store_true")
     ap.add_argument("--only-3d", action="store_true")
-    ap.add_argument("--reps", type=int, default=0, help="repetitions (default 10 in 2D, 3 in 3D)")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions (default 5 in 2D, 2 in 3D)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=256, help="2D slice edge")
-    ap.add_argument("--volume", default="240,240,155")
+    ap.add_argument("--volume", default="140,168,137", help="3D volume (default: a median BraTS brain box)")
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--window-batch", type=int, default=2)
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features-2d", default="32,64,128,256,512")
     ap.add_argument("--features-3d", default="16,32,64,128,256")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--compile-timeout", type=float, default=600.0,
+                    help="seconds torch.compile (with the first call and warm-up) may take")
     ap.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
     add_variant_option(ap)
     args = ap.parse_args()
@@ -135,12 +149,18 @@ def main() -> None:
         size = (args.size, args.size) if kind == "2d" else vol
         common = dict(kind=kind, batch=args.batch, size=size, cin=args.in_channels, features=features,
                       window=args.window, overlap=args.overlap, window_batch=args.window_batch)
-        variants = [
-            Variant("jax", jax_setup, common, env={"JAXSEG_CONV": "auto"}),
-            Variant("jax xla-conv", jax_setup, common, env={"JAXSEG_CONV": "xla"}),
+        variants = [Variant("jax", jax_setup, common, env={"JAXSEG_CONV": "auto"})]
+        # 3D: XLA's own 3D convolutions ran 1.5x slower than the default (benchmarks/NOTES.md) and
+        # would take a quarter of the time budget; --jax-variant "jax xla-conv:JAXSEG_CONV=xla" adds them.
+        if kind == "2d":
+            variants.append(Variant("jax xla-conv", jax_setup, common, env={"JAXSEG_CONV": "xla"}))
+        variants += env_variants(args.jax_variant, jax_setup, common) + [
             Variant("torch eager", torch_setup, dict(common, channels_last=False)),
             Variant("torch eager CL", torch_setup, dict(common, channels_last=True)),
-        ] + env_variants(args.jax_variant, jax_setup, common)
+        ]
+        if not args.no_compile:
+            variants.append(Variant("torch.compile", torch_setup, dict(common, channels_last=False, compile=True),
+                                    setup_timeout=args.compile_timeout))
         if args.only:
             keep = {s.strip() for s in args.only.split(",")}
             variants = [v for v in variants if v.name in keep]
@@ -149,7 +169,7 @@ def main() -> None:
                 f"overlap {args.overlap}, {args.window_batch} per pass, gaussian blend")
         print(f"\ninference {kind}: {what}", flush=True)
         t0 = time.time()
-        reps = args.reps or (10 if kind == "2d" else 3)
+        reps = args.reps or (5 if kind == "2d" else 2)
         results = run_side_by_side(variants, reps, warmup=2 if kind == "2d" else 1)
         print_table(f"Inference {kind}: {what} ({time.time() - t0:.0f} s wall)", results,
                     reference="torch eager", extra=("params",))

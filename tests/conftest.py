@@ -55,12 +55,13 @@ def smoke_run_3d(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium page per test module (skips without chromium)."""
+    """One headless Chromium page per test module, driven by Playwright (skips without chromium or
+    playwright; Playwright's own browser download is not used)."""
     from tests.browser import Browser, chromium_binary
     binary = chromium_binary()
     if binary is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the report's browser tests need it")
-    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the browser tests need it")
+    pytest.importorskip("playwright", reason="playwright is not installed (pip install playwright)")
     session = Browser(binary)
     yield session
     session.close()

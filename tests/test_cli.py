@@ -47,8 +47,8 @@ def test_predict_rejects_each_bad_case_in_one_line(bad, tmp_path, smoke_run):
 def test_bad_config_value_is_one_line(tmp_path):
     result = invoke("train", "--config", "demo", "--set", "train.epochs=0", "--workdir", tmp_path)
     assert result.exit_code == 2
-    assert result.output == f"error: {ROOT / 'configs' / 'demo.toml'}: train.epochs must be at least 1; got 0\n" \
-        or "train.epochs must be at least 1" in result.output and result.output.count("\n") == 1
+    assert result.output == f"error: {ROOT / 'configs' / 'demo.toml'}: train.epochs: must be at least 1; got 0\n" \
+        or "train.epochs: must be at least 1" in result.output and result.output.count("\n") == 1
 
 
 def test_predict_without_a_run_folder(tmp_path):

@@ -104,10 +104,10 @@ def test_configs_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize("body,expected", [
     ("[train]\nepoch = 3\n", "unknown setting 'train.epoch' (did you mean 'train.epochs'? known here: "),
     ("[trian]\nepochs = 3\n", "unknown setting 'trian' (did you mean 'train'? "),
-    ('[train]\nepochs = "three"\n', "train.epochs must be a whole number, got 'three'"),
-    ("[train]\nlearning_rate = true\n", "train.learning_rate must be a number, got True"),
-    ('[data]\nmodalities = "flair"\nimage_size = 1.5\n', "data.image_size must be a whole number, got 1.5"),
-    ("[data.augment]\nflip = 1\n", "data.augment.flip must be true or false, got 1"),
+    ('[train]\nepochs = "three"\n', "train.epochs: must be a whole number, got 'three'"),
+    ("[train]\nlearning_rate = true\n", "train.learning_rate: must be a number, got True"),
+    ('[data]\nmodalities = "flair"\nimage_size = 1.5\n', "data.image_size: must be a whole number, got 1.5"),
+    ("[data.augment]\nflip = 1\n", "data.augment.flip: must be true or false, got 1"),
     ("train = 3\n", "[train] must be a table"),
 ])
 def test_config_file_errors_name_the_file_the_key_and_what_is_expected(body, expected, tmp_path):

@@ -1,5 +1,6 @@
 """Model folders: export (float32 and float16), loading, atomicity, --checkpoint resolution,
 `jaxseg models`, and predict/explain without --checkpoint on a bundled model."""
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from jaxseg import cli, home, model_export, model_store
+from jaxseg import config as config_lib
 from jaxseg.data import brats, phantom
 from jaxseg.errors import JaxsegError
 from jaxseg.infer.predict import Predictor
@@ -154,8 +156,10 @@ def test_broken_model_folders_are_clear_errors(exported, tmp_path):
     with pytest.raises(JaxsegError, match="model.safetensors: not a readable safetensors file"):
         Predictor(truncated)
     wider = shutil.copytree(exported["float32"], tmp_path / "wider")
-    config = (wider / "config.toml").read_text()
-    (wider / "config.toml").write_text(config.replace("features = [4, 8]", "features = [8, 16]"))
+    cfg = config_lib.load(wider / "config.toml")
+    assert cfg.model.features == (4, 8)
+    (wider / "config.toml").write_text(config_lib.dumps(
+        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, features=(8, 16)))))
     with pytest.raises(JaxsegError, match="model.safetensors: tensor .* has shape"):
         Predictor(wider)
 

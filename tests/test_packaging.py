@@ -38,7 +38,8 @@ def test_dependencies_are_ranges_and_imports_are_declared():
     deps = PYPROJECT["project"]["dependencies"]
     assert not [d for d in deps if "==" in d], "exact pins belong in constraints.txt"
     names = {d.split(">")[0].split("<")[0].split("[")[0].split("=")[0].strip().lower() for d in deps}
-    for module, dist in (("imageio", "imageio"), ("absl", "absl-py"), ("grain", "grain"), ("h5py", "h5py")):
+    for module, dist in (("imageio", "imageio"), ("absl", "absl-py"), ("grain", "grain"), ("h5py", "h5py"),
+                         ("pydantic", "pydantic"), ("tomli_w", "tomli-w")):
         used = any(f"import {module}" in p.read_text() or f"from {module}" in p.read_text()
                    for p in (ROOT / "jaxseg").rglob("*.py"))
         assert used and dist in names, (module, dist)
@@ -87,7 +88,8 @@ def test_wheel_holds_the_package_its_configs_and_bundled_models(dists):
                   if n.startswith("jaxseg/configs/") and n.endswith(".toml")) == SHIPPED
     for name in PROBE_FILES:
         assert f"jaxseg/bundled/probe_model/{name}" in names
-    for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css"):
+    for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css", "jaxseg/serve/templates/index.html",
+                  "jaxseg/serve/static/app.js", "jaxseg/serve/static/app.css"):
         assert asset in names
     assert f"{info}/licenses/LICENSE" in names
     meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(f"{info}/METADATA"))

@@ -48,8 +48,6 @@ def make_loader(cfg: Config, cases: Sequence[Any], sampling: Sampling, *, train:
     if sampling.spatial_dims not in fmt.samplings:
         raise JaxsegError(f"data.format: {fmt.name} cannot feed a model with {sampling.spatial_dims} spatial dims")
     check_batch(cfg.train.batch_size, mesh.shape["data"] if mesh is not None else jax.device_count())
-    if not 0 <= seed < 2 ** 32:
-        raise JaxsegError(f"train.seed must be in [0, 2**32) for the data order; got {seed}")
     if index is None:
         index = sampling.index(fmt, cfg, cases, seed, train, cache_dir)
     index = np.asarray(index, dtype=np.int64).reshape(-1, 2)

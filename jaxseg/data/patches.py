@@ -42,7 +42,6 @@ __all__ = ["VolumeBox", "PreparedVolume3D", "PatchSpec", "brain_box", "restore_b
            "load_prepared_volume", "patch_range", "place_patch", "cut_patch", "patch_index", "PatchSource",
            "RandomPatch"]
 
-PATCH_MODES = ("center", "tumor")
 PATCH_MULTIPLE = 8  # a 3D U-Net halves a patch three times; 8 | P keeps every level whole
 BRAIN_CANDIDATES = 64  # random voxels tried per brain-centred draw; brain fills ~1/2 of its box
 
@@ -172,10 +171,7 @@ class PatchSpec:
                 or self.size < PATCH_MULTIPLE or self.size % PATCH_MULTIPLE:
             raise JaxsegError(f"data.patch_size must be a positive multiple of {PATCH_MULTIPLE} (a 3D U-Net "
                               f"halves it three times); got {self.size!r}")
-        if self.mode not in PATCH_MODES:
-            raise JaxsegError(f"data.patch_mode must be one of {', '.join(PATCH_MODES)}; got {self.mode!r}")
-        if isinstance(self.tumor_probability, bool) or not 0 <= self.tumor_probability <= 1:
-            raise JaxsegError(f"data.tumor_probability must be in [0, 1]; got {self.tumor_probability!r}")
+        # mode and tumor_probability: checked by the config (data.patch_mode, data.tumor_probability).
 
 
 def patch_range(shape: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,9 +221,8 @@ def cut_patch(array: np.ndarray, origin: Sequence[int], size: int) -> np.ndarray
 
 
 def patch_index(num_cases: int, samples_per_case: int) -> np.ndarray:
-    """``(num_cases * samples_per_case, 2)`` int64 records ``(case_index, draw)``, case by case."""
-    if isinstance(samples_per_case, bool) or samples_per_case < 1:
-        raise JaxsegError(f"data.samples_per_case must be at least 1; got {samples_per_case!r}")
+    """``(num_cases * samples_per_case, 2)`` int64 records ``(case_index, draw)``, case by case
+    (``samples_per_case`` >= 1, as ``data.samples_per_case`` is checked by the config)."""
     cases, draws = np.meshgrid(np.arange(num_cases), np.arange(samples_per_case), indexing="ij")
     return np.stack([cases.ravel(), draws.ravel()], axis=1).astype(np.int64)
 

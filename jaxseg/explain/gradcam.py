@@ -146,8 +146,9 @@ def resolve_kind(target_kind: str | TargetKind | None, graphdef: nnx.GraphDef, p
 
 # --------------------------------------------------------------------------------- Grad-CAM
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "target_kind"))
-def _gradcam(graphdef, params, batch_stats, images, index, use_prediction, mask, *, layer, target_kind):
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "target_kind", "normalise"))
+def _gradcam(graphdef, params, batch_stats, images, index, use_prediction, mask, *, layer, target_kind,
+             normalise=True):
     def forward(perturb):
         model = nnx.merge(graphdef, params, batch_stats)
         return model(images, train=False, perturb=perturb)
@@ -164,10 +165,11 @@ def _gradcam(graphdef, params, batch_stats, images, index, use_prediction, mask,
 
     zero = jnp.zeros(shapes[layer].shape, jnp.float32)
     grads, activation = jax.grad(score, has_aux=True)(zero)
-    return cam_from_gradients(activation.astype(jnp.float32), grads, images.shape[1:-1])
+    return cam_from_gradients(activation.astype(jnp.float32), grads, images.shape[1:-1], normalise=normalise)
 
 
-def cam_from_gradients(activation: jax.Array, grads: jax.Array, size: tuple[int, ...]) -> jax.Array:
+def cam_from_gradients(activation: jax.Array, grads: jax.Array, size: tuple[int, ...], *,
+                       normalise: bool = True) -> jax.Array:
     """The Grad-CAM map from an activation and the score's gradient with respect to it.
 
     Args:
@@ -176,7 +178,8 @@ def cam_from_gradients(activation: jax.Array, grads: jax.Array, size: tuple[int,
     Returns:
       ``(B, *size)`` float32 in [0, 1]: per sample divided by its maximum (an all-zero map stays
       zero). Dividing by the maximum, not min-max, keeps zero meaning "no evidence", so mass
-      shares are comparable between maps.
+      shares are comparable between maps. ``normalise=False``: the map before that division
+      (for normalising over a whole volume, :func:`jaxseg.explain.layer_quality.normalise_map`).
     """
     axes = tuple(range(1, activation.ndim - 1))
     weights = grads.mean(axis=axes, keepdims=True)  # (B, 1, ..., 1, C)
@@ -184,13 +187,15 @@ def cam_from_gradients(activation: jax.Array, grads: jax.Array, size: tuple[int,
     # 'linear' is bilinear / trilinear with half-pixel centres (PyTorch's align_corners=False);
     # it only upsamples here, so antialiasing never applies.
     cam = jax.image.resize(cam, (cam.shape[0], *size), method="linear")
+    if not normalise:
+        return cam
     peak = cam.max(axis=tuple(range(1, cam.ndim)), keepdims=True)
     return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
 def gradcam(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
             layer: str, target: Target | str = "mean", *, mask: Any = None,
-            target_kind: str | TargetKind | None = None) -> jax.Array:
+            target_kind: str | TargetKind | None = None, normalise: bool = True) -> jax.Array:
     """Grad-CAM maps of a batch.
 
     Args:
@@ -202,6 +207,7 @@ def gradcam(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, i
       mask: ``(B, *spatial)`` bool, only with ``score='mask'``.
       target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`; None infers it
         from the number of logit channels (1, 3, 4).
+      normalise: divide each sample by its maximum; False = the raw map (>= 0).
     Returns:
       ``(B, *spatial)`` float32 in [0, 1], each sample's maximum 1 (or all zero).
     """
@@ -209,7 +215,7 @@ def gradcam(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, i
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     index, use_prediction, mask = resolve_target(target, kind, mask, images.shape[:-1])
     return _gradcam(graphdef, params, batch_stats, images, jnp.int32(index), jnp.bool_(use_prediction),
-                    mask, layer=layer, target_kind=kind)
+                    mask, layer=layer, target_kind=kind, normalise=bool(normalise))
 
 
 def gradcam_times_mask(cam: Any, mask: Any) -> jax.Array:
@@ -229,7 +235,8 @@ def mass_fraction(cam: Any, mask: Any) -> np.ndarray:
 
 def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
                    layer: str, target: Target | str = "mean", *, mask: Any = None,
-                   target_kind: str | TargetKind | None = None, batch_size: int = 16) -> np.ndarray:
+                   target_kind: str | TargetKind | None = None, batch_size: int = 16,
+                   normalise: bool = True) -> np.ndarray:
     """Grad-CAM of every slice of a volume, ``batch_size`` slices at a time.
 
     Args:
@@ -237,7 +244,8 @@ def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
       mask: ``(Z, S, S)`` bool, only with ``score='mask'``.
       Others as :func:`gradcam`.
     Returns:
-      ``(Z, S, S)`` float32 numpy, each slice normalised on its own.
+      ``(Z, S, S)`` float32 numpy, each slice normalised on its own (``normalise=False``: raw,
+      for a per-volume normalisation).
 
     The last chunk is zero-padded to ``batch_size`` so the whole volume runs one compiled
     program; padded rows are dropped. If the parameters live on a mesh with a ``'data'`` axis
@@ -261,7 +269,7 @@ def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
         if sharding is not None:
             chunk = jax.device_put(chunk, sharding)
         cam = gradcam(graphdef, params, batch_stats, chunk, layer, target, mask=chunk_mask,
-                      target_kind=target_kind)
+                      target_kind=target_kind, normalise=normalise)
         out.append(np.asarray(cam)[: batch_size - pad])
     return np.concatenate(out) if out else np.zeros((0, *slices.shape[1:-1]), np.float32)
 

@@ -56,7 +56,13 @@ def _mc_dropout(graphdef, params, batch_stats, images, key, *, n_samples, target
     # The stacked probabilities (N, B, *spatial, K) are small next to the activations of N
     # passes, which is what `chunk` bounds (lax.map vmaps `chunk` keys at a time).
     probs = jax.lax.map(sample, keys, batch_size=chunk) if chunk else jax.vmap(sample)(keys)
+    return sample_statistics(probs, softmax)
 
+
+def sample_statistics(probs: jax.Array, softmax: bool) -> dict[str, jax.Array]:
+    """The module docstring's statistics of sampled probabilities ``probs (N, B, *spatial, K)``
+    float32 (``softmax``: categorical over K, else K Bernoulli channels), as :func:`mc_dropout`
+    returns them."""
     # Moments about the first sample, not about zero: numerically stable, and when all samples
     # are equal (no dropout) the deviations are exactly 0, so the variance is exactly 0 and the
     # mean is exactly the deterministic probability. (Rounding could make the difference of the

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.models.conv import Conv, ConvTranspose
-from jaxseg.models.layers import ConvBlock, add_perturbation, check_perturb_names, max_pool
+from jaxseg.models.layers import (ConvBlock, EncoderFeatures, add_perturbation, check_perturb_names,
+                                  encode_levels)
 
 
 class AttentionGate(nnx.Module):
@@ -126,17 +127,26 @@ class AttentionUNet(nnx.Module):
             raise ValueError(f"AttentionUNet of depth {self.depth} needs H and W divisible by {factor}, got {x.shape}")
         check_perturb_names(perturb, self.activation_names)
 
-        activations: dict[str, jax.Array] = {}
-        skips = []
-        for i, block in enumerate(self.encoders):
-            x = block(x, train=train, dropout_key=dropout_key)
-            x = add_perturbation(x, f"enc{i}", perturb)
-            activations[f"enc{i}"] = x
-            if i < self.depth:
-                skips.append(x)
-                x = max_pool(x)
-        for i in range(self.depth - 1, -1, -1):
-            skip = skips[i].astype(x.dtype)
+        return self.decode(self.encode(x, train=train, perturb=perturb), train=train,
+                           dropout_key=dropout_key, perturb=perturb)
+
+    def encode(self, x: jax.Array, *, train: bool = False,
+               perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
+        """Everything before the first dropout site, as :meth:`UNet.encode
+        <jaxseg.models.unet.UNet.encode>` (the same encoder and bottleneck)."""
+        x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
+        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), x.shape[1:-1])
+
+    def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
+               perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The rest of the forward pass; ``decode(encode(x))`` is ``__call__(x)``."""
+        activations = dict(features.activations)
+        d = self.depth
+        x = self.encoders[d].second(features.carry, train=train, dropout_key=dropout_key)
+        x = add_perturbation(x, f"enc{d}", perturb)
+        activations[f"enc{d}"] = x
+        for i in range(d - 1, -1, -1):
+            skip = activations[f"enc{i}"].astype(x.dtype)
             alpha = self.gates[i].coefficients(skip, x)  # x is the gating signal: one level coarser
             alpha = add_perturbation(alpha, f"att{i}", perturb)
             activations[f"att{i}"] = alpha

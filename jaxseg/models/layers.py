@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from jaxseg.models.conv import Conv
 
@@ -113,6 +113,42 @@ class ConvBlock(nnx.Module):
         ``train=True`` normalises with batch statistics and updates the running averages;
         ``train=False`` uses the running averages.
         """
-        x = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
+        return self.second(self.first(x, train=train), train=train, dropout_key=dropout_key)
+
+    def first(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """The part before the dropout site: first conv -> batch norm -> ReLU."""
+        return jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
+
+    def second(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None = None) -> jax.Array:
+        """The part from the dropout site on: dropout -> second conv -> batch norm -> ReLU."""
         x = dropout(x, self.dropout_rate, dropout_key, self.dropout_index)
         return jax.nn.relu(self.norm2(self.conv2(x), use_running_average=not train))
+
+
+@struct.dataclass
+class EncoderFeatures:
+    """What ``model.encode(x)`` computed before the model's first dropout site, for
+    ``model.decode(features, dropout_key=k)`` to continue from: Monte-Carlo dropout computes it
+    once per batch and only the rest per key (:mod:`jaxseg.explain.mc_shared`).
+
+    Attributes:
+      activations: the named activations finished so far (``enc0 ..``), as ``__call__`` returns them.
+      carry: the array the decoder continues from (model-specific; the model's docstring says).
+      input_size: the input's spatial shape (static, not traced).
+    """
+    activations: dict[str, jax.Array]
+    carry: jax.Array
+    input_size: tuple[int, ...] = struct.field(pytree_node=False, default=())
+
+
+def encode_levels(blocks, x: jax.Array, levels: int, *, train: bool,
+                  perturb: dict[str, jax.Array] | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The U-Net encoder's first ``levels`` levels: block ``i`` (no dropout there), the
+    perturbation of ``enc{i}``, 2x max pooling. Returns the pooled output and ``enc0 ..
+    enc{levels-1}``."""
+    activations: dict[str, jax.Array] = {}
+    for i in range(levels):
+        x = add_perturbation(blocks[i](x, train=train), f"enc{i}", perturb)
+        activations[f"enc{i}"] = x
+        x = max_pool(x)
+    return x, activations

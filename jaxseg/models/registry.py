@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.config import Config
-from jaxseg.errors import JaxsegError
+from jaxseg.config import MODEL_SECTIONS, Config
 from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.transunet import TransUNet
@@ -61,19 +60,21 @@ def _unet3d(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
                   dtype=dtype, rngs=rngs)
 
 
-# name -> builder(cfg, compute dtype, rngs); a new model adds its entry here.
+# name -> builder(cfg, compute dtype, rngs); a new model adds its entry here and its config section
+# (the settings its builder reads from cfg.model) in jaxseg/config/model_sections.py, by the same name.
 BUILDERS: dict[str, Callable[[Config, jnp.dtype, nnx.Rngs], nnx.Module]] = {
     "unet": _unet, "attention_unet": _attention_unet, "resunet34": _resunet34, "transunet": _transunet,
     "unet3d": _unet3d}
 MODELS = BUILDERS  # the known names
 
-# Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C).
-VOLUME_MODELS = frozenset({"unet3d"})
+# Models whose inputs are volumes (B, X, Y, Z, C) rather than slices (B, H, W, C); their config
+# sections say so.
+VOLUME_MODELS = frozenset(name for name, section in MODEL_SECTIONS.items() if section.spatial_dims == 3)
 
 
 def spatial_dims(cfg: Config) -> int:
     """2 for slice models, 3 for volume models."""
-    return 3 if cfg.model.name in VOLUME_MODELS else 2
+    return cfg.model.spatial_dims
 
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
@@ -81,10 +82,7 @@ def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
     ``cfg.out_channels`` targets; computes in bfloat16 iff ``cfg.train.bf16`` (parameters stay
     float32). Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
     """
-    try:
-        builder = BUILDERS[cfg.model.name]
-    except KeyError:
-        raise JaxsegError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(BUILDERS)})") from None
+    builder = BUILDERS[cfg.model.name]  # the config admits the names of MODEL_SECTIONS only
     dtype = jnp.bfloat16 if cfg.train.bf16 else jnp.float32
     return builder(cfg, dtype, rngs)
 

@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from jaxseg.models.conv import Conv
-from jaxseg.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, add_perturbation,
-                                  check_perturb_names, dropout)
+from jaxseg.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, EncoderFeatures,
+                                  add_perturbation, check_perturb_names, dropout)
 
 RESNET34_FEATURES = (64, 64, 128, 256, 512)
 RESNET34_DEPTHS = (3, 4, 6, 3)
@@ -214,9 +214,16 @@ class ResUNet(nnx.Module):
         if channels != self.in_channels:
             raise ValueError(f"ResUNet expects {self.in_channels} input channels, got input of shape {x.shape}")
         check_perturb_names(perturb, self.activation_names)
+        return self.decode(self.encode(x, train=train, perturb=perturb), train=train,
+                           dropout_key=dropout_key, perturb=perturb)
+
+    def encode(self, x: jax.Array, *, train: bool = False,
+               perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
+        """The whole ResNet encoder (dropout sits only in the decoder blocks): ``enc0 .. enc4``;
+        the carry is ``enc4``."""
+        input_size = x.shape[1:3]
         if self.input_mode == "pseudo_rgb":
             x = jnp.concatenate([x, x, x], axis=-1)
-
         activations: dict[str, jax.Array] = {}
         x = jax.nn.relu(self.stem_norm(self.stem_conv(x), use_running_average=not train))
         x = add_perturbation(x, "enc0", perturb)
@@ -227,10 +234,16 @@ class ResUNet(nnx.Module):
                 x = block(x, train=train)
             x = add_perturbation(x, f"enc{s + 1}", perturb)
             activations[f"enc{s + 1}"] = x
+        return EncoderFeatures(activations, x, tuple(input_size))
 
+    def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
+               perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The decoder from :meth:`encode`'s features; ``decode(encode(x))`` is ``__call__(x)``."""
+        activations = dict(features.activations)
+        x = features.carry
         # Decoder block i upsamples to skip enc{3 - i}'s size; the last one to the input's.
         skips = [activations[f"enc{i}"] for i in (3, 2, 1, 0)] + [None]
-        sizes = [s.shape[1:3] for s in skips[:-1]] + [(height, width)]
+        sizes = [s.shape[1:3] for s in skips[:-1]] + [features.input_size]
         for i, block in enumerate(self.decoder):
             x = block(x, sizes[i], skips[i], train=train, dropout_key=dropout_key)
             name = f"dec{4 - i}"

@@ -14,13 +14,12 @@ Convolution kernels go from torch's ``(out, in, kh, kw)`` to Flax's ``(kh, kw, i
 norm ``weight, bias, running_mean, running_var`` become ``scale, bias, mean, var``;
 ``num_batches_tracked`` is ignored (batch norm here always uses momentum 0.1 in torch's terms).
 
-Files: ``.safetensors`` is parsed with numpy (an 8-byte little-endian header length, a JSON
-header of ``name -> {dtype, shape, data_offsets}``, then the raw buffers); anything else is read
-with ``torch.load(weights_only=True)`` when torch is installed.
+Files: ``.safetensors`` is read with the ``safetensors`` library (no torch needed); anything else
+with ``torch.load(weights_only=True)`` when torch is installed. Both give numpy arrays, bfloat16
+widened to float32.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,49 +28,21 @@ from flax import nnx
 
 from jaxseg.errors import JaxsegError
 
-# safetensors dtype -> numpy dtype (BF16 is widened by hand: numpy has no bfloat16).
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``.safetensors`` file as numpy arrays (no extra dependency)."""
+    """The tensors of a ``.safetensors`` file as numpy arrays in their stored dtypes, except
+    bfloat16 (PyTorch's common training dtype), widened to float32 as :func:`read_torch` does."""
+    from safetensors import SafetensorError, safe_open
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise JaxsegError(f"{path}: cannot read ({e.strerror or e})") from None
-    if len(raw) < 8:
-        raise JaxsegError(f"{path}: not a safetensors file (only {len(raw)} bytes)")
-    header_size = int(np.frombuffer(raw[:8], "<u8")[0])
-    if header_size > len(raw) - 8:
-        raise JaxsegError(f"{path}: not a safetensors file or truncated (header of {header_size} bytes "
-                          f"in a file of {len(raw)})")
-    try:
-        header = json.loads(raw[8:8 + header_size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise JaxsegError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
-    buffer = memoryview(raw)[8 + header_size:]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        kind, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        if end > len(buffer) or start > end:
-            raise JaxsegError(f"{path}: truncated ({name} needs bytes {start}..{end} of {len(buffer)})")
-        data = buffer[start:end]
-        if kind == "BF16":
-            bits = np.frombuffer(data, "<u2").astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        elif kind in _SAFETENSORS_DTYPES:
-            array = np.frombuffer(data, np.dtype(_SAFETENSORS_DTYPES[kind]).newbyteorder("<"))
-        else:
-            raise JaxsegError(f"{path}: {name} has dtype {kind}, which jaxseg cannot read")
-        if array.size != int(np.prod(shape)):
-            raise JaxsegError(f"{path}: {name} holds {array.size} values for shape {shape}")
-        tensors[name] = array.reshape(shape)
-    return tensors
+        with safe_open(str(path), framework="np") as file:
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype numpy lacks
+        raise JaxsegError(f"{path}: not a readable safetensors file ({e})") from None
+    return {name: value.astype(np.float32) if value.dtype.name == "bfloat16" else value
+            for name, value in tensors.items()}
 
 
 def read_torch(path: str | Path) -> dict[str, np.ndarray]:

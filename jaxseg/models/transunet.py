@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.models.conv import Conv, ConvTranspose
-from jaxseg.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, ConvBlock, add_perturbation,
-                                  check_perturb_names, dropout, max_pool)
+from jaxseg.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, ConvBlock, EncoderFeatures,
+                                  add_perturbation, check_perturb_names, dropout, encode_levels)
 
 _KERNEL_INIT = nnx.initializers.xavier_uniform()  # ViT's initialisation of linear layers
 
@@ -182,19 +182,29 @@ class TransUNet(nnx.Module):
             raise ValueError(f"TransUNet of depth {self.depth} needs H and W divisible by {factor}, got {x.shape}")
         check_perturb_names(perturb, self.activation_names)
 
-        activations: dict[str, jax.Array] = {}
-        skips = []
-        for i, block in enumerate(self.encoders):
-            x = block(x, train=train, dropout_key=dropout_key)
-            x = add_perturbation(x, f"enc{i}", perturb)
-            activations[f"enc{i}"] = x
-            if i < self.depth:
-                skips.append(x)
-                x = max_pool(x)
+        return self.decode(self.encode(x, train=train, perturb=perturb), train=train,
+                           dropout_key=dropout_key, perturb=perturb)
 
-        h, w = x.shape[1:3]
+    def encode(self, x: jax.Array, *, train: bool = False,
+               perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
+        """Everything before the first dropout site (the first transformer block's MLP): the CNN
+        encoder ``enc0 .. enc{depth}`` and the embedded tokens. The carry is the tokens with
+        their position embeddings ``(B, h * w, dim)``; ``input_size`` is the token grid ``(h, w)``."""
+        x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
+        x = add_perturbation(self.encoders[self.depth](x, train=train), f"enc{self.depth}", perturb)
+        activations[f"enc{self.depth}"] = x
+        batch, h, w = x.shape[:3]
         tokens = self.embed(x.reshape(batch, h * w, -1))
         tokens = tokens + self.position_embeddings(h, w).astype(tokens.dtype)
+        return EncoderFeatures(activations, tokens, (h, w))
+
+    def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
+               perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The transformer and the decoder from :meth:`encode`'s features; ``decode(encode(x))``
+        is ``__call__(x)``."""
+        activations = dict(features.activations)
+        tokens = features.carry
+        batch, (h, w) = tokens.shape[0], features.input_size
         for layer, block in enumerate(self.blocks):
             tokens, probs = block(tokens, dropout_key=dropout_key, name=f"attn{layer}", perturb=perturb)
             activations[f"attn{layer}"] = probs
@@ -206,7 +216,7 @@ class TransUNet(nnx.Module):
 
         for i in range(self.depth - 1, -1, -1):
             x = self.upsamplers[i](x)
-            x = jnp.concatenate([x, skips[i].astype(x.dtype)], axis=-1)
+            x = jnp.concatenate([x, activations[f"enc{i}"].astype(x.dtype)], axis=-1)
             x = self.decoders[i](x, train=train)
             x = add_perturbation(x, f"dec{i}", perturb)
             activations[f"dec{i}"] = x

@@ -10,6 +10,8 @@ convolution maps ``features[0]`` channels to the logits. With the default featur
 
 Dropout sits between the two convolutions of the bottleneck block and of every decoder block
 (``model.dropout`` in the config), never in the encoder, and it only runs when a key is given.
+:meth:`UNet.encode` computes everything before the bottleneck's dropout and :meth:`UNet.decode`
+the rest, so Monte-Carlo dropout runs the encoder once per batch.
 
 The forward pass returns the named activations Grad-CAM needs (CONTRIBUTING.md, habit 1):
 ``enc0 .. enc{depth}`` (``enc{depth}`` is the bottleneck) and ``dec{depth-1} .. dec0``.
@@ -24,7 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.models.conv import Conv, ConvTranspose
-from jaxseg.models.layers import ConvBlock, add_perturbation, check_perturb_names, max_pool
+from jaxseg.models.layers import (ConvBlock, EncoderFeatures, add_perturbation, check_perturb_names,
+                                  encode_levels)
 
 
 class UNet(nnx.Module):
@@ -112,19 +115,29 @@ class UNet(nnx.Module):
             raise ValueError(f"{name} of depth {self.depth} needs every spatial size divisible by {factor}, "
                              f"got {x.shape}")
         check_perturb_names(perturb, self.activation_names)
+        return self.decode(self.encode(x, train=train, perturb=perturb), train=train,
+                           dropout_key=dropout_key, perturb=perturb)
 
-        activations: dict[str, jax.Array] = {}
-        skips = []
-        for i, block in enumerate(self.encoders):
-            x = block(x, train=train, dropout_key=dropout_key)
-            x = add_perturbation(x, f"enc{i}", perturb)
-            activations[f"enc{i}"] = x
-            if i < self.depth:
-                skips.append(x)
-                x = max_pool(x)
-        for i in range(self.depth - 1, -1, -1):
+    def encode(self, x: jax.Array, *, train: bool = False,
+               perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
+        """Everything before the first dropout site: the encoder levels ``enc0 ..
+        enc{depth-1}`` and the bottleneck's first convolution (its dropout comes next). The
+        carry is that half-done bottleneck ``(B, *spatial / 2**depth, features[depth])``."""
+        x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
+        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), x.shape[1:-1])
+
+    def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
+               perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The rest of the forward pass from :meth:`encode`'s features; ``decode(encode(x))``
+        is ``__call__(x)`` (same arguments and returns)."""
+        activations = dict(features.activations)
+        d = self.depth
+        x = self.encoders[d].second(features.carry, train=train, dropout_key=dropout_key)
+        x = add_perturbation(x, f"enc{d}", perturb)
+        activations[f"enc{d}"] = x
+        for i in range(d - 1, -1, -1):
             x = self.upsamplers[i](x)
-            x = jnp.concatenate([x, skips[i].astype(x.dtype)], axis=-1)
+            x = jnp.concatenate([x, activations[f"enc{i}"].astype(x.dtype)], axis=-1)
             x = self.decoders[i](x, train=train, dropout_key=dropout_key)
             x = add_perturbation(x, f"dec{i}", perturb)
             activations[f"dec{i}"] = x

@@ -18,6 +18,7 @@ from jaxseg.serve import catalog, jobs, predictors, sessions
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_MC_SAMPLES = 50
+DEFAULT_MC_SAMPLES = 10  # a job request without mc_samples; also the page's initial value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,7 @@ class App:
         checkpoint = self.checkpoints.get(str(request.get("checkpoint")))
         if checkpoint is None:
             raise JaxsegError("choose a model from the list")
-        mc_samples = request.get("mc_samples", 10)
+        mc_samples = request.get("mc_samples", DEFAULT_MC_SAMPLES)
         if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or not 1 <= mc_samples <= MAX_MC_SAMPLES:
             raise JaxsegError(f"MC-dropout passes must be a whole number from 1 to {MAX_MC_SAMPLES}")
         regions = checkpoint.describe()["regions"]

@@ -2,7 +2,7 @@
 
 Routes (every ``/api`` answer is JSON; errors are ``{"error": "<one line>"}`` with a 4xx/5xx status):
 
-  GET    /                          the page (static/index.html, app.js, app.css)
+  GET    /                          the page (templates/index.html, rendered once; static/app.js, app.css)
   GET    /api/info                  checkpoints, whether a dataset is listed, limits, this session's uploads and jobs
   GET    /api/cases                 the cases of ``--data`` (id, modalities, seg present)
   POST   /api/upload/<slot>         raw body = one NIfTI file (slot flair|t1|t1ce|t2|seg); header X-Filename
@@ -28,6 +28,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -37,7 +38,7 @@ from starlette.routing import Route
 
 from jaxseg.errors import JaxsegError
 from jaxseg.serve import catalog, sessions
-from jaxseg.serve.app import App, Refused
+from jaxseg.serve.app import DEFAULT_MC_SAMPLES, MAX_MC_SAMPLES, App, Refused
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "jaxseg_session"
@@ -48,6 +49,20 @@ SSE_PING_S = 15.0  # a comment line this often keeps proxies from closing a quie
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none'; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def templates() -> jinja2.Environment:
+    """The page's templates (``jaxseg/serve/templates``, package data): every value is
+    HTML-escaped, and a name the template uses but the caller did not give fails to render."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("jaxseg.serve", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def render_page() -> str:
+    """The app's one HTML page: the same for every visitor (app.js fills it in from /api/info), with
+    the limits :mod:`jaxseg.serve.app` enforces written into its form fields."""
+    return templates().get_template("index.html").render(max_mc_samples=MAX_MC_SAMPLES,
+                                                         default_mc_samples=DEFAULT_MC_SAMPLES)
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -147,11 +162,16 @@ def build(app: App) -> Starlette:
         if new_token is not None:
             await run_in_threadpool(app.sessions.discard, session)
 
-    def static(name: str, media_type: str, policy: str | None = None):
+    def static(name: str, media_type: str):
         async def endpoint(request: Request) -> Response:
-            headers = {"Cache-Control": "no-cache", **({"Content-Security-Policy": policy} if policy else {})}
-            return FileResponse(STATIC / name, media_type=media_type, headers=headers)
+            return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
         return endpoint
+
+    page_html = render_page()  # once: nothing on it depends on the request
+
+    async def page(request: Request) -> Response:
+        return Response(page_html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY})
 
     async def info(request: Request) -> Response:
         return JSONResponse(app.info(session_of(request)), headers={"Cache-Control": "no-store"})
@@ -268,7 +288,7 @@ def build(app: App) -> Starlette:
         return error(exc.status_code, message)
 
     routes = [
-        Route("/", static("index.html", "text/html; charset=utf-8", PAGE_POLICY)),
+        Route("/", page),
         Route("/static/app.js", static("app.js", "text/javascript; charset=utf-8")),
         Route("/static/app.css", static("app.css", "text/css; charset=utf-8")),
         Route("/api/info", info),

@@ -1,4 +1,6 @@
 """The figshare .mat reader, its records, the patient split and its errors."""
+import pickle
+
 import h5py
 import numpy as np
 import pytest
@@ -126,6 +128,11 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
         assert item["image"].shape == (32, 32, 1) and item["classes"].shape == (32, 32)
         # the tumor is in the top half (rows) in both: orientation survives the fit
         assert item["classes"][:16].sum() > 0 and item["classes"][16:].sum() == 0
+    # grain workers are spawned: the source (and the format reading its records) travels by pickle
+    clone = pickle.loads(pickle.dumps(source))
+    assert repr(clone) == repr(source)
+    for item, cloned in zip(items, (clone[i] for i in range(len(clone)))):
+        assert all(np.array_equal(item[k], cloned[k]) for k in item)
     phantom.write_phantoms(tmp_path / "ph", 1, 0, (32, 32, 20))
     cases = brats.find_cases(tmp_path / "ph")
     brats_cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, 'data.modalities=["t1ce"]', "data.target=wt"])
@@ -138,7 +145,7 @@ def test_prepared_records_fit_image_size_and_batch_like_brats_slices(tmp_path):
 
 def test_2d_formats_refuse_regions_and_classes():
     for target, loss in (("regions", "bce_dice"), ("classes", "ce_dice")):
-        with pytest.raises(JaxsegError, match="data.target must be \"wt\" for data.format = 'figshare_mat'"):
+        with pytest.raises(JaxsegError, match="data.target: must be \"wt\" for data.format = 'figshare_mat'"):
             config_lib.load("figshare_resunet34", [f"data.target={target}", f"train.loss={loss}"])
     with pytest.raises(JaxsegError, match="figshare_mat slices have one channel"):
         config_lib.load("figshare_resunet34", ['data.modalities=["t1ce", "flair"]', "model.input_mode=channels"])

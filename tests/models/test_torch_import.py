@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 torch = pytest.importorskip("torch")
+import safetensors.torch  # noqa: E402
 
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
@@ -22,7 +23,7 @@ from jaxseg.train.checkpoint import load_model_state  # noqa: E402
 from jaxseg.train.pretrained import apply_pretrained, import_weights  # noqa: E402
 from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
-from tests.models.torch_twin import ResNetEncoder, Unet, randomize, write_safetensors  # noqa: E402
+from tests.models.torch_twin import ResNetEncoder, Unet, randomize  # noqa: E402
 
 SMALL = dict(widths=(4, 6, 8, 8, 12), depths=(1, 2, 1, 1), decoder_channels=(8, 8, 6, 4, 4))
 SMALL_OVERRIDES = ("model.name=resunet34", "model.features=[4, 6, 8, 8, 12]", "model.encoder_depths=[1, 2, 1, 1]",
@@ -77,7 +78,7 @@ def twin():
 def files(twin, tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     torch.save(twin.state_dict(), folder / "unet.pth")
-    write_safetensors(folder / "unet.safetensors", twin.state_dict())
+    safetensors.torch.save_file(twin.state_dict(), folder / "unet.safetensors")
     return folder
 
 
@@ -219,10 +220,21 @@ def test_a_file_that_does_not_fit_names_the_file_and_the_key(files, tmp_path, ch
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
+def test_bfloat16_safetensors_read_as_torch_widens_them(twin, tmp_path):
+    """PyTorch checkpoints are often bfloat16: read as float32 equal to torch's own widening."""
+    halved = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in twin.state_dict().items()}
+    safetensors.torch.save_file(halved, tmp_path / "bf16.safetensors")
+    tensors = torch_import.read_state_dict(tmp_path / "bf16.safetensors")
+    assert set(tensors) == set(halved)
+    for key, value in halved.items():
+        expected = (value.float() if value.is_floating_point() else value).numpy()
+        assert tensors[key].dtype == expected.dtype and np.array_equal(tensors[key], expected), key
+
+
 def test_unreadable_files_are_one_line_errors(files, tmp_path, monkeypatch):
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes((files / "unet.safetensors").read_bytes()[:-100])
-    with pytest.raises(JaxsegError, match="truncated"):
+    with pytest.raises(JaxsegError, match=r"cut.safetensors: not a readable safetensors file \(.*not fully covered"):
         torch_import.read_state_dict(truncated)
     not_weights = tmp_path / "notes.pth"
     not_weights.write_text("hello")

@@ -9,7 +9,6 @@ Widths and depths are arguments so tests can use small ones. Imported only where
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,21 +130,3 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
     return module.eval()
-
-
-def write_safetensors(path, tensors: dict[str, torch.Tensor]) -> None:
-    """The safetensors format written with numpy (float32/int64 only), as the spec describes:
-    8-byte little-endian header size, JSON header, then the buffers in header order."""
-    import json
-    header, buffers, offset = {}, [], 0
-    for name, tensor in tensors.items():
-        array = tensor.detach().cpu().numpy()
-        kind = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}[array.dtype]
-        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": kind, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        buffers.append(data)
-        offset += len(data)
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the spec pads the header to 8 bytes with spaces
-    with open(path, "wb") as f:
-        f.write(np.uint64(len(encoded)).astype("<u8").tobytes() + encoded + b"".join(buffers))

@@ -1,7 +1,7 @@
-"""The report in a real browser: headless Chromium driven over the Chrome DevTools protocol.
+"""The report in a real browser: headless Chromium driven by Playwright (tests/browser.py).
 
-Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``websocket-client`` package;
-the tests skip, saying which is missing, without them. Each test loads the page fresh, fails on
+Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package (no
+``playwright install``: it launches that chromium); the tests skip, saying which is missing, without them. Each test loads the page fresh, fails on
 any console error, uncaught exception or network request, and some save screenshots (the paths
 are printed: ``pytest -s`` shows them).
 """
@@ -45,7 +45,7 @@ def test_views_are_radiological_and_labelled(browser: Browser, tmp_path: Path) -
     data = ReportData(case_id="orientation", image=image.astype(np.float32), channel_names=["R", "A", "S"],
                       spacing=(1.0, 1.0, 1.0), segmentation=np.zeros(shape, np.uint8), meshes={})
     browser.open(write_report(data, tmp_path / "orientation.html"))
-    browser.click("#overlay-prediction")  # only the image, no colours
+    browser.page.click("#overlay-prediction")  # only the image, no colours
 
     def brighter(view: str, channel: int) -> dict[str, bool]:
         browser.evaluate(f"(() => {{ const s = document.getElementById('modality'); s.value = '{channel}';"
@@ -83,9 +83,9 @@ def test_axial_slider_moves_the_caption(browser: Browser, report: Path) -> None:
 def test_click_on_a_view_moves_the_crosshair(browser: Browser, report: Path) -> None:
     browser.open(report)
     before = browser.evaluate("document.getElementById('slider-coronal').value")
-    x, y = browser.center_of("#view-axial")
-    browser.mouse("mousePressed", x, y - 100)
-    browser.mouse("mouseReleased", x, y - 100, buttons=0)
+    view = browser.page.locator("#view-axial")
+    box = view.bounding_box()
+    view.click(position={"x": box["width"] / 2, "y": box["height"] / 2 - 100})
     # the axial view's vertical screen axis is anterior (top) -> posterior: clicking above the
     # centre moves the coronal plane forward, to a higher index 1
     after = browser.wait_for(f"document.getElementById('slider-coronal').value !== '{before}'"
@@ -97,13 +97,13 @@ def test_click_on_a_view_moves_the_crosshair(browser: Browser, report: Path) -> 
 def test_overlay_toggles_change_the_view(browser: Browser, report: Path) -> None:
     browser.open(report)
     with_prediction = browser.canvas_digest("view-axial")
-    browser.click("#overlay-prediction")
+    browser.page.click("#overlay-prediction")
     assert browser.evaluate("document.getElementById('overlay-prediction').checked") is False
     without = browser.canvas_digest("view-axial")
-    browser.click("#overlay-grad-cam")
+    browser.page.click("#overlay-grad-cam")
     with_cam = browser.canvas_digest("view-axial")
-    browser.click("#overlay-grad-cam")
-    browser.click("#overlay-prediction")
+    browser.page.click("#overlay-grad-cam")
+    browser.page.click("#overlay-prediction")
     assert len({with_prediction, without, with_cam}) == 3
     assert browser.canvas_digest("view-axial") == with_prediction  # toggling back restores the view
     assert browser.problems() == []
@@ -113,13 +113,18 @@ def test_3d_view_rotates_and_hides_surfaces(browser: Browser, report: Path) -> N
     browser.open(report)
     browser.evaluate("document.getElementById('view3d').scrollIntoView({block: 'center'})")
     start = browser.canvas_digest("view3d")
-    browser.drag("#view3d", 80, 30)
+    box = browser.page.locator("#view3d").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    browser.page.mouse.move(x, y)
+    browser.page.mouse.down()
+    browser.page.mouse.move(x + 80, y + 30, steps=8)
+    browser.page.mouse.up()
     rotated = browser.canvas_digest("view3d")
-    browser.click("#mesh-brain")
+    browser.page.click("#mesh-brain")
     hidden = browser.canvas_digest("view3d")
     assert len({start, rotated, hidden}) == 3
-    browser.click("#reset3d")
-    browser.click("#mesh-brain")
+    browser.page.click("#reset3d")
+    browser.page.click("#mesh-brain")
     assert browser.canvas_digest("view3d") == start
     assert browser.problems() == []
 

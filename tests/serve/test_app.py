@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import html.parser
 import json
 from pathlib import Path
 
@@ -65,6 +66,38 @@ def test_page_and_info(client, smoke_run):
     [checkpoint] = info["checkpoints"]
     assert checkpoint["modalities"] == ["flair", "t1", "t1ce", "t2"] and checkpoint["path"] == str(smoke_run)
     assert info["uploads"] == {} and info["jobs"] == []
+
+
+class Inputs(html.parser.HTMLParser):
+    """The attributes of every ``<input>`` of a page, by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, str | None]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "input" and dict(attrs).get("id"):
+            self.by_id[dict(attrs)["id"]] = dict(attrs)
+
+
+def test_the_pages_mc_field_offers_what_the_server_accepts(server, client):
+    """The template writes the server's limits into the form: the field's max is accepted by the
+    job check and one more is refused; its initial value is what a request without one gets."""
+    app, _ = server
+    inputs = Inputs()
+    inputs.feed(client.request("GET", "/")[1].decode())
+    field = inputs.by_id["mc-samples"]
+    request = {"checkpoint": next(iter(app.checkpoints)), "source": "case", "case": next(iter(app.cases))}
+    _, largest, _, _ = app.check_job_request(None, {**request, "mc_samples": int(field["max"])})
+    assert largest.mc_samples == int(field["max"])
+    with pytest.raises(JaxsegError, match="MC-dropout passes"):
+        app.check_job_request(None, {**request, "mc_samples": int(field["max"]) + 1})
+    assert app.check_job_request(None, request)[1].mc_samples == int(field["value"]) and field["min"] == "1"
+
+
+def test_the_page_template_escapes_what_it_is_given():
+    assert web.templates().from_string("<p>{{ name }}</p>").render(name='<img src=x onerror="alert(1)">') == \
+        "<p>&lt;img src=x onerror=&#34;alert(1)&#34;&gt;</p>"
 
 
 def test_a_session_starts_with_the_first_upload_only(server, phantom_case):

@@ -1,11 +1,11 @@
-"""The web app in a real browser: `jaxseg serve` started as a process, headless Chromium driven over
-the DevTools protocol (tests/browser.py).
+"""The web app in a real browser: `jaxseg serve` started as a process, headless Chromium driven by
+Playwright (tests/browser.py).
 
 The user's path: open the page, choose the phantom's files, run, watch the progress, read the
 result in the embedded report, move its axial slider (the caption follows), download the
 segmentation; and a bad file gives a message while the app keeps serving. Every step saves a
 screenshot in one folder (printed; `pytest -s` shows it, JAXSEG_SCREENSHOTS=DIR keeps them there).
-Skips, saying why, without chromium or websocket-client (the `browser` fixture).
+Skips, saying why, without chromium or playwright (the `browser` fixture).
 """
 from __future__ import annotations
 
@@ -76,15 +76,15 @@ def test_upload_run_browse_download(browser: Browser, app_url: str, phantom_case
     browser.screenshot(shots / "1-start.png")
 
     # All five files at once, as a user picks a case folder's files; each goes to its slot by name.
-    browser.set_files("#file-many", [phantom_case / f"{phantom_case.name}_{slot}.nii.gz" for slot in SLOTS])
+    browser.page.set_input_files("#file-many", [phantom_case / f"{phantom_case.name}_{slot}.nii.gz" for slot in SLOTS])
     for slot in SLOTS:
         browser.wait_for(f"document.getElementById('status-{slot}')?.classList.contains('ok')", 60)
     assert text(browser, "status-seg").startswith(f"✓ {phantom_case.name}_seg.nii.gz · 48×48×32 voxels")
     assert text(browser, "input-message") == "Ready."
     browser.screenshot(shots / "2-uploaded.png")
 
-    browser.evaluate("document.getElementById('mc-samples').value = '2'")
-    browser.click("#run")
+    browser.page.fill("#mc-samples", "2")
+    browser.page.click("#run")
     browser.wait_for("document.querySelectorAll('#job-steps li').length >= 2", 300)
     assert browser.evaluate("document.getElementById('progress').value") > 0
     assert browser.evaluate("document.getElementById('run').disabled") is True  # one job at a time
@@ -113,13 +113,10 @@ def test_upload_run_browse_download(browser: Browser, app_url: str, phantom_case
     assert moved != current and expected != first
     browser.screenshot(shots / "5-slider-moved.png")
 
-    downloads = tmp_path / "downloads"
-    browser.allow_downloads(downloads)
-    browser.click("#download-segmentation")
-    saved = downloads / "upload_seg.nii.gz"
-    deadline = time.monotonic() + 30
-    while not saved.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with browser.page.expect_download() as download:
+        browser.page.click("#download-segmentation")
+    assert download.value.suggested_filename == "upload_seg.nii.gz"
+    download.value.save_as(saved := tmp_path / download.value.suggested_filename)
     labels = nib.load(saved)
     flair = nib.load(phantom_case / f"{phantom_case.name}_flair.nii.gz")
     assert labels.shape == SHAPE and np.array_equal(labels.affine, flair.affine)
@@ -132,7 +129,7 @@ def test_a_bad_file_gets_a_message_and_the_app_keeps_serving(browser: Browser, a
     browser.goto(app_url, "document.documentElement?.dataset.ready === 'true'")
     notes = tmp_path / "notes.nii.gz"
     notes.write_text("not an image\n")
-    browser.set_files("#file-t1", [notes])
+    browser.page.set_input_files("#file-t1", [notes])
     message = browser.wait_for("document.getElementById('status-t1').classList.contains('error')"
                                " && document.getElementById('status-t1').textContent", 30)
     assert message == ("notes.nii.gz: not a NIfTI file (neither a .nii volume nor a gzip-compressed .nii.gz)"
@@ -147,7 +144,7 @@ def test_a_bad_file_gets_a_message_and_the_app_keeps_serving(browser: Browser, a
 
 def test_a_case_from_the_dataset_menu(browser: Browser, app_url: str, shots: Path):
     browser.goto(app_url, "document.documentElement?.dataset.ready === 'true'")
-    browser.click("#source-case")
+    browser.page.click("#source-case")
     options = browser.evaluate("[...document.getElementById('case').options].map(o => o.textContent)")
     assert options == ["Phantom_5_000 (flair, t1, t1ce, t2, seg)", "Phantom_5_001 (flair, t1, t1ce, t2, seg)"]
     assert text(browser, "input-message") == "Ready."

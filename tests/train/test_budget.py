@@ -65,7 +65,7 @@ def test_plan_against_hand_arithmetic():
 
 def test_budget_minutes_is_validated():
     for value in ("-1", "nan", "inf"):
-        with pytest.raises(JaxsegError, match=r"train.budget_minutes must be a positive number of minutes"):
+        with pytest.raises(JaxsegError, match=r"train.budget_minutes: must be a positive number of minutes"):
             smoke(f"train.budget_minutes={value}")
     assert smoke("train.budget_minutes=45").train.budget_minutes == 45.0
 

@@ -7,7 +7,7 @@ grain source, and what prediction writes. A sampling (2D slices, 3D patches) is 
 prediction, explanation and ``jaxseg data inspect`` ask these two lookups and branch on nothing.
 
 Adding a format: a module ``formats/<name>.py`` with its ``FORMAT``, its entry in
-:data:`FORMATS`, the name in ``config.py``'s choices, and a test.
+:data:`FORMATS`, the name in the ``data.format`` choices (``jaxseg/config/sections.py``), and a test.
 """
 from __future__ import annotations
 
