@@ -77,12 +77,12 @@ def parse_target(spec: Target | str) -> Target:
     return Target(score, int(channel) if channel.lstrip("-").isdigit() else channel.upper())
 
 
-def target_probability(logits: jax.Array, target_kind: TargetKind, index: jax.Array | int
+def target_probability(logits: jax.Array, target_kind: str | TargetKind, index: jax.Array | int
                        ) -> tuple[jax.Array, jax.Array]:
     """Probability ``(B, *spatial)`` float32 and predicted mask ``(B, *spatial)`` bool of the
     :meth:`~jaxseg.target.TargetKind.probability_table` column ``index`` (a traced int is fine:
-    see :meth:`~jaxseg.target.TargetKind.table_index`)."""
-    probs, predicted = target_kind.probability_table(logits.astype(jnp.float32))
+    see :meth:`~jaxseg.target.TargetKind.table_index`); ``target_kind`` a name or a kind."""
+    probs, predicted = target_lib.target_kind(target_kind).probability_table(logits.astype(jnp.float32))
     index = jnp.asarray(index, jnp.int32)
     return (jnp.take(probs, index, axis=-1, mode="clip"),
             jnp.take(predicted, index, axis=-1, mode="clip"))
@@ -98,7 +98,7 @@ def masked_mean(values: jax.Array, pixels: jax.Array) -> jax.Array:
     return (values * weight).sum(axis=axes) / weight.sum(axis=axes)
 
 
-def target_score(logits: jax.Array, target_kind: TargetKind, index: jax.Array | int,
+def target_score(logits: jax.Array, target_kind: str | TargetKind, index: jax.Array | int,
                  use_prediction: jax.Array | bool, mask: jax.Array) -> jax.Array:
     """The per-sample score ``(B,)`` float32 of a target.
 
