@@ -44,7 +44,7 @@ def _slices(n, size, cin, seed=0):
 def _chunk(mc_chunk: int):
     """``--mc-chunk`` as ``mc_dropout``'s ``chunk``: -1 = jaxseg explain's default, 0 = all."""
     if mc_chunk < 0:
-        from jaxseg.explain.run import MC_SLICE_CHUNK
+        from jaxseg.explain.slices import MC_SLICE_CHUNK
         return MC_SLICE_CHUNK
     return mc_chunk or None
 
@@ -57,10 +57,12 @@ def jax_setup(task: str, n: int, size: int, cin: int, features: tuple, batch: in
     from jaxseg.explain.gradcam import gradcam_volume
     from jaxseg.explain.mc_shared import mc_dropout_shared
     from jaxseg.explain.uncertainty import mc_dropout
+    from jaxseg.models import conv
     from jaxseg.models.unet import UNet
     mc = mc_dropout_shared if shared else mc_dropout
     base = proc_status_mb("VmRSS")
-    model = UNet(cin, 1, features, dropout, rngs=nnx.Rngs(0))
+    # The variant's JAXSEG_CONV, given to every layer as build_model does.
+    model = conv.set_mode(UNet(cin, 1, features, dropout, rngs=nnx.Rngs(0)), conv.default_mode())
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     slices = _slices(n, size, cin)
     if task == "gradcam":
@@ -142,7 +144,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--mc-chunk", type=int, default=-1,
                     help="jaxseg: MC passes at once (0 = all in one vmap; default -1 = what "
-                         "`jaxseg explain` uses, jaxseg.explain.run.MC_SLICE_CHUNK)")
+                         "`jaxseg explain` uses, jaxseg.explain.slices.MC_SLICE_CHUNK)")
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features", default="32,64,128,256,512")
     ap.add_argument("--reps", type=int, default=3)

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from jaxseg import xla_flags
+    xla_flags.apply()  # the flags the jaxseg command runs with, before jax starts
     import jax
     from jaxseg import config as config_lib
     from jaxseg.data import preprocess

@@ -69,6 +69,10 @@ def env_variants(specs: list[str], setup, kwargs: dict) -> list[Variant]:
 def _worker(variant: Variant, warmup: int, conn) -> None:
     try:
         os.environ.update(variant.env)
+        # jaxseg's CPU flags, as the jaxseg command sets them (a variant's own XLA_FLAGS or
+        # JAXSEG_XLA_DEFAULTS=0 win); only environment, so the torch columns are unaffected.
+        from jaxseg import xla_flags
+        xla_flags.apply()
         t0 = time.perf_counter()
         run, info = variant.setup(**variant.kwargs)
         base = info.pop("_base_rss_mb", proc_status_mb("VmRSS"))
@@ -77,7 +81,7 @@ def _worker(variant: Variant, warmup: int, conn) -> None:
         first = time.perf_counter() - t1
         for _ in range(max(warmup - 1, 0)):
             run()
-        if "jax" in sys.modules:  # the flags XLA read in this worker (jaxseg adds its own on import)
+        if "jax" in sys.modules:  # the flags XLA read in this worker (with jaxseg's, added above)
             info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         conn.send(("ready", {"setup_s": t1 - t0, "first_s": first, "base_mb": base, **info}))
         while True:

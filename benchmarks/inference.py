@@ -23,10 +23,12 @@ default, ``--jax-variant "jax xla-conv:JAXSEG_CONV=xla"`` adds it in 3D), ``torc
 eager model through ``torch.compile``, called under ``torch.inference_mode()``; skipped with
 ``--no-compile``, reported if it does not compile within ``--compile-timeout``). The table's
 last lines give every jax variant against the fastest torch variant, the goal's measure
-(docs/speed.md). Forward passes have no weight gradient,
+(docs/speed.md). ``--bf16`` adds ``jax bf16``: the default path computing in bfloat16 (as a
+run with ``train.precision = "bfloat16"`` predicts; parameters float32, probabilities float32).
+Forward passes have no weight gradient,
 so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
 path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
-default XLA flags (``jaxseg.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
+default XLA flags (``jaxseg.xla_flags.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
 adds a column without them.
 Each variant runs in its own process (benchmarks/harness.py).
 """
@@ -51,20 +53,25 @@ def _image(shape, seed=0):
 
 
 def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
-              window_batch: int):
+              window_batch: int, precision: str = "float32"):
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
     from jaxseg.infer import sliding_window
-    from jaxseg.infer.predict import _make_forward
+    from jaxseg.infer.predict import probabilities
     from jaxseg.models import conv
     from jaxseg.models.unet import UNet
     from jaxseg.models.unet3d import UNet3D
     base = proc_status_mb("VmRSS")
-    model = (UNet if kind == "2d" else UNet3D)(cin, 1, features, rngs=nnx.Rngs(0))
+    # The variant's JAXSEG_CONV, given to every layer as build_model does.
+    # The compute dtype as registry.build_model gives it for train.precision (parameters float32).
+    model = conv.set_mode((UNet if kind == "2d" else UNet3D)(cin, 1, features, dtype=jnp.dtype(precision),
+                                                             rngs=nnx.Rngs(0)),
+                          conv.default_mode())
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    forward = jax.jit(_make_forward(graphdef, "wt"))
+    def forward(params, stats, x):
+        return probabilities(params, stats, x, graphdef=graphdef, target_kind="wt")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     if kind == "2d":
         x = jnp.asarray(_image((batch, *size, cin)))
@@ -78,7 +85,7 @@ def jax_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, win
             return sliding_window.sliding_window_probabilities(
                 lambda w: forward(params, stats, w), volume, window, overlap=overlap,
                 blend="gaussian", window_batch=window_batch)
-    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.get_conv_mode()}
+    return run, {"params": n_params, "_base_rss_mb": base, "conv": conv.default_mode(), "precision": precision}
 
 
 def torch_setup(kind: str, batch: int, size: tuple, cin: int, features: tuple, window: int, overlap: float,
@@ -132,6 +139,7 @@ def main() -> None:
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--features-2d", default="32,64,128,256,512")
     ap.add_argument("--features-3d", default="16,32,64,128,256")
+    ap.add_argument("--bf16", action="store_true", help="also time jaxseg computing in bfloat16")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile-timeout", type=float, default=600.0,
                     help="seconds torch.compile (with the first call and warm-up) may take")
@@ -154,6 +162,9 @@ def main() -> None:
         # would take a quarter of the time budget; --jax-variant "jax xla-conv:JAXSEG_CONV=xla" adds them.
         if kind == "2d":
             variants.append(Variant("jax xla-conv", jax_setup, common, env={"JAXSEG_CONV": "xla"}))
+        if args.bf16:
+            variants.append(Variant("jax bf16", jax_setup, dict(common, precision="bfloat16"),
+                                    env={"JAXSEG_CONV": "auto"}))
         variants += env_variants(args.jax_variant, jax_setup, common) + [
             Variant("torch eager", torch_setup, dict(common, channels_last=False)),
             Variant("torch eager CL", torch_setup, dict(common, channels_last=True)),

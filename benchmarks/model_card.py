@@ -63,6 +63,8 @@ def main() -> int:
         print(f"real data not found at {args.data}; this benchmark needs ../shared/data/brats2018")
         return 0
 
+    from jaxseg import xla_flags
+    xla_flags.apply()  # the flags the jaxseg command runs with, before jax starts
     from jaxseg import config as config_lib
     from jaxseg.model_export import export_model
     from jaxseg.model_store import CARD_FILE, resolve_checkpoint

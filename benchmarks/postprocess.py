@@ -40,6 +40,8 @@ def main() -> int:
         print(f"real data not found at {args.data}; this benchmark needs ../shared/data/brats2018")
         return 0
 
+    from jaxseg import xla_flags
+    xla_flags.apply()  # the flags the jaxseg command runs with, before jax starts
     import numpy as np
     from jaxseg import config as config_lib
     from jaxseg.data import brats

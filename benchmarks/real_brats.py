@@ -58,6 +58,8 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"real data not found at {args.data}; this benchmark needs ../shared/data/brats2018")
         return 0
+    from jaxseg import xla_flags
+    xla_flags.apply()  # the flags the jaxseg command runs with, before jax starts
     if not args.models:
         run_one(args.workdir, args.data, list(args.overrides), args.min_component_ml)
         return 0

@@ -14,8 +14,9 @@ One step = forward, BCE+Dice, backward, Adam, for:
   XLA's own convolutions and their gradients (``JAXSEG_CONV=xla``);
 - ``--jax-variant "NAME:K=V;K=V"``: more jaxseg columns with other environment variables, e.g.
   ``"jax jaxlib-flags:JAXSEG_XLA_DEFAULTS=0"`` without jaxseg's default XLA flags
-  (``jaxseg.CPU_XLA_FLAGS``, which every other jax column has);
-- ``jax bf16`` (``--bf16``): the default path computing in bfloat16 (parameters float32);
+  (``jaxseg.xla_flags.CPU_XLA_FLAGS``, which every other jax column has);
+- ``jax bf16`` (``--bf16``): the default path with ``train.precision = "bfloat16"`` (computing
+  in bfloat16; parameters, Adam's state and the loss float32);
 - ``torch eager`` (the reference), ``torch eager CL`` (channels_last / channels_last_3d memory
   format) and ``torch.compile`` (2D; skipped with ``--no-compile``, reported if it does not
   finish in time; ``--compile`` adds it in 3D): the same U-Net and loss in torch
@@ -81,7 +82,8 @@ def jax_setup(nd: int, batch: int, size: int, cin: int, features: tuple, dropout
         "model": {"name": "unet" if nd == 2 else "unet3d", "features": list(features), "dropout": dropout},
         "data": {"target": target_kind, "modalities": ["flair", "t1", "t1ce", "t2"][:cin],
                  **({"patch_size": size} if nd == 3 else {})},
-        "train": {"batch_size": batch, "loss": "bce_dice", "optimizer": "adam", "bf16": bf16}})
+        "train": {"batch_size": batch, "loss": "bce_dice", "optimizer": "adam",
+                  "precision": "bfloat16" if bf16 else "float32"}})
     mesh = pipeline.make_mesh()
     tx = make_optimizer(cfg, 1000)
     state = create_state(cfg, tx, mesh)
@@ -96,7 +98,7 @@ def jax_setup(nd: int, batch: int, size: int, cin: int, features: tuple, dropout
 
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     from jaxseg.models import conv
-    return run, {"params": params, "_base_rss_mb": base, "conv": conv.get_conv_mode(),
+    return run, {"params": params, "_base_rss_mb": base, "conv": conv.default_mode(),
                  "device": jax.devices()[0].platform}
 
 

@@ -3,7 +3,9 @@
 Exit status, for every command: 0 done; 2 a user error (bad arguments, a bad file or setting: a
 :class:`jaxseg.errors.JaxsegError`, printed as one line, never a traceback; also `data inspect`
 finding problems in a dataset); 130 interrupted (Ctrl-C). Heavy imports (jax) happen inside the
-commands so that ``jaxseg --help`` and ``jaxseg --version`` are instant.
+commands so that ``jaxseg --help`` and ``jaxseg --version`` are instant, and so that :func:`main`
+sets the process up (jaxseg's CPU XLA flags, :mod:`jaxseg.xla_flags`; the compilation cache)
+before jax starts.
 """
 from __future__ import annotations
 
@@ -45,17 +47,17 @@ def _print_version(value: bool) -> None:
 def _print_devices(value: bool) -> None:
     if value:
         import jax
-        import jaxseg
+        from jaxseg import xla_flags
         from jaxseg.models import conv
         backend = jax.default_backend()
         typer.echo(f"backend: {backend}; {jax.process_count()} process(es), {jax.device_count()} device(s): "
                    + ", ".join(str(d) for d in jax.devices()))
         if backend == "cpu":
-            typer.echo("CPU convolutions: " + ("XLA's own (jaxseg's default flag)" if jaxseg.xla_cpu_convolutions()
+            typer.echo("CPU convolutions: " + ("XLA's own (jaxseg's default flag)" if xla_flags.xla_cpu_convolutions()
                                                else "YNNPACK's (jaxlib's default)")
-                       + f"; convolution path: {conv.get_conv_mode()} (auto = the CPU-fast forms on CPU)")
+                       + f"; convolution path: {conv.default_mode()} (auto = the CPU-fast forms on CPU)")
         else:
-            typer.echo(f"convolution path: {conv.get_conv_mode()} (auto = XLA's convolutions on {backend})")
+            typer.echo(f"convolution path: {conv.default_mode()} (auto = XLA's convolutions on {backend})")
         raise typer.Exit()
 
 
@@ -328,6 +330,9 @@ def _compilation_cache() -> None:
 
 
 def main() -> None:
+    # Before any command imports jax: XLA reads XLA_FLAGS once, when jax starts its backend.
+    from jaxseg import xla_flags
+    xla_flags.apply()
     _compilation_cache()
     app()
 

@@ -1,13 +1,18 @@
 """Strict, multi-device test setup (CONTRIBUTING.md, habit 8).
 
 Four emulated CPU devices so sharding is exercised everywhere; rank promotion raises so a
-silent broadcast bug fails loudly. Both must be set before jax is imported.
+silent broadcast bug fails loudly. Both must be set before jax is imported, and so must jaxseg's
+CPU XLA flags (``jaxseg.xla_flags.apply()``, as the ``jaxseg`` command does), so the tests run
+the convolutions the command runs.
 """
 import os
 from pathlib import Path
 
+from jaxseg import xla_flags
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+xla_flags.apply()
 # What jaxseg keeps for itself (the demo model) goes to a per-run folder, never the user's own.
 if "JAXSEG_HOME" not in os.environ:
     import tempfile

@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 import jaxseg
+from jaxseg import xla_flags
 from jaxseg import cli
 from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
@@ -51,7 +52,7 @@ def test_devices_lists_what_jax_uses():
     first = result.output.splitlines()[0]
     assert first.startswith(f"backend: {jax.default_backend()}; ") and f"{jax.device_count()} device(s)" in first
     assert all(str(d) in first for d in jax.devices())
-    assert ("XLA's own" in result.output) == jaxseg.xla_cpu_convolutions()
+    assert ("XLA's own" in result.output) == xla_flags.xla_cpu_convolutions()
 
 
 @pytest.mark.parametrize("path,command", COMMANDS, ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")

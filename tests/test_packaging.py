@@ -39,7 +39,8 @@ def test_dependencies_are_ranges_and_imports_are_declared():
     assert not [d for d in deps if "==" in d], "exact pins belong in constraints.txt"
     names = {d.split(">")[0].split("<")[0].split("[")[0].split("=")[0].strip().lower() for d in deps}
     for module, dist in (("imageio", "imageio"), ("absl", "absl-py"), ("grain", "grain"), ("h5py", "h5py"),
-                         ("pydantic", "pydantic"), ("tomli_w", "tomli-w")):
+                         ("pydantic", "pydantic"), ("tomli_w", "tomli-w"), ("jinja2", "jinja2"),
+                         ("safetensors", "safetensors")):
         used = any(f"import {module}" in p.read_text() or f"from {module}" in p.read_text()
                    for p in (ROOT / "jaxseg").rglob("*.py"))
         assert used and dist in names, (module, dist)
@@ -91,6 +92,8 @@ def test_wheel_holds_the_package_its_configs_and_bundled_models(dists):
     for asset in ("jaxseg/report/viewer.js", "jaxseg/report/viewer.css", "jaxseg/serve/templates/index.html",
                   "jaxseg/serve/static/app.js", "jaxseg/serve/static/app.css"):
         assert asset in names
+    templates = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "jaxseg" / "report" / "templates").rglob("*.j2"))
+    assert templates and set(templates) <= set(names), "the report's templates are package data"
     assert f"{info}/licenses/LICENSE" in names
     meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(f"{info}/METADATA"))
     assert meta["License-Expression"] == "Apache-2.0"

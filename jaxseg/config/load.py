@@ -8,6 +8,7 @@ key of another model can say whose it is.
 Files written before the ``[model]`` section was chosen by ``model.name`` list every model's
 settings; a setting of another model at that model's default is dropped, so old run folders load.
 ``--set model.name=...`` replacing the file's model drops the settings of the replaced model only.
+``train.bf16`` of earlier versions is read as ``train.precision``.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def load_from_dict(raw: dict[str, Any], overrides: typing.Sequence[str] = (), so
     for item in overrides:
         _apply_override(raw, item)
     _drop_settings_of_a_replaced_model(given_model, raw.get("model"))
+    _read_train_bf16(raw, source)
     _check_keys(Config, raw, source, ())
     try:
         return _CONFIG.validate_python(raw)
@@ -113,13 +115,27 @@ def _drop_settings_of_a_replaced_model(given: Any, model: Any) -> None:
     if not (isinstance(given, dict) and isinstance(model, dict)):
         return
     name = model.get("name", "unet")
-    if name == given.get("name", "unet") or name not in MODEL_SECTIONS:
+    if name == given.get("name", "unet") or not isinstance(name, str) or name not in MODEL_SECTIONS:
         return
     own = {f.name for f in dataclasses.fields(MODEL_SECTIONS[name])}
     of_some_model = {f.name for section in MODEL_SECTIONS.values() for f in dataclasses.fields(section)}
     for key, value in given.items():
         if key not in own and key in of_some_model and model.get(key) == value:
             del model[key]
+
+
+def _read_train_bf16(raw: dict[str, Any], source: str) -> None:
+    """``train.bf16`` (files and ``--set`` of earlier versions; every run folder saved it) is the
+    old name of ``train.precision``: true = bfloat16, false = float32. A ``train.precision`` that
+    is given wins (``--set train.precision=bfloat16`` on an old run's ``bf16 = false``)."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or "bf16" not in train:
+        return
+    bf16 = train.pop("bf16")
+    if not isinstance(bf16, bool):
+        raise JaxsegError(f"{source}: train.bf16: must be true or false, got {bf16!r} "
+                          f"(its new name: train.precision = \"float32\" | \"bfloat16\")")
+    train.setdefault("precision", "bfloat16" if bf16 else "float32")
 
 
 def _subsection(cls: type, key: str) -> type | None:
@@ -145,7 +161,7 @@ def _check_keys(cls: type, raw: Any, source: str, prefix: tuple[str, ...]) -> No
 
 def _model_section(raw: dict[str, Any], source: str) -> type:
     name = raw.setdefault("name", "unet")
-    if name not in MODEL_SECTIONS:
+    if not isinstance(name, str) or name not in MODEL_SECTIONS:
         raise JaxsegError(f"{source}: model.name: must be one of {', '.join(MODEL_SECTIONS)}; got {name!r}")
     return MODEL_SECTIONS[name]
 

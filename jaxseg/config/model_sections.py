@@ -13,14 +13,15 @@ name in ``jaxseg/models/registry.py`` (a test checks the two registries name the
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import model_validator
 
 from jaxseg.config.fields import Float, IntList, PositiveInt, SettingError, Str, check, interval, section
 
-if TYPE_CHECKING:
-    from jaxseg.config.sections import DataConfig
+# check_data receives the [data] section (sections.DataConfig), typed Any here: sections.py
+# imports this module, and this module does not import it back.
+DataSection = Any
 
 
 def _positive_list(values: tuple[int, ...]) -> bool:
@@ -43,7 +44,7 @@ class ModelConfig:
     spatial_dims: ClassVar[int] = 2
     smoke_overrides: ClassVar[tuple[str, ...]] = ()
 
-    def check_data(self, data: DataConfig) -> None:
+    def check_data(self, data: DataSection) -> None:
         """Raise :class:`SettingError` (setting dotted from the top) if ``data`` does not suit this model."""
 
 
@@ -51,7 +52,7 @@ class ModelConfig:
 class _UNetFamilyConfig(ModelConfig):
     """Models that halve the slice once per level below the first (len(features) - 1 times)."""
 
-    def check_data(self, data: DataConfig) -> None:
+    def check_data(self, data: DataSection) -> None:
         halvings = len(self.features) - 1
         if data.image_size < 16 or data.image_size % 2 ** halvings:
             raise SettingError("data.image_size", f"must be at least 16 and divisible by {2 ** halvings} "
@@ -106,7 +107,7 @@ class ResUNet34Config(ModelConfig):
         "model.features=[4, 4, 8, 8, 16]", "model.encoder_depths=[1, 1, 1, 1]",
         "model.decoder_features=[8, 8, 4, 4, 4]")
 
-    def check_data(self, data: DataConfig) -> None:
+    def check_data(self, data: DataSection) -> None:
         if data.image_size < 32:
             raise SettingError("data.image_size", "must be at least 32 for resunet34 (five stride-2 stages); "
                                f"got {data.image_size}")
@@ -123,7 +124,7 @@ class UNet3DConfig(ModelConfig):
     smoke_overrides: ClassVar[tuple[str, ...]] = (
         "data.patch_size=16", "data.samples_per_case=1", "train.batch_size=2")
 
-    def check_data(self, data: DataConfig) -> None:
+    def check_data(self, data: DataSection) -> None:
         if data.format != "brats":
             raise SettingError("model.name", f"unet3d needs volumes; data.format = {data.format!r} gives 2D slices")
         halvings = len(self.features) - 1

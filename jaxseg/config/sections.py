@@ -129,7 +129,10 @@ class TrainConfig:
     plateau_factor: Annotated[Float, interval("(0, 1)")] = 0.5
     clip_norm: NonNegativeFloat = 0.0  # global-norm gradient clipping; 0 = off
     loss: Literal["bce", "dice", "bce_dice", "dice_focal", "ce_dice"] = "bce_dice"
-    bf16: Bool = False  # compute in bfloat16, keep parameters and the loss in float32
+    # The compute dtype of the model (training and, unless the predictor is told otherwise,
+    # inference): bfloat16 halves activation memory; parameters, optimizer state, gradients'
+    # accumulation and the loss stay float32. Replaces `bf16 = true` (still read: load.py).
+    precision: Literal["float32", "bfloat16"] = "float32"
     seed: Annotated[Int, check(lambda s: 0 <= s < 2 ** 32, "must be in [0, 2**32) (it seeds the data order)")] = 0
     save_every_steps: NonNegativeInt = 0  # also checkpoint every N steps; 0 = only at the end of each epoch
     keep_checkpoints: PositiveInt = 2

@@ -28,6 +28,7 @@ from flax import nnx
 # The per-sample curves of faithfulness.py, shared rather than written twice.
 from jaxseg.explain.faithfulness import CURVES, _curves, random_ranking
 from jaxseg.explain.gradcam import resolve_kind, target_probability
+from jaxseg.infer import chunks
 from jaxseg.target import TargetKind
 
 
@@ -37,11 +38,6 @@ def _predicted(graphdef, params, batch_stats, images, index, *, target_kind):
     return target_probability(logits, target_kind, index)[1]
 
 
-def _padded(array: np.ndarray, size: int) -> np.ndarray:
-    pad = size - len(array)
-    return np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)]) if pad else array
-
-
 def predicted_masks(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
                     channel: int | str = "WT", target_kind: str | TargetKind | None = None, batch_size: int = 16) -> np.ndarray:
     """Where the model predicts ``channel``: ``(Z, *spatial)`` bool for ``slices (Z, *spatial, C)``
@@ -49,10 +45,8 @@ def predicted_masks(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.
     slices = np.asarray(slices, np.float32)
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     index = jnp.int32(kind.table_index(channel))
-    parts = [np.asarray(_predicted(graphdef, params, batch_stats, _padded(slices[s:s + batch_size], batch_size),
-                                   index, target_kind=kind))[: len(slices[s:s + batch_size])]
-             for s in range(0, len(slices), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros(slices.shape[:-1], bool)
+    return chunks.map_chunks(lambda _, chunk: _predicted(graphdef, params, batch_stats, chunk, index, target_kind=kind),
+                             slices, batch_size=batch_size, empty=np.zeros(slices.shape[:-1], bool))
 
 
 def tumor_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
@@ -77,7 +71,8 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
       key: PRNG key: batch ``i`` of tumor slices uses ``fold_in(key, i)`` (split into the tie
         key and the random ranking's key); the result is a pure function of it.
       steps, channel, target_kind, baseline, chunk: as :func:`~jaxseg.explain.faithfulness.faithfulness`.
-      batch_size: tumor slices per call (the last batch zero-padded: one compiled program).
+      batch_size: tumor slices per call (the last batch zero-padded: one compiled program,
+        :func:`jaxseg.infer.chunks.map_chunks`).
       random_saliency: ``(Z, *spatial)`` the random maps to use instead of drawing them
         (a test's hand computation needs them).
     Returns:
@@ -99,22 +94,21 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
     chosen = tumor_slices(graphdef, params, batch_stats, slices, channel=channel, target_kind=kind,
                           batch_size=batch_size)
     fractions = np.linspace(0.0, 1.0, steps, dtype=np.float32)
-    parts = []
-    for i, start in enumerate(range(0, len(chosen), batch_size)):
-        picked = chosen[start:start + batch_size]
+
+    def per_slice_curves(i, images, maps, noise):
         rank_key, random_key = jax.random.split(jax.random.fold_in(key, i))
-        images = _padded(slices[picked], batch_size)
-        maps = _padded(saliency[picked], batch_size)
-        noise = (random_ranking(random_key, maps.shape) if random_saliency is None
-                 else _padded(np.asarray(random_saliency, np.float32)[picked], batch_size))
+        noise = random_ranking(random_key, maps.shape) if noise is None else jnp.asarray(noise)
         curves = _curves(graphdef, params, batch_stats, jnp.asarray(images), jnp.stack([jnp.asarray(maps), noise]),
                          rank_key, jnp.int32(index), jnp.float32(baseline), target_kind=kind, steps=int(steps),
                          chunk=None if chunk is None else int(chunk))
-        parts.append(np.asarray(curves)[..., : len(picked)])  # (2 rankings, steps, 4 curves, slices)
+        return jnp.moveaxis(curves, -1, 0)  # (slices, 2 rankings, steps, 4 curves): rows first
+
+    noise = None if random_saliency is None else np.asarray(random_saliency, np.float32)[chosen]
+    curves = chunks.map_chunks(per_slice_curves, slices[chosen], saliency[chosen], noise, batch_size=batch_size)
     result: dict[str, Any] = {"n": int(len(chosen)), "slices": [int(z) for z in chosen], "fractions": fractions}
-    if not parts:
+    if curves is None:
         return {**result, "deletion_beats_random": None, "insertion_beats_random": None, "per_slice_auc": {}}
-    curves = np.concatenate(parts, axis=-1).astype(np.float64)
+    curves = np.moveaxis(curves, 0, -1).astype(np.float64)  # (2 rankings, steps, 4 curves, slices)
     aucs = np.trapezoid(curves, fractions.astype(np.float64), axis=1)  # (2, 4, slices)
     deletion, insertion = CURVES.index("deletion_score"), CURVES.index("insertion_score")
     result["deletion_beats_random"] = float(np.mean(aucs[0, deletion] < aucs[1, deletion]))

@@ -43,6 +43,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg import target as target_lib
+from jaxseg.infer import chunks
 from jaxseg.target import REGIONS, TargetKind
 
 SCORES = ("mean", "predicted", "mask")
@@ -257,21 +258,11 @@ def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
     target_kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     if mask is not None:
         mask = np.asarray(mask, bool)
-    out = []
-    for start in range(0, len(slices), batch_size):
-        chunk = slices[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        chunk_mask = None if mask is None else mask[start:start + batch_size]
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            if chunk_mask is not None:
-                chunk_mask = np.concatenate([chunk_mask, np.zeros((pad, *chunk_mask.shape[1:]), bool)])
-        if sharding is not None:
-            chunk = jax.device_put(chunk, sharding)
-        cam = gradcam(graphdef, params, batch_stats, chunk, layer, target, mask=chunk_mask,
-                      target_kind=target_kind, normalise=normalise)
-        out.append(np.asarray(cam)[: batch_size - pad])
-    return np.concatenate(out) if out else np.zeros((0, *slices.shape[1:-1]), np.float32)
+    return chunks.map_chunks(
+        lambda _, chunk, chunk_mask: gradcam(graphdef, params, batch_stats, chunk, layer, target,
+                                             mask=chunk_mask, target_kind=target_kind, normalise=normalise),
+        slices, mask, batch_size=batch_size, sharding=sharding,
+        empty=np.zeros((0, *slices.shape[1:-1]), np.float32))
 
 
 def _batch_sharding(params: nnx.State, batch_size: int) -> NamedSharding | None:

@@ -44,13 +44,14 @@ from flax import nnx
 
 from jaxseg.explain.attribution import integrated_gradients
 from jaxseg.explain.gradcam import Target, resolve_kind
+from jaxseg.infer import chunks
 from jaxseg.overlap import dice_from_counts
 from jaxseg.target import TargetKind
 
 SIGNS = ("abs", "positive")
 
 
-def _regions(regions: Sequence[int | str] | None, kind: TargetKind) -> list[int | str]:
+def _regions(regions: Sequence[int | str] | None, kind: str) -> list[int | str]:
     return list(kind.region_names if regions is None else regions)
 
 
@@ -59,11 +60,6 @@ def _modality_names(modalities: Sequence[str] | None, channels: int) -> list[str
     if len(names) != channels:
         raise ValueError(f"{len(names)} modality names for {channels} input channels")
     return names
-
-
-def _chunks(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
 
 
 def _padded(array: np.ndarray, batch_size: int) -> np.ndarray:
@@ -75,6 +71,27 @@ def _padded(array: np.ndarray, batch_size: int) -> np.ndarray:
 def _predicted(graphdef, params, batch_stats, images, *, target_kind):
     logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False)
     return target_kind.probability_table(logits.astype(jnp.float32))
+
+
+def _region_attributions(graphdef, params, batch_stats, images, regions, sign, steps, baseline, target_kind,
+                         batch_size, chunk):
+    """Yield ``(start, region number, attribution (n, *spatial, C) float64 after the sign
+    convention, predicted (n, *spatial) bool)`` per chunk of ``batch_size`` samples and region."""
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    specs = _regions(regions, target_kind)
+    indices = [target_kind.table_index(r) for r in specs]
+    for start in range(0, len(images), batch_size):
+        rows = images[start:start + batch_size]
+        predicted = chunks.call_padded(
+            lambda x: _predicted(graphdef, params, batch_stats, x, target_kind=target_kind)[1], batch_size, rows)
+        for r, (spec, index) in enumerate(zip(specs, indices)):
+            # The target's channel is traced: every region reuses one compiled program.
+            ig = chunks.call_padded(
+                lambda x: integrated_gradients(graphdef, params, batch_stats, x, Target("predicted", spec),
+                                               steps=steps, baseline=baseline, target_kind=target_kind,
+                                               chunk=chunk), batch_size, rows).astype(np.float64)
+            yield start, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), predicted[..., index]
 
 
 def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
@@ -94,25 +111,31 @@ def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx
     Returns:
       ``(R, C)`` float64 numpy masses (sums, so masses of several batches add up).
     """
-    if sign not in SIGNS:
-        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     images = np.asarray(images, np.float32)
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
-    specs = _regions(regions, kind)
-    indices = [kind.table_index(r) for r in specs]
-    mass = np.zeros((len(specs), images.shape[-1]), np.float64)
-    for start, stop in _chunks(len(images), batch_size):
-        chunk_images = _padded(images[start:stop], batch_size)
-        keep = stop - start
-        predicted = np.asarray(_predicted(graphdef, params, batch_stats, chunk_images, target_kind=kind)[1])[:keep]
-        for r, (spec, index) in enumerate(zip(specs, indices)):
-            # The target's channel is traced: every region reuses one compiled program.
-            ig = np.asarray(integrated_gradients(graphdef, params, batch_stats, chunk_images,
-                                                 Target("predicted", spec), steps=steps, baseline=baseline,
-                                                 target_kind=kind, chunk=chunk), np.float64)[:keep]
-            ig = np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)
-            mass[r] += (ig * predicted[..., index, None]).reshape(-1, ig.shape[-1]).sum(axis=0)
+    mass = np.zeros((len(_regions(regions, kind)), images.shape[-1]), np.float64)
+    for _, r, attribution, predicted in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                             steps, baseline, kind, batch_size, chunk):
+        mass[r] += (attribution * predicted[..., None]).reshape(-1, attribution.shape[-1]).sum(axis=0)
     return mass
+
+
+def modality_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
+                  regions: Sequence[int | str] | None = None, sign: str = "abs", steps: int = 16,
+                  baseline: float = 0.0, target_kind: str | TargetKind | None = None, batch_size: int = 16,
+                  chunk: int | None = None) -> dict[str, np.ndarray]:
+    """The per-modality maps behind the shares, for a viewer: ``{region: (B, *spatial, C)
+    float32}``, the attribution of each channel (after the ``sign`` convention) at every pixel,
+    not restricted to the predicted region and not normalised. Its sum over the predicted pixels
+    is :func:`attribution_mass`. Arguments as :func:`attribution_mass`."""
+    images = np.asarray(images, np.float32)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
+    names = [str(r) for r in _regions(regions, kind)]
+    maps = {name: np.zeros(images.shape, np.float32) for name in names}
+    for start, r, attribution, _ in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                         steps, baseline, kind, batch_size, chunk):
+        maps[names[r]][start:start + len(attribution)] = attribution
+    return maps
 
 
 def shares_from_mass(mass: np.ndarray, region_names: Sequence[str], modalities: Sequence[str]
@@ -207,11 +230,12 @@ def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     fill = np.asarray([images[..., c][brain].mean() if brain.any() else 0.0
                        for c in range(images.shape[-1])], np.float32)
     total = np.zeros((images.shape[-1] + 1, len(indices), 4), np.float64)
-    for start, stop in _chunks(len(images), batch_size):
-        valid = _padded(np.ones(stop - start, bool), batch_size)
-        chunk_sums = _ablation_sums(graphdef, params, batch_stats, _padded(images[start:stop], batch_size),
-                                    _padded(brain[start:stop], batch_size), valid, jnp.asarray(fill),
-                                    jnp.asarray(indices, jnp.int32), target_kind=kind)
+    for start in range(0, len(images), batch_size):
+        # Sums, not rows: the padding rows are excluded inside the sums (valid False), not stripped.
+        n = len(images[start:start + batch_size])
+        chunk_sums = _ablation_sums(graphdef, params, batch_stats, _padded(images[start:start + n], batch_size),
+                                    _padded(brain[start:start + n], batch_size), _padded(np.ones(n, bool), batch_size),
+                                    jnp.asarray(fill), jnp.asarray(indices, jnp.int32), target_kind=kind)
         total += np.asarray(chunk_sums, np.float64)
     out: dict[str, dict[str, Any] | None] = {}
     for r, name in enumerate(names):

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxseg.explain.gradcam import _batch_sharding, resolve_kind
+from jaxseg.infer import chunks
 from jaxseg.target import TargetKind
 
 ROLLOUT = "rollout"
@@ -145,8 +146,7 @@ def model_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
     Args:
       graphdef, params, batch_stats: the model (as for :func:`jaxseg.explain.gradcam.gradcam`).
       images: ``(B, H, W, C)`` float32.
-      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`; None infers it
-        from the logits.
+      target_kind: ``'wt'``, ``'regions'`` or ``'classes'``; None infers it from the logits.
     Returns:
       ``name -> (B, H, W)`` float32 in [0, 1]: the gate names of ``model.explanation_maps`` and,
       for a model with ``attention_names``, ``'rollout'`` (query tokens weighted by the predicted
@@ -173,15 +173,7 @@ def model_maps_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
         return {}
     sharding = _batch_sharding(params, batch_size)
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, len(slices), batch_size):
-        chunk = slices[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-        if sharding is not None:
-            chunk = jax.device_put(chunk, sharding)
-        for name, value in model_maps(graphdef, params, batch_stats, chunk, kind).items():
-            parts[name].append(np.asarray(value)[: batch_size - pad])
     empty = np.zeros((0, *slices.shape[1:-1]), np.float32)
-    return {name: np.concatenate(values) if values else empty for name, values in parts.items()}
+    return chunks.map_chunks(lambda _, chunk: model_maps(graphdef, params, batch_stats, chunk, kind),
+                             slices, batch_size=batch_size, sharding=sharding,
+                             empty={name: empty for name in names})

@@ -1,8 +1,9 @@
-"""Explanations of 3D models (``unet3d``) for ``jaxseg explain``: every map of a whole volume.
+"""The explain pipeline's space of 3D models (``unet3d``): a case as its brain box, seen through
+sliding windows (:class:`WindowSpace`).
 
 The 3D model sees the brain box of :func:`jaxseg.data.patches.prepare_volume_3d`, so the maps are
 computed there and restored with :func:`~jaxseg.data.patches.restore_box` (0 off the brain), in
-the same canonical grid as the 2D path's maps:
+the same canonical grid as the 2D space's maps (:mod:`jaxseg.explain.slices`):
 
 - **probabilities** of the whole volume by sliding windows (:mod:`jaxseg.infer.sliding_window`,
   the run's ``[infer]`` settings), exactly as ``jaxseg predict`` computes them;
@@ -13,27 +14,29 @@ the same canonical grid as the 2D path's maps:
   is). With a 128^3 window the brain box of a BraTS case is mostly covered;
 - **MC dropout** per sliding window: :func:`~jaxseg.explain.uncertainty.mc_dropout` (the N
   passes vmapped over keys, ``chunk`` at a time) on each window batch, with key
-  ``fold_in(key, batch number)``; the per-window mean, variance, entropy and mutual information
+  ``fold_in(key, batch number)`` (the number passed by
+  :func:`~jaxseg.infer.sliding_window.sliding_window_mean`); the per-window mean, variance, entropy and mutual information
   are blended with the same window weights as the probabilities (a weighted mean of the
   windows' statistics, not the statistics of pooled samples);
 - **deletion/insertion** curves in 3D on the Grad-CAM window (voxels ranked by the 3D map).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxseg import target as target_lib
 from jaxseg.data import patches, preprocess
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam
+from jaxseg.explain.maps import Saliency
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.infer import sliding_window
 from jaxseg.infer.predict import Predictor
+from jaxseg import target as target_lib
 
 # MC passes and deletion/insertion steps evaluated at once on a window: each holds every
 # activation of a 128^3 forward pass, so a handful at a time bounds memory.
@@ -41,7 +44,7 @@ MC_CHUNK = 2
 FAITHFULNESS_CHUNK = 2
 
 
-def tumor_window_origin(probs: np.ndarray, target_kind: str | target_lib.TargetKind, size: int) -> np.ndarray:
+def tumor_window_origin(probs: np.ndarray, target_kind: str, size: int) -> np.ndarray:
     """``(3,)`` int64 origin of the ``size``-cube centred on the predicted whole tumor's centroid
     in ``probs (X', Y', Z', K)`` (the box centre without tumor), kept inside the (padded) box as
     :func:`~jaxseg.data.patches.patch_range` allows."""
@@ -69,29 +72,29 @@ def paste_window(window_map: np.ndarray, origin: np.ndarray, shape: tuple[int, .
 
 def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array, n_samples: int
                        ) -> dict[str, np.ndarray]:
-    """MC-dropout statistics of a prepared volume ``(X', Y', Z', C)`` by sliding windows.
+    """MC-dropout statistics of a prepared volume ``(X', Y', Z', C)`` by sliding windows; window
+    batch ``b`` uses ``fold_in(key, b)``.
 
     Returns ``mean``, ``variance`` ``(X', Y', Z', K)``; ``entropy``, ``mutual_information``
     ``(X', Y', Z', K)`` for sigmoid targets, ``(X', Y', Z')`` for softmax ones; float32.
     """
-    cfg, kind = predictor.cfg, predictor.target_kind
+    cfg, target = predictor.cfg, target_lib.target_for(predictor.cfg)
     sharding = NamedSharding(predictor.mesh, P("data"))
-    batches = iter(range(1 << 30))  # the window batches arrive in a fixed order: batch b gets fold_in(key, b)
 
-    def forward(windows: np.ndarray) -> jax.Array:
+    def forward(windows: np.ndarray, batch_number: int) -> jax.Array:
         stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats,
-                           jax.device_put(windows, sharding), jax.random.fold_in(key, next(batches)),
-                           n_samples, kind, chunk=MC_CHUNK)
+                           jax.device_put(windows, sharding), jax.random.fold_in(key, batch_number),
+                           n_samples, target.name, chunk=MC_CHUNK)
         per_class = [stats[k] if stats[k].ndim == 5 else stats[k][..., None]
                      for k in ("mean", "variance", "entropy", "mutual_information")]
         return jnp.concatenate(per_class, axis=-1)
 
     i = cfg.infer
-    stacked = sliding_window.sliding_window_probabilities(
+    stacked = sliding_window.sliding_window_mean(
         forward, volume, cfg.data.patch_size, overlap=i.overlap, blend=i.blend,
         window_batch=i.window_batch, batch_multiple=predictor.mesh.size)
-    k = kind.channels
-    softmax = kind.activation == "softmax"  # one categorical entropy per voxel, not one per channel
+    k = target.channels
+    softmax = target.activation == "softmax"  # one entropy over all classes, not one per channel
     e = 1 if softmax else k
     out = {"mean": stacked[..., :k], "variance": stacked[..., k:2 * k],
            "entropy": stacked[..., 2 * k:2 * k + e], "mutual_information": stacked[..., 2 * k + e:]}
@@ -100,52 +103,70 @@ def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array,
     return out
 
 
-def explain_volume(predictor: Predictor, image: np.ndarray, layer: str, target: str, key: jax.Array,
-                   mc_samples: int, faithfulness_steps: int, step: Callable[[str], None]) -> dict[str, Any]:
-    """Every map of ``image`` (canonical ``(X, Y, Z, C)``) for a 3D model, in the canonical grid.
+class WindowSpace:
+    """A canonical image ``(X, Y, Z, C)`` as the brain box a 3D model sees by sliding windows.
 
-    ``key`` as in the 2D path: MC dropout uses ``fold_in(key, 1)``, the curves ``fold_in(key, 2)``.
-    Returns ``probs (X, Y, Z, K)``, ``classes (X, Y, Z)`` uint8, ``cam (X, Y, Z)``, ``mc`` (dict
-    of canonical maps, or None when the model has no dropout or ``mc_samples < 2``), ``curves``
-    (or None without predicted tumor) and ``gradcam_window`` (its first voxel and edge in the
-    canonical grid).
+    Attributes:
+      brain: ``(X, Y, Z)`` bool, canonical.
+      model_input: the brain box ``(X', Y', Z', C)`` (:func:`~jaxseg.data.patches.prepare_volume_3d`
+        by the predictor's sampling) and the way back.
     """
-    cfg, kind = predictor.cfg, predictor.target_kind
-    prepared = patches.prepare_volume_3d(image, None, cfg.data)
-    brain = preprocess.brain_mask(image)
 
-    def to_volume(box_map: np.ndarray) -> np.ndarray:
-        restored = patches.restore_box(np.asarray(box_map, np.float32), prepared.box)
-        return restored * (brain if restored.ndim == 3 else brain[..., None])
+    def __init__(self, predictor: Predictor, image: np.ndarray):
+        self.predictor = predictor
+        self.target = target_lib.target_for(predictor.cfg)
+        # The predictor's sampling cuts the brain box and restores maps (jaxseg.data.formats).
+        self.model_input = predictor.sampling.prepare_input(image, predictor.cfg.data)
+        self.prepared = self.model_input.prepared  # a patches.PreparedVolume3D
+        self.brain = preprocess.brain_mask(image)
+        self.size = predictor.cfg.data.patch_size
 
-    probs_box = predictor.volume_probabilities(prepared.image)
-    probs = to_volume(probs_box)
-    classes = kind.classes_from_output(probs) * brain
-    step(f"segmented by sliding windows of {cfg.data.patch_size}^3 (overlap {cfg.infer.overlap}, {cfg.infer.blend})")
+    def to_volume(self, box_map: np.ndarray) -> np.ndarray:
+        """``(X', Y', Z'[, K])`` maps of the box -> canonical ``(X, Y, Z[, K])``, 0 off-brain."""
+        restored = self.model_input.restore(np.asarray(box_map, np.float32))
+        return restored * (self.brain if restored.ndim == 3 else self.brain[..., None])
 
-    size = cfg.data.patch_size
-    origin = tumor_window_origin(probs_box, kind, size)
-    window = patches.cut_patch(prepared.image, origin, size)[None]
-    cam_window = np.asarray(gradcam(predictor.graphdef, predictor.params, predictor.batch_stats, window,
-                                    layer, target, target_kind=kind))[0]
-    cam = to_volume(paste_window(cam_window, origin, prepared.box.shape))
-    step(f"3D Grad-CAM of layer {layer} ({target}) on the {size}^3 window at the predicted tumor")
+    def probabilities(self) -> np.ndarray:
+        """``(X', Y', Z', K)`` float32 by sliding windows (the run's ``[infer]`` settings)."""
+        return self.predictor.volume_probabilities(self.model_input.values)
 
-    mc = None
-    if cfg.model.dropout > 0 and mc_samples > 1:
-        stats = mc_dropout_windows(predictor, prepared.image, jax.random.fold_in(key, 1), mc_samples)
-        mc = {name: to_volume(value) for name, value in stats.items()}
-        mc["entropy_wt"] = mc["entropy"][..., 0] if mc["entropy"].ndim == 4 else mc["entropy"]
-        mc["variance_wt"] = mc["variance"][..., 0]
-        step(f"MC dropout: {mc_samples} passes per window")
-    else:
-        step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency:
+        """3D Grad-CAM of the window centred on the predicted tumor in ``probabilities`` (the
+        box's), pasted into zeros of the box."""
+        p = self.predictor
+        origin = tumor_window_origin(probabilities, self.target.name, self.size)
+        window = patches.cut_patch(self.model_input.values, origin, self.size)[None]
+        cam_window = np.asarray(gradcam(p.graphdef, p.params, p.batch_stats, window, layer, target,
+                                        target_kind=self.target.name))[0]
+        start = (np.asarray(self.prepared.box.start) + origin).astype(int).tolist()
+        return Saliency(paste_window(cam_window, origin, self.prepared.box.shape), images=window,
+                        maps=cam_window[None], notes={"gradcam_window": {"start": start, "size": self.size}})
 
-    curves = None
-    if classes.any():
-        curves = faithfulness(predictor.graphdef, predictor.params, predictor.batch_stats, window,
-                              cam_window[None], jax.random.fold_in(key, 2), steps=faithfulness_steps,
-                              channel="WT", target_kind=kind, chunk=FAITHFULNESS_CHUNK)
-    start = (np.asarray(prepared.box.start) + origin).astype(int).tolist()
-    return {"probs": probs, "classes": classes, "cam": cam, "mc": mc, "curves": curves,
-            "gradcam_window": {"start": start, "size": size}}
+    def model_maps(self) -> dict[str, np.ndarray]:
+        """None yet: the 3D models carry no attention maps."""
+        return {}
+
+    def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
+        """:func:`mc_dropout_windows` of the box."""
+        return mc_dropout_windows(self.predictor, self.model_input.values, key, samples)
+
+    def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
+                     steps: int, slices: int) -> dict[str, Any] | None:
+        """Deletion/insertion in 3D on the Grad-CAM window, voxels ranked by its 3D map; None
+        without predicted tumor in the canonical ``probabilities``. ``cam`` and ``slices``
+        are not needed here."""
+        if not self.target.classes_from_output(probabilities).any():
+            return None
+        p = self.predictor
+        return faithfulness(p.graphdef, p.params, p.batch_stats, saliency.images, saliency.maps, key, steps=steps,
+                            channel="WT", target_kind=self.target.name, chunk=FAITHFULNESS_CHUNK)
+
+    def segmented_message(self) -> str:
+        i = self.predictor.cfg.infer
+        return f"segmented by sliding windows of {self.size}^3 (overlap {i.overlap}, {i.blend})"
+
+    def gradcam_message(self, layer: str, target: str) -> str:
+        return f"3D Grad-CAM of layer {layer} ({target}) on the {self.size}^3 window at the predicted tumor"
+
+    def mc_message(self, samples: int) -> str:
+        return f"MC dropout: {samples} passes per window"

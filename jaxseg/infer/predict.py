@@ -8,6 +8,7 @@ and header.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -22,7 +23,7 @@ from jaxseg import config as config_lib
 from jaxseg.config import Config
 from jaxseg.data import brats, checks, formats, nifti, pipeline, preprocess
 from jaxseg.errors import JaxsegError
-from jaxseg.infer import predict2d, sliding_window
+from jaxseg.infer import chunks, predict2d, sliding_window
 from jaxseg.infer.prediction import Prediction
 from jaxseg.models import registry
 from jaxseg.model_store import resolve_checkpoint
@@ -37,14 +38,18 @@ class Predictor:
 
     Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too;
     ``target_kind`` (:class:`~jaxseg.target.TargetKind`) says what the output channels mean.
+    ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"``; default the run's
+    ``train.precision`` (a run trained in bfloat16 predicts in bfloat16). The checkpoint's
+    parameters are float32 either way; ``self.precision`` says which one the graphdef computes in.
     """
 
-    def __init__(self, checkpoint: str | Path, batch_size: int = 16):
+    def __init__(self, checkpoint: str | Path, batch_size: int = 16, precision: str | None = None):
         self.run = find_run(checkpoint)
         self.cfg: Config = load_run_config(self.run)
         self.target_kind: TargetKind = target_for(self.cfg)
         self.mesh = pipeline.make_mesh()
-        self.graphdef = graphdef_of(self.cfg)
+        self.precision = precision or self.cfg.train.precision
+        self.graphdef = graphdef_of(self.cfg, precision=self.precision)
         target = abstract_state(self.cfg, make_optimizer(self.cfg, 1), self.mesh)
         self.params, self.batch_stats, self.meta = load_model_state(self.run, target)
         # Batches are split over devices, so round the batch up to a multiple of their number.
@@ -53,26 +58,24 @@ class Predictor:
         # How the model reads an image (2D slices or 3D sliding windows) and the way back.
         self.sampling = formats.sampling(registry.spatial_dims(self.cfg))
         self.volumetric = self.sampling.spatial_dims == 3
-        forward = _make_forward(self.graphdef, self.target_kind)
-        if self.cfg.infer.tta_flips:  # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
-            forward = _with_flip_tta(forward, self.sampling.flip_axes)
-        self._forward = jax.jit(forward)
+        # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
+        self.flip_axes = tuple(self.sampling.flip_axes) if self.cfg.infer.tta_flips else ()
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
 
+    def forward(self, x: jax.Array) -> jax.Array:
+        """``(B, *spatial, C)`` float32 batch -> ``(B, *spatial, K)`` float32 probabilities, with
+        the run's test-time flips; compiled once per model structure and shape (shared by every
+        Predictor of the same model: :func:`probabilities`)."""
+        return probabilities(self.params, self.batch_stats, x, graphdef=self.graphdef,
+                             target_kind=self.cfg.data.target, flip_axes=self.flip_axes)
+
     def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """(Z, S, S, C) float32 preprocessed slices -> (Z, S, S, K) float32 probabilities."""
-        sharding = NamedSharding(self.mesh, P("data"))
-        out = []
-        for start in range(0, len(slices), self.batch_size):
-            chunk = slices[start:start + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            probs = self._forward(self.params, self.batch_stats, jax.device_put(chunk, sharding))
-            out.append(np.asarray(probs)[: self.batch_size - pad])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        return chunks.map_chunks(lambda _, chunk: self.forward(chunk), np.asarray(slices),
+                                 batch_size=self.batch_size, sharding=NamedSharding(self.mesh, P("data")),
+                                 empty=np.zeros((0,), np.float32))
 
     def volume_probabilities(self, volume: np.ndarray) -> np.ndarray:
         """3D models: (X', Y', Z', C) float32 prepared volume (``patches.prepare_volume_3d``) ->
@@ -81,7 +84,7 @@ class Predictor:
         sharding = NamedSharding(self.mesh, P("data"))
 
         def forward(windows: np.ndarray) -> jax.Array:
-            return self._forward(self.params, self.batch_stats, jax.device_put(windows, sharding))
+            return self.forward(jax.device_put(windows, sharding))
 
         i = self.cfg.infer
         return sliding_window.sliding_window_probabilities(
@@ -97,21 +100,27 @@ class Predictor:
         return probs, self.target_kind.classes_from_output(probs)
 
 
-def _make_forward(graphdef: nnx.GraphDef, target_kind: str | TargetKind) -> Callable:
-    kind = target_lib.target_kind(target_kind)
+@functools.partial(jax.jit, static_argnames=("graphdef", "target_kind", "flip_axes"))
+def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, graphdef: nnx.GraphDef,
+                  target_kind: str | TargetKind, flip_axes: tuple[int, ...] = ()) -> jax.Array:
+    """The model's probabilities of a batch: one jitted function for every model, keyed on its
+    (static, hashable) graphdef, so two Predictors of the same model share one compilation.
 
-    def forward(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
-        logits, _ = nnx.merge(graphdef, params, batch_stats)(x, train=False)
-        return kind.probabilities(logits.astype(jnp.float32))
-    return forward
+    Args:
+      params, batch_stats: the model's state (``nnx.split(model, nnx.Param, nnx.BatchStat)``).
+      x: ``(B, *spatial, C)`` float32.
+      graphdef: the model's structure (its convolution mode included).
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`.
+      flip_axes: test-time flips: the mean over flips of every subset of these axes of ``x``
+        (training flips the same axes, ``data.augment.flip``); ``()`` none.
 
-
-def _with_flip_tta(forward: Callable, spatial_axes: tuple[int, ...]) -> Callable:
-    """``forward(params, batch_stats, x)`` averaged over the flips of every subset of
-    ``spatial_axes`` of the batch ``x`` (training flips the same axes, ``data.augment.flip``)."""
-    def tta(params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
-        return sliding_window.with_flip_tta(lambda w: forward(params, batch_stats, w), spatial_axes)(x)
-    return tta
+    Returns:
+      ``(B, *spatial, K)`` float32.
+    """
+    def forward(batch: jax.Array) -> jax.Array:
+        logits, _ = nnx.merge(graphdef, params, batch_stats)(batch, train=False)
+        return target_lib.target_kind(target_kind).probabilities(logits.astype(jnp.float32))
+    return sliding_window.with_flip_tta(forward, flip_axes)(x) if flip_axes else forward(x)
 
 
 def remove_small_components(classes: np.ndarray, spacing: tuple[float, ...], min_ml: float) -> np.ndarray:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.infer.chunks import call_padded
+
 BLENDS = ("gaussian", "constant")
 GAUSSIAN_SIGMA_SCALE = 1 / 8  # sigma = window * 1/8 (nnU-Net, MONAI's sigma_scale=0.125)
 # nnU-Net clips the map's smallest values to its smallest non-zero value so that no voxel is
@@ -88,12 +90,22 @@ def with_flip_tta(probs_fn: ProbsFn, spatial_axes: Sequence[int] = (1, 2, 3)) ->
 def sliding_window_probabilities(forward: ProbsFn, image: np.ndarray, window: int | Sequence[int], *,
                                  overlap: float = 0.5, blend: str = "gaussian", window_batch: int = 2,
                                  batch_multiple: int = 1) -> np.ndarray:
-    """Weighted mean of window probabilities over a whole volume.
+    """Weighted mean of window probabilities over a whole volume: :func:`sliding_window_mean`
+    of a ``forward(windows)`` that needs no batch number."""
+    return sliding_window_mean(lambda windows, batch_number: forward(windows), image, window, overlap=overlap,
+                               blend=blend, window_batch=window_batch, batch_multiple=batch_multiple)
+
+
+def sliding_window_mean(forward: Callable[[np.ndarray, int], jax.Array], image: np.ndarray,
+                        window: int | Sequence[int], *, overlap: float = 0.5, blend: str = "gaussian",
+                        window_batch: int = 2, batch_multiple: int = 1) -> np.ndarray:
+    """Weighted mean of per-window outputs over a whole volume.
 
     Args:
-      forward: ``(B, *window, C)`` float32 numpy -> ``(B, *window, K)`` probabilities, ideally
-        jitted (:func:`with_flip_tta` inside for test-time flips). ``B`` is always the padded
-        batch.
+      forward: ``(windows (B, *window, C) float32 numpy, batch_number int)`` -> ``(B, *window, K)``
+        outputs, ideally jitted (:func:`with_flip_tta` inside for test-time flips). ``B`` is
+        always the padded batch; batch ``n`` (0, 1, ...) holds the same windows on every call, so
+        a random forward pass can take its key from the number (``fold_in(key, n)``).
       image: ``(X, Y, Z, C)`` float32 (preprocessed, e.g. the brain box of
         ``patches.prepare_volume_3d``).
       window: window edge (an int for a cube) or ``(wx, wy, wz)``.
@@ -105,7 +117,7 @@ def sliding_window_probabilities(forward: ProbsFn, image: np.ndarray, window: in
         split over).
 
     Returns:
-      ``(X, Y, Z, K)`` float32 probabilities.
+      ``(X, Y, Z, K)`` float32, the weighted mean of the windows' outputs.
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1); got {overlap}")
@@ -122,12 +134,12 @@ def sliding_window_probabilities(forward: ProbsFn, image: np.ndarray, window: in
 
     accumulated = None
     norm = np.zeros(padded.shape[:3], np.float32)
-    for first in range(0, len(origins), batch):
+    for number, first in enumerate(range(0, len(origins), batch)):
         chunk = origins[first:first + batch]
-        windows = np.zeros((batch, *window, padded.shape[3]), np.float32)
-        for i, o in enumerate(chunk):
-            windows[i] = padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
-        probs = np.asarray(forward(windows), np.float32)
+        windows = np.stack([padded[o[0]:o[0] + window[0], o[1]:o[1] + window[1], o[2]:o[2] + window[2]]
+                            for o in chunk])
+        # Zero windows fill the last batch; the forward hears the batch's number.
+        probs = call_padded(lambda full, n=number: forward(full, n), batch, windows).astype(np.float32, copy=False)
         if accumulated is None:
             accumulated = np.zeros(padded.shape[:3] + probs.shape[-1:], np.float32)
         for i, o in enumerate(chunk):

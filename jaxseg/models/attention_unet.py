@@ -134,8 +134,9 @@ class AttentionUNet(nnx.Module):
                perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
         """Everything before the first dropout site, as :meth:`UNet.encode
         <jaxseg.models.unet.UNet.encode>` (the same encoder and bottleneck)."""
+        size = tuple(x.shape[1:-1])
         x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
-        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), x.shape[1:-1])
+        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), size)
 
     def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
                perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:

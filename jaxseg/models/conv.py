@@ -20,19 +20,24 @@ as matrix products. Measurements and the history: benchmarks/NOTES.md (section 1
 - a 3D convolution is one 2D convolution with the depth taps stacked on the output or the
   input channels (:func:`_conv3d_via_2d`); its gradients follow by autodiff through the 2D one.
 
-The XLA flag that gives convolutions to XLA rather than YNNPACK is set by ``import jaxseg``
-(``jaxseg.CPU_XLA_FLAGS``); this module only reads which library runs them.
+The XLA flag that gives convolutions to XLA rather than YNNPACK is set by the CLI
+(:mod:`jaxseg.xla_flags`, ``jaxseg.xla_flags.apply()`` for library users); this module only
+reads which library runs them.
 
-**Which path.** ``mode`` is ``"auto"`` (default), ``"fast"`` or ``"xla"``: read from
-``JAXSEG_CONV`` at import, changed with :func:`set_conv_mode` or the :func:`conv_mode` context.
-``auto`` lowers both formulations into ``jax.lax.platform_dependent``: the CPU backend runs the
-fast one, GPUs and TPUs (whose libraries compute weight gradients well) run XLA's convolution.
-``fast`` / ``xla`` force one everywhere, so tests check both on CPU. The mode is read at trace
-time: a function jitted before a change keeps the path it was traced with.
+**Which path.** Every layer's ``mode`` is ``"auto"`` (default), ``"fast"`` or ``"xla"``, a static
+attribute fixed when the model is built: :func:`Conv` / :func:`ConvTranspose` take it,
+:func:`set_mode` sets it on every convolution of a built model, and
+``jaxseg.models.registry.build_model`` applies its ``conv_mode`` argument (default
+:func:`default_mode`: ``JAXSEG_CONV`` or ``auto``). Being static, the mode is part of the
+model's graphdef, so a jitted function keyed on the graphdef compiles again for another mode
+instead of reusing a trace of the old one. ``auto`` lowers both formulations into
+``jax.lax.platform_dependent``: the CPU backend runs the fast one, GPUs and TPUs (whose
+libraries compute weight gradients well) run XLA's convolution. ``fast`` / ``xla`` force one
+everywhere, so tests check both on CPU.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import itertools
 import os
@@ -42,7 +47,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg import xla_cpu_convolutions
+from jaxseg.errors import JaxsegError
+from jaxseg.xla_flags import xla_cpu_convolutions
 
 MODES = ("auto", "fast", "xla")
 _WGRAD_LOOP = os.environ.get("JAXSEG_WGRAD_LOOP", "1") == "1"  # experiment switch (benchmarks/NOTES.md)
@@ -50,39 +56,29 @@ _WGRAD_LOOP = os.environ.get("JAXSEG_WGRAD_LOOP", "1") == "1"  # experiment swit
 _WGRAD = os.environ.get("JAXSEG_WGRAD", "auto")
 if _WGRAD not in ("auto", "taps", "xla"):
     raise ValueError(f"JAXSEG_WGRAD must be auto, taps or xla, got {_WGRAD!r}")
-_mode = os.environ.get("JAXSEG_CONV", "auto")
-if _mode not in MODES:
-    raise ValueError(f"JAXSEG_CONV must be one of {MODES}, got {_mode!r}")
 
 
-def set_conv_mode(mode: str) -> None:
-    """Select the convolution path for functions traced from now on (see module docstring)."""
-    global _mode
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`, else ``ValueError``."""
     if mode not in MODES:
         raise ValueError(f"conv mode must be one of {MODES}, got {mode!r}")
-    _mode = mode
+    return mode
 
 
-def get_conv_mode() -> str:
-    return _mode
+def default_mode() -> str:
+    """The mode a model gets when its builder is given none: ``JAXSEG_CONV`` or ``"auto"``.
+    Read when a model is built (never at trace time), so it ends up in the graphdef."""
+    mode = os.environ.get("JAXSEG_CONV", "auto")
+    if mode not in MODES:
+        raise JaxsegError(f"JAXSEG_CONV: must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode
 
 
-@contextlib.contextmanager
-def conv_mode(mode: str):
-    """``with conv_mode("xla"): ...`` traces the block with that path, then restores the old one."""
-    old = _mode
-    set_conv_mode(mode)
-    try:
-        yield
-    finally:
-        set_conv_mode(old)
-
-
-def _select(fast, plain, *args):
-    """``fast(*args)`` on CPU, ``plain(*args)`` elsewhere (or as the mode forces)."""
-    if _mode == "fast":
+def _select(fast, plain, mode: str, *args):
+    """``fast(*args)`` on CPU, ``plain(*args)`` elsewhere (or as ``mode`` forces)."""
+    if mode == "fast":
         return fast(*args)
-    if _mode == "xla":
+    if mode == "xla":
         return plain(*args)
     return lax.platform_dependent(*args, cpu=fast, default=plain)
 
@@ -151,7 +147,7 @@ def _tap_weight_grad(in_channels: int) -> bool:
     """Whether the fast path computes the weight gradient as tap products (else it runs XLA's
     convolution and its own gradients).
 
-    With XLA's own convolutions (jaxseg's default CPU flags, ``jaxseg.CPU_XLA_FLAGS``) its
+    With XLA's own convolutions (jaxseg's default CPU flags, ``jaxseg.xla_flags.CPU_XLA_FLAGS``) its
     weight-gradient convolution beat the tap products for every U-Net layer of 16 or more input
     channels (e.g. 91 against 115 ms at 256^2 x 32 -> 32, batch 4); with YNNPACK's convolutions
     (jaxlib's default) the tap products won (163 against 277 ms). Below 16 input channels the
@@ -231,12 +227,13 @@ def _channel_last(nd: int) -> lax.ConvDimensionNumbers:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None, out_sharding=None
-                         ) -> jax.Array:
+                         precision=None, preferred_element_type=None, out_sharding=None, *,
+                         mode: str = "auto") -> jax.Array:
     """``jax.lax.conv_general_dilated`` (same arguments and result) whose weight gradient is
-    :func:`weight_grad` on the fast path. Cases the fast path does not cover (dilations,
-    grouped convolutions, layouts other than channel-last, more than 3 spatial axes) always run
-    XLA's convolution (and so does an explicit ``out_sharding``)."""
+    :func:`weight_grad` on the fast path (``mode`` as in the module docstring). Cases the fast
+    path does not cover (dilations, grouped convolutions, layouts other than channel-last, more
+    than 3 spatial axes) always run XLA's convolution (and so does an explicit ``out_sharding``)."""
+    check_mode(mode)
     plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
                               padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                               dimension_numbers=dimension_numbers,
@@ -250,7 +247,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     simple = (out_sharding is None and 1 <= nd <= 3 and dn == _channel_last(nd) and feature_group_count == 1
               and batch_group_count == 1 and tuple(lhs_dilation or ones) == ones
               and tuple(rhs_dilation or ones) == ones)
-    if not simple or _mode == "xla":
+    if not simple or mode == "xla":
         return plain(lhs, rhs)
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
@@ -264,7 +261,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             return _conv3d_via_2d(l, r, strides, pads, precision, preferred_element_type)
         return _conv_nd(l, r, strides, pads, precision, preferred_element_type)
 
-    return _select(fast, lambda l, r: plain(l, r), lhs, rhs)
+    return _select(fast, lambda l, r: plain(l, r), mode, lhs, rhs)
 
 
 # --- transposed convolution whose window equals its stride -----------------------------------
@@ -293,9 +290,27 @@ def upsample_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return y.reshape(x.shape[0], *(s * w for s, w in zip(x.shape[1:-1], window)), cout)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvPrimitive:
+    """:func:`conv_general_dilated` with its ``mode`` bound: what a :func:`Conv` layer holds as
+    its ``conv_general_dilated``. Frozen, so graphdefs compare and hash it by value (two models
+    built alike share compilations; another mode is another graphdef)."""
+    mode: str = "auto"
+
+    def __post_init__(self):
+        check_mode(self.mode)
+
+    def __call__(self, *args, **kwargs) -> jax.Array:
+        return conv_general_dilated(*args, **kwargs, mode=self.mode)
+
+
 class _ConvTranspose(nnx.ConvTranspose):
     """``nnx.ConvTranspose`` (same parameters) computing window == stride upsampling as a matrix
-    product on the fast path."""
+    product on the fast path; ``conv_mode`` is static (part of the graphdef)."""
+
+    def __init__(self, *args, mode: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conv_mode = check_mode(mode)
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         nd = len(self.kernel_size)
@@ -305,7 +320,7 @@ class _ConvTranspose(nnx.ConvTranspose):
         plain_ok = (inputs.ndim == nd + 2 and strides == window and self.padding == "VALID"
                     and self.mask is None and not self.transpose_kernel
                     and dilation in (None, 1, (1,) * nd) and self.preferred_element_type is None)
-        if not plain_ok or _mode == "xla":
+        if not plain_ok or self.conv_mode == "xla":
             return super().__call__(inputs)
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
@@ -313,21 +328,45 @@ class _ConvTranspose(nnx.ConvTranspose):
         def plain(x, k):
             return lax.conv_transpose(x, k, strides, "VALID", precision=self.precision)
 
-        y = _select(upsample_matmul, plain, inputs, kernel)
+        y = _select(upsample_matmul, plain, self.conv_mode, inputs, kernel)
         if bias is not None:
             y = y + bias.reshape((1,) * (nd + 1) + (-1,))
         return y
 
 
-def Conv(in_features: int, out_features: int, kernel_size, strides=1, **kwargs) -> nnx.Conv:
+def Conv(in_features: int, out_features: int, kernel_size, strides=1, *, mode: str = "auto",
+         **kwargs) -> nnx.Conv:
     """``nnx.Conv`` (same arguments, same parameters) computing through
-    :func:`conv_general_dilated`."""
+    :func:`conv_general_dilated` in ``mode`` (a :class:`ConvPrimitive`)."""
     return nnx.Conv(in_features, out_features, kernel_size, strides,
-                    conv_general_dilated=conv_general_dilated, **kwargs)
+                    conv_general_dilated=ConvPrimitive(mode), **kwargs)
 
 
-def ConvTranspose(in_features: int, out_features: int, kernel_size, strides=None, **kwargs
-                  ) -> nnx.ConvTranspose:
+def ConvTranspose(in_features: int, out_features: int, kernel_size, strides=None, *, mode: str = "auto",
+                  **kwargs) -> nnx.ConvTranspose:
     """``nnx.ConvTranspose`` (same arguments, same parameters); window == stride upsampling
-    runs as :func:`upsample_matmul` on the fast path."""
-    return _ConvTranspose(in_features, out_features, kernel_size, strides, **kwargs)
+    runs as :func:`upsample_matmul` on the fast path (``mode``)."""
+    return _ConvTranspose(in_features, out_features, kernel_size, strides, mode=mode, **kwargs)
+
+
+def set_mode(model: nnx.Module, mode: str) -> nnx.Module:
+    """Set ``mode`` on every convolution of ``model`` built by :func:`Conv` / :func:`ConvTranspose`
+    (in place, outside any trace); returns ``model``. Its graphdef changes with the mode."""
+    primitive = ConvPrimitive(mode)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv) and isinstance(node.conv_general_dilated, ConvPrimitive):
+            node.conv_general_dilated = primitive
+        elif isinstance(node, _ConvTranspose):
+            node.conv_mode = mode
+    return model
+
+
+def modes_of(model: nnx.Module) -> set[str]:
+    """The modes of ``model``'s convolutions built here (one element for a model built whole)."""
+    modes = set()
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv) and isinstance(node.conv_general_dilated, ConvPrimitive):
+            modes.add(node.conv_general_dilated.mode)
+        elif isinstance(node, _ConvTranspose):
+            modes.add(node.conv_mode)
+    return modes

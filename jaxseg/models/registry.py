@@ -15,13 +15,16 @@ which model they hold:
 from __future__ import annotations
 
 import math
+import typing
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.config import MODEL_SECTIONS, Config
+from jaxseg.config import MODEL_SECTIONS, Config, TrainConfig
+from jaxseg.errors import JaxsegError
+from jaxseg.models import conv
 from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.transunet import TransUNet
@@ -72,19 +75,30 @@ MODELS = BUILDERS  # the known names
 VOLUME_MODELS = frozenset(name for name, section in MODEL_SECTIONS.items() if section.spatial_dims == 3)
 
 
+# The compute dtypes a model can be built in (the choices of train.precision).
+PRECISIONS = typing.get_args(typing.get_type_hints(TrainConfig)["precision"])
+
+
 def spatial_dims(cfg: Config) -> int:
     """2 for slice models, 3 for volume models."""
     return cfg.model.spatial_dims
 
 
-def build_model(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(cfg: Config, rngs: nnx.Rngs, conv_mode: str | None = None,
+                precision: str | None = None) -> nnx.Module:
     """The network ``cfg.model`` describes, for ``cfg.in_channels`` modalities and
-    ``cfg.out_channels`` targets; computes in bfloat16 iff ``cfg.train.bf16`` (parameters stay
-    float32). Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
+    ``cfg.out_channels`` targets. Cheap shapes only: ``nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))``.
+    ``conv_mode``: the convolution path of every layer (``jaxseg.models.conv``; default
+    ``conv.default_mode()``), a static attribute, so part of the model's graphdef.
+    ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"`` (default
+    ``cfg.train.precision``); parameters and batch statistics are float32 either way, so one
+    checkpoint serves both. The dtype is a static attribute of the layers too.
     """
     builder = BUILDERS[cfg.model.name]  # the config admits the names of MODEL_SECTIONS only
-    dtype = jnp.bfloat16 if cfg.train.bf16 else jnp.float32
-    return builder(cfg, dtype, rngs)
+    precision = precision or cfg.train.precision
+    if precision not in PRECISIONS:
+        raise JaxsegError(f"precision: must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return conv.set_mode(builder(cfg, jnp.dtype(precision), rngs), conv_mode or conv.default_mode())
 
 
 def count_params(model: nnx.Module) -> int:

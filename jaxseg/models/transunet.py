@@ -189,14 +189,15 @@ class TransUNet(nnx.Module):
                perturb: dict[str, jax.Array] | None = None) -> EncoderFeatures:
         """Everything before the first dropout site (the first transformer block's MLP): the CNN
         encoder ``enc0 .. enc{depth}`` and the embedded tokens. The carry is the tokens with
-        their position embeddings ``(B, h * w, dim)``; ``input_size`` is the token grid ``(h, w)``."""
+        their position embeddings ``(B, h * w, dim)``."""
+        size = tuple(x.shape[1:3])
         x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
         x = add_perturbation(self.encoders[self.depth](x, train=train), f"enc{self.depth}", perturb)
         activations[f"enc{self.depth}"] = x
         batch, h, w = x.shape[:3]
         tokens = self.embed(x.reshape(batch, h * w, -1))
         tokens = tokens + self.position_embeddings(h, w).astype(tokens.dtype)
-        return EncoderFeatures(activations, tokens, (h, w))
+        return EncoderFeatures(activations, tokens, size)
 
     def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
                perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -204,7 +205,7 @@ class TransUNet(nnx.Module):
         is ``__call__(x)``."""
         activations = dict(features.activations)
         tokens = features.carry
-        batch, (h, w) = tokens.shape[0], features.input_size
+        batch, h, w = activations[f"enc{self.depth}"].shape[:3]  # the token grid
         for layer, block in enumerate(self.blocks):
             tokens, probs = block(tokens, dropout_key=dropout_key, name=f"attn{layer}", perturb=perturb)
             activations[f"attn{layer}"] = probs

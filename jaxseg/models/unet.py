@@ -123,8 +123,9 @@ class UNet(nnx.Module):
         """Everything before the first dropout site: the encoder levels ``enc0 ..
         enc{depth-1}`` and the bottleneck's first convolution (its dropout comes next). The
         carry is that half-done bottleneck ``(B, *spatial / 2**depth, features[depth])``."""
+        size = tuple(x.shape[1:-1])
         x, activations = encode_levels(self.encoders, x, self.depth, train=train, perturb=perturb)
-        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), x.shape[1:-1])
+        return EncoderFeatures(activations, self.encoders[self.depth].first(x, train=train), size)
 
     def decode(self, features: EncoderFeatures, *, train: bool = False, dropout_key: jax.Array | None = None,
                perturb: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:

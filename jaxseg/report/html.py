@@ -4,6 +4,8 @@
 into ONE HTML string that opens offline: no network, no CDN, no external fonts or scripts. Arrays
 travel as zlib-deflated bytes in base64 inside a JSON block and are inflated by the browser's own
 ``DecompressionStream`` in the inline viewer (``viewer.js``, ``viewer.css`` in this package).
+The page is laid out by the Jinja2 templates in ``templates/`` (autoescape on: every text shown
+is escaped); this module computes what they show (the data block, formatted numbers).
 
 What is embedded, and why it stays small (a 240 x 240 x 155 BraTS case with six maps: about 9 MB):
   * only the bounding box of the brain and the labels (plus a margin): BraTS volumes are ~60% air;
@@ -19,7 +21,7 @@ labelled with the patient directions, so nobody has to know the convention.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import math
 import re
@@ -29,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+import jinja2
+import markupsafe
 import numpy as np
 
 from jaxseg.errors import JaxsegError
@@ -47,6 +51,15 @@ CLASSES = ((1, "NCR", "necrotic / non-enhancing core", "#ff4136"),
 MESH_STYLE = {"Brain": ("#e8e2d8", 0.22), "ED": ("#2ecc40", 0.4), "NCR": ("#ff4136", 1.0),
               "ET": ("#ffdc00", 1.0), "WT": ("#2ecc40", 0.4), "TC": ("#ff851b", 0.7)}
 _FALLBACK_MESH_COLORS = ("#7fdbff", "#b10dc9", "#01ff70", "#f012be")
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra summary card after the built-in ones: ``templates/sections/<template>.html.j2``
+    rendered with ``section.context`` (its values are escaped like every other)."""
+
+    template: str
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +89,7 @@ class ReportData:
       meshes: name -> ``(vertices (V, 3) float32 mm, faces (F, 3) int32)`` from
         :mod:`jaxseg.report.mesh`; None = compute the default ones, ``{}`` = no 3D view.
       warnings: one line each about the input (e.g. not skull-stripped), shown in a banner.
+      sections: extra summary cards (:class:`Section`), shown in order after the built-in ones.
     """
 
     case_id: str
@@ -94,6 +108,7 @@ class ReportData:
     settings: dict[str, Any] = field(default_factory=dict)
     meshes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     warnings: list[str] = field(default_factory=list)  # about the input, shown above everything
+    sections: list[Section] = field(default_factory=list)
 
 
 def render_report(data: ReportData) -> str:
@@ -168,6 +183,9 @@ def _validate(data: ReportData) -> None:
             fail(f"mesh {name!r}: expected vertices (V, 3) and faces (F, 3)")
         if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
             fail(f"mesh {name!r}: faces index vertices that do not exist")
+    unknown = [s.template for s in data.sections if s.template not in section_names()]
+    if unknown:
+        fail(f"no section template {unknown[0]!r} (known: {', '.join(section_names()) or 'none'})")
     for kind, curve in data.curves.items():
         if kind == "score":
             continue
@@ -338,6 +356,29 @@ def _finite(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------- page
+VIEWS = ("axial", "sagittal", "coronal")
+COMPARE_CHIPS = (("#ff4136", "prediction only"), ("#2ecc40", "ground truth only"), ("#ffdc00", "both"))
+CURVE_NOTES = {"deletion": ("Deletion", "most salient voxels removed first; lower AUC = more faithful"),
+               "insertion": ("Insertion", "most salient voxels restored first; higher AUC = more faithful")}
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The page's templates (``jaxseg/report/templates``, package data), escaping every value.
+
+    trim_blocks/lstrip_blocks drop the lines that hold only a block tag, so the templates can
+    be indented without changing the page; StrictUndefined makes a misspelt name an error."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("jaxseg.report", "templates"), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+
+
+def section_names() -> tuple[str, ...]:
+    """The extra summary cards a report can hold: ``templates/sections/<name>.html.j2``."""
+    return tuple(sorted(name.removeprefix("sections/").removesuffix(".html.j2")
+                        for name in _templates().list_templates(extensions=["j2"])
+                        if name.startswith("sections/")))
+
+
 def _asset(name: str) -> str:
     return resources.files("jaxseg.report").joinpath(name).read_text(encoding="utf-8")
 
@@ -361,25 +402,20 @@ def _tick(value: float, span: float) -> str:
     return "0" if abs(value) < abs(span) * 1e-3 else f"{value:.3g}"
 
 
-def _volume_table(data: ReportData) -> str:
+def _volume_rows(data: ReportData) -> list[dict[str, str]]:
+    """One row per region of the volume table, every number formatted."""
     volumes = dict(data.volumes_ml) or {"predicted": region_volumes_ml(data.segmentation, data.spacing)}
     if not data.volumes_ml and data.ground_truth is not None:
         volumes["ground_truth"] = region_volumes_ml(data.ground_truth, data.spacing)
-    pred, truth = volumes.get("predicted", {}), volumes.get("ground_truth")
+    pred, truth = volumes.get("predicted", {}), volumes.get("ground_truth") or {}
     dice = _dice(np.asarray(data.segmentation), np.asarray(data.ground_truth)) if data.ground_truth is not None else {}
-    head = "<tr><th>Region</th><th>Predicted (ml)</th>"
-    head += "<th>Ground truth (ml)</th><th>Difference</th><th>Dice</th></tr>" if truth is not None else "</tr>"
     rows = []
     for region, long in (("WT", "whole tumor"), ("TC", "tumor core"), ("ET", "enhancing tumor")):
-        p = pred.get(region)
-        row = f'<tr><td><b>{region}</b> <span class="muted">{long}</span></td><td class="num">{_fmt(p)}</td>'
-        if truth is not None:
-            t = truth.get(region)
-            diff = "–" if p is None or t is None else f"{p - t:+.1f} ml" + (f" ({(p - t) / t:+.0%})" if t else "")
-            row += (f'<td class="num">{_fmt(t)}</td><td class="num">{diff}</td>'
-                    f'<td class="num">{_fmt(dice.get(region), 3)}</td>')
-        rows.append(row + "</tr>")
-    return f'<table class="data" id="volume-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+        p, t = pred.get(region), truth.get(region)
+        diff = "–" if p is None or t is None else f"{p - t:+.1f} ml" + (f" ({(p - t) / t:+.0%})" if t else "")
+        rows.append({"region": region, "long": long, "predicted": _fmt(p), "truth": _fmt(t),
+                     "difference": diff, "dice": _fmt(dice.get(region), 3)})
+    return rows
 
 
 def _verdict(kind: str, auc_saliency: float | None, auc_random: float | None) -> str:
@@ -391,100 +427,34 @@ def _verdict(kind: str, auc_saliency: float | None, auc_random: float | None) ->
     return "saliency beats random" if better else "saliency does not beat random"
 
 
-def _curve_cards(payload: Mapping[str, Any]) -> str:
-    notes = {"deletion": ("Deletion", "most salient voxels removed first; lower AUC = more faithful"),
-             "insertion": ("Insertion", "most salient voxels restored first; higher AUC = more faithful")}
+def _curve_cards(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     cards = []
     for kind, curve in payload["curves"].items():
-        title, note = notes[kind]
+        title, note = CURVE_NOTES[kind]
         verdict = _verdict(kind, curve["auc_saliency"], curve["auc_random"])
-        cards.append(
-            f'<div class="plot-card"><h3>{title} curve</h3><p class="muted">{note}</p>'
-            f'<div class="plot" id="plot-{kind}"></div>'
-            f'<table class="data auc" id="auc-{kind}"><tr><th>Ranking</th><th>AUC</th></tr>'
-            f'<tr><td><span class="swatch line-saliency"></span>Saliency</td><td class="num">{_fmt(curve["auc_saliency"], 3)}</td></tr>'
-            f'<tr><td><span class="swatch line-random"></span>Random</td><td class="num">{_fmt(curve["auc_random"], 3)}</td></tr>'
-            f'</table><p class="verdict {"good" if verdict == "saliency beats random" else "bad"}">{verdict}</p></div>')
-    return "".join(cards) or '<p class="muted">No deletion / insertion curves were computed.</p>'
-
-
-def _overlay_row(slug_: str, name: str, checked: bool, opacity: float, legend: str) -> str:
-    return (f'<div class="overlay" data-overlay="{slug_}"><label class="toggle"><input type="checkbox" '
-            f'id="overlay-{slug_}"{" checked" if checked else ""}><span>{html.escape(name)}</span></label>'
-            f'<input type="range" class="opacity" id="opacity-{slug_}" min="0" max="100" value="{round(opacity * 100)}" '
-            f'title="opacity of {html.escape(name)}">{legend}</div>')
-
-
-def _sidebar(data: ReportData, payload: Mapping[str, Any]) -> str:
-    options = "".join(f'<option value="{i}">{html.escape(n)}</option>' for i, n in enumerate(data.channel_names))
-    swatch = '<span class="chip"><i style="background:{}"></i>{}</span>'
-    legend = '<div class="legend">' + "".join(swatch.format(c, n) for _, n, _, c in CLASSES) + "</div>"
-    rows = [_overlay_row("prediction", "Prediction", True, 0.55, legend)]
-    if data.ground_truth is not None:
-        rows.append(_overlay_row("ground-truth", "Ground truth (outline)", False, 1.0, legend))
-        compare = [("#ff4136", "prediction only"), ("#2ecc40", "ground truth only"), ("#ffdc00", "both")]
-        rows.append(_overlay_row("compare", "Prediction vs truth (WT)", False, 0.6,
-                                 '<div class="legend">' + "".join(swatch.format(c, n) for c, n in compare) + "</div>"))
-    for item in payload["maps"]:
-        bar = (f'<div class="colorbar"><canvas id="colorbar-{item["slug"]}" width="256" height="10" '
-               f'data-colormap="{item["colormap"]}"></canvas><div class="ticks">'
-               + "".join(f"<span>{_tick(item['lo'] + (item['hi'] - item['lo']) * f, item['hi'] - item['lo'])}</span>"
-                         for f in (0, 0.5, 1)) + "</div></div>")
-        rows.append(_overlay_row(item["slug"], item["name"], False, 0.7, bar))
-    return (f'<div class="side-section"><h2>Image</h2><label class="field">Background '
-            f'<select id="modality">{options}</select></label>'
-            '<label class="field">Contrast <input type="range" id="window-contrast" min="50" max="300" value="100"></label>'
-            '<label class="field">Brightness <input type="range" id="window-brightness" min="-50" max="50" value="0"></label></div>'
-            f'<div class="side-section"><h2>Overlays</h2>{"".join(rows)}</div>'
-            '<div class="side-section"><h2>Cursor</h2><table class="readout" id="readout"></table></div>')
+        cards.append({"kind": kind, "title": title, "note": note, "verdict": verdict,
+                      "good": verdict == "saliency beats random",
+                      "auc_saliency": _fmt(curve["auc_saliency"], 3), "auc_random": _fmt(curve["auc_random"], 3)})
+    return cards
 
 
 def _page(data: ReportData, payload: Mapping[str, Any], payload_json: str) -> str:
-    esc = html.escape
-    settings_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in _flatten(data.settings))
     model = data.settings.get("model", "")
     model = model.get("name", "") if isinstance(model, Mapping) else model
-    mesh_toggles = "".join(
-        f'<label class="toggle small"><input type="checkbox" id="mesh-{m["slug"]}" checked>'
-        f'<i style="background:{m["color"]}"></i>{esc(m["name"])}</label>' for m in payload["meshes"])
-    panels = "".join(
-        f'<div class="panel" id="panel-{v}"><div class="panel-head"><span>{v.capitalize()}</span>'
-        f'<span class="slice-index" id="index-{v}"></span></div><div class="canvas-wrap">'
-        f'<canvas id="view-{v}" class="view"></canvas></div>'
-        f'<input type="range" class="slider" id="slider-{v}" min="0" max="0" value="0" title="{v} slice"></div>'
-        for v in ("axial", "sagittal", "coronal"))
-    view3d = (f'<div class="panel" id="panel-3d"><div class="panel-head"><span>3D surfaces</span>'
-              f'<button type="button" id="reset3d">Reset view</button></div><div class="canvas-wrap">'
-              f'<canvas id="view3d" class="view"></canvas><div class="mesh-toggles">{mesh_toggles}</div>'
-              f'<div class="hint">drag to rotate · wheel to zoom</div></div><div class="panel-foot">Marching-cubes surfaces, '
-              f'{sum(m["faces_count"] for m in payload["meshes"]):,} triangles</div></div>' if payload["meshes"] else
-              '<div class="panel" id="panel-3d"><div class="panel-head"><span>3D surfaces</span></div>'
-              '<p class="muted pad">No surfaces in this report.</p></div>')
-    geometry = (" × ".join(map(str, np.shape(data.segmentation))) + " voxels · "
-                + " × ".join(f"{float(v):g}" for v in data.spacing) + " mm · " + ", ".join(map(esc, data.channel_names)))
-    warnings = ("" if not data.warnings else '<div class="input-warnings" id="input-warnings" role="alert">'
-                '<b>Check the input:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in data.warnings) + "</ul></div>")
+    maps = [{**item, "ticks": [_tick(item["lo"] + (item["hi"] - item["lo"]) * f, item["hi"] - item["lo"])
+                               for f in (0, 0.5, 1)]} for item in payload["maps"]]
     first = data.slice_captions[payload["focus"][2] * payload["stride"] + payload["offset"][2]] if data.slice_captions else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>jaxseg report · {esc(data.case_id)}</title><style>{_asset("viewer.css")}</style>
-<noscript><style>.loading {{ display: none; }}</style></noscript></head>
-<body><div class="loading" id="loading">Decoding volumes…</div>
-<header class="topbar"><div class="brand">jaxseg<span>explain</span></div>
-<div class="case">Case <b id="case-id">{esc(data.case_id)}</b></div><div class="meta">{geometry}</div>
-<div class="meta">{esc(str(model))}</div>
-<div class="spacer"></div><div class="ruo">Research use only · not for diagnosis</div></header>
-{warnings}<main><section class="workspace"><div class="left"><div class="views">{panels}{view3d}</div>
-<div class="caption-bar"><div class="caption-label">Axial slice <b id="caption-slice"></b></div>
-<div id="caption">{esc(first)}</div></div></div>
-<aside class="sidebar">{_sidebar(data, payload)}</aside></section>
-<section class="cards">
-<div class="card wide"><h2>Summary</h2><p id="volume-caption">{esc(data.volume_caption) or '<span class="muted">No caption.</span>'}</p></div>
-<div class="card wide"><h2>Faithfulness of the saliency map</h2><div class="plots">{_curve_cards(payload)}</div></div>
-<div class="card"><h2>Tumor volumes</h2>{_volume_table(data)}</div>
-<div class="card"><h2>Run settings</h2><table class="data settings" id="settings">{settings_rows or '<tr><td class="muted">none recorded</td></tr>'}</table></div>
-</section></main>
-<footer>Generated by jaxseg. Views are in radiological convention (patient right on the viewer's left); letters mark the patient's directions.</footer>
-<script type="application/json" id="report-data">{payload_json}</script>
-<script>{_asset("viewer.js")}</script></body></html>
-"""
+    return _templates().get_template("report.html.j2").render(
+        # Trusted text, not escaped: the package's own stylesheet and script, and the data block
+        # (JSON with every "</" written "<\/", so it cannot end its <script> element).
+        css=markupsafe.Markup(_asset("viewer.css")), js=markupsafe.Markup(_asset("viewer.js")),
+        payload_json=markupsafe.Markup(payload_json),
+        case_id=data.case_id, model=str(model), warnings=data.warnings,
+        shape=list(np.shape(data.segmentation)), spacing=[f"{float(v):g}" for v in data.spacing],
+        channel_names=data.channel_names, views=VIEWS,
+        meshes=payload["meshes"], triangles=f'{sum(m["faces_count"] for m in payload["meshes"]):,}',
+        first_caption=first, volume_caption=data.volume_caption,
+        class_chips=[(color, name) for _, name, _, color in CLASSES], compare_chips=COMPARE_CHIPS,
+        with_truth=data.ground_truth is not None, maps=maps,
+        curve_cards=_curve_cards(payload), volume_rows=_volume_rows(data), settings=_flatten(data.settings),
+        sections=data.sections)

@@ -178,3 +178,43 @@ def agree(values: list[float]) -> list[float]:
         return values
     from jax.experimental import multihost_utils
     return [float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64))]
+
+
+class BudgetClock:
+    """A running run's time budget (``plan`` None: no budget, never out of time).
+
+    ``seconds_before``: what earlier sessions of a resumed run used; ``closing_seconds``: the
+    longest end of an epoch so far (validation, logs, figure, save), which must still fit.
+    """
+
+    def __init__(self, plan: BudgetPlan | None, clock_started: float, seconds_before: float = 0.0,
+                 closing_seconds: float = 0.0):
+        self.plan, self.clock_started = plan, clock_started
+        self.seconds_before, self.closing_seconds = seconds_before, closing_seconds
+
+    @classmethod
+    def resumed(cls, budget_meta: dict[str, Any], clock_started: float) -> "BudgetClock":
+        """The clock of a run whose checkpoint meta holds ``meta["budget"]``."""
+        return cls(BudgetPlan.from_meta(budget_meta), clock_started, budget_meta["seconds_used"],
+                   budget_meta.get("closing_seconds", 0.0))
+
+    def seconds_used(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.clock_started
+
+    def out_of_time(self) -> bool:
+        """Whether one more epoch's end would not fit; process 0's clock decides for all."""
+        if self.plan is None:
+            return False
+        reserve = max(self.plan.validation_seconds, self.closing_seconds)
+        return bool(agree([float(self.seconds_used() >= self.plan.budget_seconds - reserve)])[0])
+
+    def closed_epoch(self, seconds: float) -> None:
+        self.closing_seconds = round(max(self.closing_seconds, seconds), 3)
+
+    def note(self, meta: dict[str, Any]) -> None:
+        """Record the clock in ``meta["budget"]`` (before every checkpoint, so a resume goes on
+        counting)."""
+        if self.plan is not None:
+            meta["budget"] = {**self.plan.to_meta(round(self.seconds_used(), 2)),
+                              "closing_seconds": self.closing_seconds,
+                              "stopped_at_step": meta.get("budget", {}).get("stopped_at_step")}

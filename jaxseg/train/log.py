@@ -53,14 +53,22 @@ class RunLog:
             self.console.print(text, highlight=False)
 
     def step(self, step: int, loss: float, batch_size: int) -> None:
+        self.steps([(step, loss)], batch_size)
+
+    def steps(self, losses: list[tuple[int, float]], batch_size: int) -> None:
+        """``(step, loss)`` of several steps that finished since the last call (the loop fetches
+        them from the devices together); the rate counts all of them."""
+        if not losses:
+            return
         now = time.perf_counter()
         if self._last_time is not None:
-            rate = batch_size / max(now - self._last_time, 1e-9)
+            rate = batch_size * len(losses) / max(now - self._last_time, 1e-9)
             # Smoothed, so one slow step (a checkpoint, a compile) does not dominate.
             self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self._last_time = now
-        self.step_losses.append((step, loss))
+        self.step_losses.extend(losses)
         if self.progress is not None:
+            step, loss = losses[-1]
             self.progress.update(self.task, completed=step, loss=loss, rate=self._rate)
 
     def epoch(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:

@@ -1,14 +1,19 @@
 """The training loop, top to bottom in data-flow order (CONTRIBUTING.md, habit 4).
 
-Sections: distributed set-up, mesh, input, model and optimizer, checkpoints (resume), steps,
-evaluate, loop. Resume order: the resolved config is checked against the run's, then the newest
-checkpoint restores the TrainState (parameters, batch statistics, optimizer, step, RNG key,
-learning-rate scale), the train iterator's position, and the host-side meta (epoch, position in
-the epoch, best Dice, plateau counter, the epoch's running metric sums and seconds, the time-budget
-plan). Everything random derives from ``train.seed`` and the step, so a run stopped and resumed
-ends with the same parameters as an uninterrupted one; its logs are exact too: ``steps.csv`` is
-flushed before every checkpoint and cut back to the restored step on resume, and an epoch resumed
-mid-way reports the loss and Dice of all its steps.
+:func:`train` reads as its sections, each one function below it in the same order: mesh
+(:func:`_mesh`), input (:func:`_input`), model (graphdef and optimizer), shard and checkpoint
+(:func:`_restore_or_init`), step (the jitted steps; the time budget, :func:`_budget`), loop (epochs
+of :func:`_train_epoch`, each ended by evaluate, :func:`_evaluate_epoch`). Resume order: the
+resolved config is checked against the run's, then the newest checkpoint restores the TrainState
+(parameters, batch statistics, optimizer, step, RNG key, learning-rate scale), the train
+iterator's position, and the host-side meta (epoch, position in the epoch, best Dice, plateau
+counter, the epoch's running metric sums and seconds, the time-budget plan). Everything random
+derives from ``train.seed`` and the step, so a run stopped and resumed ends with the same
+parameters as an uninterrupted one; its logs are exact too: ``steps.csv`` is flushed before every
+checkpoint and cut back to the restored step on resume, and an epoch resumed mid-way reports the
+loss and Dice of all its steps. Step sums stay on the devices between fetches
+(:mod:`jaxseg.train.running_sums`): a NaN loss stops the run naming its step, before any
+checkpoint of a later step.
 
 With ``train.budget_minutes`` the epochs and the schedule's length are decided before the first
 step and kept by resumes (``jaxseg/train/budget.py``), and ``train.epochs`` is ignored.
@@ -17,10 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -38,6 +42,7 @@ from jaxseg.train import log as log_lib
 from jaxseg.train import pretrained
 from jaxseg.train.checkpoint import RunCheckpoints
 from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer
+from jaxseg.train.running_sums import LOG_EVERY_STEPS, StepSums, sums_from_json, sums_to_json
 from jaxseg.train.step import add_sums, make_eval_step, make_train_step
 
 
@@ -67,21 +72,116 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
 
     ``max_steps`` stops early after that global step (checkpointing first), as an interruption
     would; running again resumes. Raises :class:`JaxsegError` on bad data or a NaN loss.
+
+    Resume order: the config is checked against the run's (:func:`_check_same_config`); the
+    inputs are rebuilt from the config (same split, same indices); the newest checkpoint
+    restores the TrainState, the train iterator's position and the meta (:func:`_restore_or_init`);
+    the budget clock continues from the meta (:func:`_budget`); ``steps.csv`` is cut back to the
+    restored step (``RunLog.start``); the epoch loop resumes at ``meta["epoch"]``, step
+    ``meta["step_in_epoch"]``, with that epoch's running sums and seconds.
     """
     clock_started = time.perf_counter()  # train.budget_minutes counts from here
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, workdir)
+    t = cfg.train
 
     # --- mesh: every device of every process on one 'data' axis; parameters replicated.
-    mesh = pipeline.make_mesh()
-    t = cfg.train
-    if t.batch_size % mesh.size:
-        raise JaxsegError(f"train.batch_size = {t.batch_size} must be divisible by the number of "
-                          f"devices ({mesh.size})")
+    mesh = _mesh(cfg)
+    # --- input: cases -> split -> sampled records -> grain loaders.
+    data = _input(cfg, workdir, mesh)
+    # --- model: its static structure and the optimizer (the schedule's length from the input).
+    graphdef, tx = graphdef_of(cfg), make_optimizer(cfg, data.total_steps)
+    # --- shard and checkpoint: restored into, or initialised straight into, replicated shardings.
+    ckpts = RunCheckpoints(workdir, keep=t.keep_checkpoints)
+    state, meta = _restore_or_init(cfg, tx, mesh, ckpts, data.train_iter)
+    if jax.process_index() == 0:
+        write_text(workdir / "config.toml", config_lib.dumps(cfg))
+    # --- step: the pure jitted steps.
+    train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
+    eval_step = make_eval_step(graphdef, t.loss, cfg.data.target)
+    clock = _budget(cfg, meta, data, state, train_step, eval_step, mesh, clock_started)
+    if clock.plan is not None and t.schedule == "warmup_cosine":  # its length matters: rebuild it
+        tx = make_optimizer(cfg, data.total_steps)
+        train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
 
-    # --- input: cases -> subject-level split -> the records the model samples (2D slices or 3D
-    # patches, jaxseg/data/formats) -> grain loaders.
+    # --- loop: epochs of steps, each ended by evaluate (validation, logs, checkpoint).
+    primary = jax.process_index() == 0
+    run = _Run(cfg, workdir, mesh, data, ckpts, clock, train_step, eval_step, max_steps,
+               log_lib.RunLog(workdir, show_progress=primary and not quiet, write_files=primary),
+               pipeline.device_batches(data.train_iter, mesh))
+    step = int(jax.device_get(state.step))
+    history: list[dict[str, Any]] = list(meta.get("history", []))
+    run.logger.start(data.total_steps, step)
+    if clock.plan is not None and not step:
+        run.logger.say(budget_lib.describe(clock.plan))
+    budget_stop = clock.plan is not None and meta.get("budget", {}).get("stopped_at_step") is not None
+    try:
+        for epoch in range(meta["epoch"], data.epochs if not budget_stop else meta["epoch"]):
+            steps = _train_epoch(run, state, meta, history, epoch, step)
+            state, step = steps.state, steps.step
+            if steps.stopped:
+                return _finish(run, step, meta, history, state)
+            # With no time for another epoch, this one is the last: validate it.
+            budget_stop = steps.budget_stop or (epoch + 1 < data.epochs and clock.out_of_time())
+            state = _evaluate_epoch(run, state, meta, history, epoch, step, steps, budget_stop)
+            if budget_stop or (max_steps is not None and step >= max_steps):
+                break
+    except BaseException:
+        ckpts.wait()  # a stop (NaN, Ctrl-C) lets a checkpoint being written finish
+        raise
+    finally:
+        run.logger.close()
+    return _finish(run, step, meta, history, state)
+
+
+@dataclasses.dataclass
+class _Inputs:
+    train_loader: Any
+    val_loader: Any  # None without a validation split
+    train_iter: Any  # the train loader's iterator: its position is checkpointed
+    steps_per_epoch: int
+    val_batch_count: int
+    epochs: int
+    total_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every epoch of a run uses, fixed once the run has started."""
+    cfg: Config
+    workdir: Path
+    mesh: Any
+    data: _Inputs
+    ckpts: RunCheckpoints
+    clock: budget_lib.BudgetClock
+    train_step: Callable
+    eval_step: Callable
+    max_steps: int | None
+    logger: log_lib.RunLog
+    batches: Any  # device batches of data.train_iter, across epochs
+
+
+class _EpochSteps(NamedTuple):
+    state: Any
+    step: int
+    sums: dict[str, Any] | None  # the epoch's running sums (host)
+    started: float  # perf_counter at the epoch's start (earlier sessions' seconds included)
+    budget_stop: bool  # stopped early by the budget
+    stopped: bool  # stopped by max_steps mid-epoch (checkpointed): the run returns
+
+
+def _mesh(cfg: Config) -> Any:
+    mesh = pipeline.make_mesh()
+    if cfg.train.batch_size % mesh.size:
+        raise JaxsegError(f"train.batch_size = {cfg.train.batch_size} must be divisible by the number of "
+                          f"devices ({mesh.size})")
+    return mesh
+
+
+def _input(cfg: Config, workdir: Path, mesh: Any) -> _Inputs:
+    """Cases -> subject-level split (``splits.json``) -> the records the model samples (2D slices
+    or 3D patches, jaxseg/data/formats) -> grain loaders."""
     data_format = formats.of_config(cfg)
     cases = data_format.find_cases(cfg, workdir)
     splits = split.split_cases([c.case_id for c in cases], cfg.data.split, cfg.data.split_seed,
@@ -93,164 +193,119 @@ def train(cfg: Config, workdir: str | Path, *, max_steps: int | None = None, qui
     train_loader, val_loader, steps_per_epoch, val_batch_count = loader_lib.train_val_loaders(
         cfg, formats.sampling(registry.spatial_dims(cfg)), [by_id[i] for i in splits["train"]],
         [by_id[i] for i in splits["val"]], mesh, workdir / "cache")
-    epochs, total_steps = t.epochs, t.epochs * steps_per_epoch
-    train_iter = iter(train_loader)
+    epochs = cfg.train.epochs
+    return _Inputs(train_loader, val_loader, iter(train_loader), steps_per_epoch, val_batch_count,
+                   epochs, epochs * steps_per_epoch)
 
-    # --- model and optimizer, initialised straight into replicated shardings.
-    tx = make_optimizer(cfg, total_steps)
-    graphdef = graphdef_of(cfg)
-    ckpts = RunCheckpoints(workdir, keep=t.keep_checkpoints)
-    meta = {"epoch": 0, "step_in_epoch": 0, "best_dice": -1.0, "plateau_bad_epochs": 0, "history": []}
+
+def _restore_or_init(cfg: Config, tx: Any, mesh: Any, ckpts: RunCheckpoints, train_iter: Any
+                     ) -> tuple[Any, dict[str, Any]]:
+    """The newest checkpoint (state, iterator position, meta) restored into the abstract state's
+    replicated shardings; without one, a new state initialised straight into them (then the
+    pretrained weights of ``model.pretrained``) and a fresh meta."""
     restored = ckpts.restore_latest(abstract_state(cfg, tx, mesh), train_iter)
-    if restored is None:
-        state = create_state(cfg, tx, mesh)
-        if cfg.model.pretrained:  # a new run that starts from imported or earlier weights
-            state = pretrained.apply_pretrained(cfg, state, tx, mesh)
+    if restored is not None:
+        return restored
+    state = create_state(cfg, tx, mesh)
+    if cfg.model.pretrained:  # a new run that starts from imported or earlier weights
+        state = pretrained.apply_pretrained(cfg, state, tx, mesh)
+    return state, {"epoch": 0, "step_in_epoch": 0, "best_dice": -1.0, "plateau_bad_epochs": 0, "history": []}
+
+
+def _budget(cfg: Config, meta: dict[str, Any], data: _Inputs, state: Any, train_step: Callable,
+            eval_step: Callable, mesh: Any, clock_started: float) -> budget_lib.BudgetClock:
+    """``train.budget_minutes``: the plan decided once (measured on a copy of the state) or kept
+    from the meta of a resumed run; it sets ``data``'s epochs and epoch length."""
+    if not cfg.train.budget_minutes:
+        return budget_lib.BudgetClock(None, clock_started)
+    if "budget" in meta:
+        clock = budget_lib.BudgetClock.resumed(meta["budget"], clock_started)
     else:
-        state, meta = restored
-    if jax.process_index() == 0:
-        write_text(workdir / "config.toml", config_lib.dumps(cfg))
-
-    # --- steps.
-    train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
-    eval_step = make_eval_step(graphdef, t.loss, cfg.data.target)
-
-    # --- time budget: decided once (measured on a copy of the state), kept by every resume.
-    plan, seconds_before = None, 0.0
-    closing = {"seconds": 0.0}  # the longest end of an epoch so far (validation, logs, figure, save)
-    if t.budget_minutes:
-        if "budget" in meta:
-            plan, seconds_before = budget_lib.BudgetPlan.from_meta(meta["budget"]), meta["budget"]["seconds_used"]
-            closing["seconds"] = meta["budget"].get("closing_seconds", 0.0)
-        else:
-            plan = budget_lib.decide(cfg, train_step, eval_step, state, train_loader, val_loader,
-                                     val_batch_count, mesh, steps_per_epoch, clock_started)
-        epochs, steps_per_epoch, total_steps = plan.epochs, plan.steps_per_epoch, plan.steps_total
-        if t.schedule == "warmup_cosine":  # the one schedule whose length matters: rebuild it
-            tx = make_optimizer(cfg, total_steps)
-            train_step = make_train_step(graphdef, tx, t.loss, cfg.data.target)
-
-    def seconds_used() -> float:
-        return seconds_before + time.perf_counter() - clock_started
-
-    def out_of_time() -> bool:  # the end of one epoch must still fit; process 0's clock decides for all
-        if plan is None:
-            return False
-        reserve = max(plan.validation_seconds, closing["seconds"])
-        return bool(budget_lib.agree([float(seconds_used() >= plan.budget_seconds - reserve)])[0])
-
-    def note_budget() -> None:  # before every checkpoint, so a resume goes on counting
-        if plan is not None:
-            meta["budget"] = {**plan.to_meta(round(seconds_used(), 2)), "closing_seconds": closing["seconds"],
-                              "stopped_at_step": meta.get("budget", {}).get("stopped_at_step")}
-
-    batches = pipeline.device_batches(train_iter, mesh)
-    primary = jax.process_index() == 0
-    logger = log_lib.RunLog(workdir, show_progress=primary and not quiet, write_files=primary)
-    region_names = target_lib.target_for(cfg).region_names
-
-    # --- loop.
-    step = int(jax.device_get(state.step))
-    history: list[dict[str, Any]] = list(meta.get("history", []))
-    logger.start(total_steps, step)
-    if plan is not None and not step:
-        logger.say(budget_lib.describe(plan))
-    budget_stop = plan is not None and meta.get("budget", {}).get("stopped_at_step") is not None
-    try:
-        for epoch in range(meta["epoch"], epochs if not budget_stop else meta["epoch"]):
-            first = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
-            # A run resumed mid-epoch continues the epoch's running sums and clock from the
-            # checkpoint, so the epoch's loss, Dice and seconds cover all of its steps.
-            sums = sums_from_json(meta.get("epoch_sums")) if first else None
-            started = time.perf_counter() - (float(meta.get("epoch_seconds", 0.0)) if first else 0.0)
-            for i in range(first, steps_per_epoch):
-                state, step_sums = train_step(state, next(batches))
-                step += 1
-                step_sums = jax.device_get(step_sums)
-                loss = float(step_sums["loss_sum"] / max(step_sums["count"], 1))
-                if not math.isfinite(loss):
-                    raise JaxsegError(f"training diverged: the loss is {loss} at step {step} (epoch "
-                                      f"{epoch + 1}); try a lower train.learning_rate or train.clip_norm")
-                sums = add_sums(sums, step_sums)
-                logger.step(step, loss, t.batch_size)
-                last_of_epoch = i + 1 == steps_per_epoch
-                # Multi-host runs agree on the clock with a collective: ask every 10 steps only.
-                if not last_of_epoch and (jax.process_count() == 1 or step % 10 == 0) and out_of_time():
-                    budget_stop = True  # behind the plan: end this epoch here, cleanly
-                    break
-                stopping = max_steps is not None and step >= max_steps
-                if not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0)):
-                    meta.update(epoch=epoch, step_in_epoch=i + 1, history=history,
-                                epoch_sums=sums_to_json(sums),
-                                epoch_seconds=round(time.perf_counter() - started, 3))
-                    # steps.csv first: a kill before the checkpoint lands leaves rows beyond the
-                    # restored step, which the resumed run drops; the other order would lose rows.
-                    logger.flush_steps()
-                    note_budget()
-                    ckpts.save(state, train_iter, meta, best=False)
-                if stopping and not last_of_epoch:
-                    return _finish(ckpts, logger, workdir, step, meta, history, state)
-            # With no time for another epoch, this one is the last: validate it.
-            budget_stop = budget_stop or (epoch + 1 < epochs and out_of_time())
-
-            # --- evaluate.
-            closing_started = time.perf_counter()
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                                      "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
-                                      "lr_scale": float(jax.device_get(state.lr_scale)),
-                                      "seconds": round(time.perf_counter() - started, 2)}
-            record.update(_prefixed("train", overlap.scores_from_sums(sums), region_names))
-            val_dice = None
-            if budget_stop:
-                record["stopped_by_budget"] = True
-            last_epoch = plan is not None and (epoch + 1 == epochs or budget_stop)
-            if val_loader is not None and ((epoch + 1) % t.val_every_epochs == 0 or last_epoch):
-                val = evaluate(state, eval_step, val_loader, mesh)
-                record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
-                scores = overlap.scores_from_sums(val)
-                record.update(_prefixed("val", scores, region_names))
-                val_dice = float(np.mean(scores["dice"]))
-                record["val_dice"] = val_dice
-            # The best model is chosen by validation Dice, so only a validated epoch can replace
-            # it; a run without a validation split keeps its newest epoch as "best".
-            improved = val_dice > meta["best_dice"] if val_dice is not None else val_loader is None
-            if improved and val_dice is not None:
-                meta["best_dice"] = val_dice
-            if t.schedule == "plateau" and val_dice is not None:
-                state = _plateau(state, meta, improved, t)
-            history.append(record)
-            logger.epoch(record, history)
-            meta.update(epoch=epoch + 1, step_in_epoch=0, history=history, epoch_sums=None, epoch_seconds=0.0)
-            closing["seconds"] = round(max(closing["seconds"], time.perf_counter() - closing_started), 3)
-            note_budget()
-            if budget_stop:
-                meta["budget"]["stopped_at_step"] = step
-            ckpts.save(state, train_iter, meta, best=improved)
-            if budget_stop or (max_steps is not None and step >= max_steps):
-                break
-    finally:
-        logger.close()
-    return _finish(ckpts, logger, workdir, step, meta, history, state)
+        clock = budget_lib.BudgetClock(budget_lib.decide(
+            cfg, train_step, eval_step, state, data.train_loader, data.val_loader, data.val_batch_count,
+            mesh, data.steps_per_epoch, clock_started), clock_started)
+    plan = clock.plan
+    data.epochs, data.steps_per_epoch, data.total_steps = plan.epochs, plan.steps_per_epoch, plan.steps_total
+    return clock
 
 
-def sums_to_json(sums: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An epoch's running sums (host numpy arrays and scalars) as JSON for the checkpoint meta:
-    dtype, shape and the values; JSON floats round-trip float32 and float64 exactly."""
-    if sums is None:
-        return None
-    out = {}
-    for key, value in sums.items():
-        array = np.asarray(value)
-        out[key] = {"dtype": array.dtype.str, "shape": list(array.shape), "values": array.ravel().tolist()}
-    return out
+def _train_epoch(run: _Run, state: Any, meta: dict[str, Any], history: list[dict[str, Any]], epoch: int,
+                 step: int) -> _EpochSteps:
+    """The train steps of one epoch (from ``meta["step_in_epoch"]`` when resuming into it), with
+    the mid-epoch checkpoints of ``train.save_every_steps`` and ``max_steps``."""
+    t, data = run.cfg.train, run.data
+    first = meta["step_in_epoch"] if epoch == meta["epoch"] else 0
+    # A run resumed mid-epoch continues the epoch's running sums and clock from the checkpoint,
+    # so the epoch's loss, Dice and seconds cover all of its steps.
+    sums = sums_from_json(meta.get("epoch_sums")) if first else None
+    started = time.perf_counter() - (float(meta.get("epoch_seconds", 0.0)) if first else 0.0)
+    pending = StepSums(epoch, sums)
+    for i in range(first, data.steps_per_epoch):
+        state, step_sums = run.train_step(state, next(run.batches))
+        step += 1
+        pending.add(step, step_sums)  # stays on the devices: no host sync per step
+        last_of_epoch = i + 1 == data.steps_per_epoch
+        # Multi-host runs agree on the clock with a collective: ask every 10 steps only.
+        if not last_of_epoch and (jax.process_count() == 1 or step % 10 == 0) and run.clock.out_of_time():
+            # behind the plan: end this epoch here, cleanly
+            return _EpochSteps(state, step, pending.fetch(run.logger, t.batch_size), started, True, False)
+        stopping = run.max_steps is not None and step >= run.max_steps
+        saving = not last_of_epoch and (stopping or (t.save_every_steps and step % t.save_every_steps == 0))
+        if saving or len(pending) >= LOG_EVERY_STEPS:
+            sums = pending.fetch(run.logger, t.batch_size)  # raises on a NaN loss, naming its step
+        if saving:
+            meta.update(epoch=epoch, step_in_epoch=i + 1, history=history, epoch_sums=sums_to_json(sums),
+                        epoch_seconds=round(time.perf_counter() - started, 3))
+            # steps.csv first: a kill before the checkpoint lands leaves rows beyond the restored
+            # step, which the resumed run drops; the other order would lose rows.
+            run.logger.flush_steps()
+            run.clock.note(meta)
+            run.ckpts.save(state, data.train_iter, meta, best=False)
+        if stopping and not last_of_epoch:
+            return _EpochSteps(state, step, sums, started, False, True)
+    return _EpochSteps(state, step, pending.fetch(run.logger, t.batch_size), started, False, False)
 
 
-def sums_from_json(saved: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
-    """The inverse of :func:`sums_to_json` (``None`` for a checkpoint without sums)."""
-    if not saved:
-        return None
-    return {key: np.asarray(v["values"], dtype=np.dtype(v["dtype"])).reshape(v["shape"])
-            for key, v in saved.items()}
+def _evaluate_epoch(run: _Run, state: Any, meta: dict[str, Any], history: list[dict[str, Any]],
+                    epoch: int, step: int, steps: _EpochSteps, budget_stop: bool) -> Any:
+    """The end of an epoch: its record (train sums, validation when due), the best model,
+    reduce-on-plateau, the logs and the epoch's checkpoint. Returns the state (its
+    learning-rate scale may change)."""
+    t, data, sums = run.cfg.train, run.data, steps.sums
+    region_names = target_lib.target_for(run.cfg).region_names
+    closing_started = time.perf_counter()
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                              "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
+                              "lr_scale": float(jax.device_get(state.lr_scale)),
+                              "seconds": round(time.perf_counter() - steps.started, 2)}
+    record.update(_prefixed("train", overlap.scores_from_sums(sums), region_names))
+    val_dice = None
+    if budget_stop:
+        record["stopped_by_budget"] = True
+    last_epoch = run.clock.plan is not None and (epoch + 1 == data.epochs or budget_stop)
+    if data.val_loader is not None and ((epoch + 1) % t.val_every_epochs == 0 or last_epoch):
+        val = evaluate(state, run.eval_step, data.val_loader, run.mesh)
+        record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
+        scores = overlap.scores_from_sums(val)
+        record.update(_prefixed("val", scores, region_names))
+        val_dice = float(np.mean(scores["dice"]))
+        record["val_dice"] = val_dice
+    # The best model is chosen by validation Dice, so only a validated epoch can replace it; a
+    # run without a validation split keeps its newest epoch as "best".
+    improved = val_dice > meta["best_dice"] if val_dice is not None else data.val_loader is None
+    if improved and val_dice is not None:
+        meta["best_dice"] = val_dice
+    if t.schedule == "plateau" and val_dice is not None:
+        state = _plateau(state, meta, improved, t)
+    history.append(record)
+    run.logger.epoch(record, history)
+    meta.update(epoch=epoch + 1, step_in_epoch=0, history=history, epoch_sums=None, epoch_seconds=0.0)
+    run.clock.closed_epoch(time.perf_counter() - closing_started)
+    run.clock.note(meta)
+    if budget_stop:
+        meta["budget"]["stopped_at_step"] = step
+    run.ckpts.save(state, data.train_iter, meta, best=improved)
+    return state
 
 
 def evaluate(state: Any, eval_step: Callable, loader: Any, mesh: Any) -> dict[str, np.ndarray]:
@@ -278,12 +333,12 @@ def _prefixed(prefix: str, scores: dict[str, np.ndarray], names: tuple[str, ...]
             for metric, values in scores.items() for i, name in enumerate(names)}
 
 
-def _finish(ckpts: RunCheckpoints, logger: Any, workdir: Path, step: int, meta: dict[str, Any],
-            history: list[dict[str, Any]], state: Any) -> TrainResult:
-    ckpts.wait()
-    ckpts.close()
-    logger.close()
-    return TrainResult(workdir, step, float(meta["best_dice"]), history, state)
+def _finish(run: _Run, step: int, meta: dict[str, Any], history: list[dict[str, Any]], state: Any
+            ) -> TrainResult:
+    run.ckpts.wait()
+    run.ckpts.close()
+    run.logger.close()
+    return TrainResult(run.workdir, step, float(meta["best_dice"]), history, state)
 
 
 # Settings a resumed run may change: they decide how long to go on and how often to save or

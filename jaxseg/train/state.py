@@ -66,9 +66,11 @@ def _initializer(cfg: Config, tx: optax.GradientTransformation):
     return init
 
 
-def graphdef_of(cfg: Config) -> nnx.GraphDef:
-    """The model's static structure (no arrays are allocated)."""
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0))),
+def graphdef_of(cfg: Config, conv_mode: str | None = None, precision: str | None = None) -> nnx.GraphDef:
+    """The model's static structure (no arrays are allocated), with every convolution in
+    ``conv_mode`` and computing in ``precision`` (default ``cfg.train.precision``), as in
+    :func:`jaxseg.models.registry.build_model`."""
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0), conv_mode, precision)),
                                nnx.Param, nnx.BatchStat)
     return graphdef
 

@@ -52,6 +52,7 @@ def test_shared_encoder_equals_the_plain_passes(name):
     (expected_logits, expected), (logits, activations) = both(params, stats, jax.random.key(7), delta)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected_logits), atol=1e-6)
     assert set(activations) == set(expected) == set(model.activation_names)  # jit returns dicts key-sorted
+    assert jax.eval_shape(lambda: model.encode(x)).input_size == x.shape[1:-1]
 
     key = jax.random.key(3)
     plain = mc_dropout(graphdef, params, stats, x, key, 4, "regions")

@@ -146,3 +146,16 @@ def test_attribution_and_ablation_rank_the_channels_alike():
     by_share = sorted(shares, key=shares.get)
     by_drop = sorted(shares, key=lambda m: ablation[m]["score_drop"])
     assert by_share == by_drop == ["channel2", "channel1", "channel0"]
+
+
+def test_modality_maps_are_the_absolute_integrated_gradients():
+    from jaxseg.explain.attribution import integrated_gradients
+    model = LinearPixelModel([[6.0, 1.0, 0.0], [2.0, -3.0, 0.0], [0.0, 4.0, 5.0]], [-4.0, -1.0, -2.0])
+    images = images_with_background(3, 8, 3)
+    maps = MA.modality_maps(*split(model), images, regions=["TC"], steps=9, target_kind="regions", batch_size=2)
+    direct = np.asarray(integrated_gradients(*split(model), images, "predicted:TC", steps=9, target_kind="regions"))
+    assert list(maps) == ["TC"] and maps["TC"].shape == images.shape
+    np.testing.assert_allclose(maps["TC"], np.abs(direct), atol=1e-7)
+    predicted = model.logits_np(images)[..., 1] > 0
+    np.testing.assert_allclose((maps["TC"] * predicted[..., None]).sum(axis=(0, 1, 2)),
+                               ig_mass_closed_form(model, images, 1, 9), rtol=1e-4)

@@ -109,3 +109,18 @@ def test_flip_tta_on_slices_is_the_mean_over_the_four_in_plane_flips(smoke_run, 
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(got, plain.slice_probabilities(slices), atol=1e-4)  # the flips changed it
+
+
+def test_predictors_of_the_same_model_share_one_compilation(smoke_run):
+    """The forward pass is one module-level jitted function keyed on the (static) graphdef: a
+    second Predictor of the run compiles nothing new, and gives the same probabilities."""
+    from jaxseg.infer import predict as predict_module
+    first = Predictor(smoke_run, batch_size=4)
+    size = first.cfg.data.image_size
+    slices = np.random.default_rng(0).standard_normal((5, size, size, len(first.modalities))).astype(np.float32)
+    probs = first.slice_probabilities(slices)
+    compiled = predict_module.probabilities._cache_size()
+    second = Predictor(smoke_run, batch_size=4)
+    assert second.graphdef == first.graphdef and second.graphdef is not first.graphdef
+    np.testing.assert_array_equal(second.slice_probabilities(slices), probs)
+    assert predict_module.probabilities._cache_size() == compiled

@@ -115,7 +115,7 @@ def test_dropout_only_with_a_key_and_not_in_the_encoder():
 
 
 def test_registry_builds_it_from_a_config():
-    cfg = zoo_config("attention_unet", "train.bf16=true")
+    cfg = zoo_config("attention_unet", "train.precision=bfloat16")
     model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
     assert isinstance(model, AttentionUNet) and model.features == (4, 8)
     assert (model.in_channels, model.out_channels) == (4, 3)

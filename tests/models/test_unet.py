@@ -102,7 +102,7 @@ def test_default_model_has_7_76_million_parameters():
 
 def test_build_model_from_config():
     cfg = config.load(None, ["model.features=[4, 8]", "data.target=\"regions\"",
-                             "data.modalities=[\"flair\", \"t1ce\"]", "train.bf16=true"])
+                             "data.modalities=[\"flair\", \"t1ce\"]", "train.precision=bfloat16"])
     model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
     assert isinstance(model, UNet)
     assert (model.in_channels, model.out_channels, model.features) == (2, 3, (4, 8))

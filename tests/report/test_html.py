@@ -237,3 +237,21 @@ def test_inconsistent_data_is_refused_with_one_line(change, message: str) -> Non
 def test_faithfulness_verdict(kind, saliency, random, expected):
     from jaxseg.report.html import _verdict
     assert _verdict(kind, saliency, random) == expected
+
+
+def test_an_extra_section_is_one_template_rendered_escaped_after_the_cards(monkeypatch) -> None:
+    """``ReportData.sections`` names templates under templates/sections/; their values are escaped."""
+    import jinja2
+    templates = report_html._templates()
+    probe = '<div class="card" id="probe-card"><h2>{{ section.context.title }}</h2></div>'
+    monkeypatch.setattr(templates, "loader", jinja2.ChoiceLoader(
+        [jinja2.DictLoader({"sections/probe.html.j2": probe}), templates.loader]))
+    assert "probe" in report_html.section_names()
+    data = synthetic_data()
+    data.sections = [report_html.Section("probe", {"title": "<i>calibration</i>"})]
+    page = render_report(data)
+    assert '<div class="card" id="probe-card"><h2>&lt;i&gt;calibration&lt;/i&gt;</h2></div>' in page
+    assert page.index('id="settings"') < page.index('id="probe-card"') < page.index("</section></main>")
+    data.sections = [report_html.Section("nonesuch")]
+    with pytest.raises(JaxsegError, match="no section template 'nonesuch'"):
+        render_report(data)

@@ -3,7 +3,8 @@
     python kill_worker.py WORKDIR KILL_AT OVERRIDE...
 
 KILL_AT is ``step:N`` (SIGKILL right after step N's loss is logged, before anything else is
-written) or ``save:N`` (SIGKILL inside the checkpoint save of step N, after steps.csv was
+written; the loop logs the steps fetched together from the devices, so the ones after N in the
+same fetch are lost too, as in a real kill) or ``save:N`` (SIGKILL inside the checkpoint save of step N, after steps.csv was
 flushed but before the checkpoint is written). Earlier checkpoints are waited for, so the kill
 lands at a known point rather than racing orbax's background writer.
 """
@@ -14,11 +15,14 @@ import sys
 # The same devices and numerics as the test process (tests/conftest.py), so losses compare.
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
-
-import jax  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+
+from jaxseg import xla_flags  # noqa: E402
+
+xla_flags.apply()  # jaxseg's CPU flags, as tests/conftest.py (and the jaxseg command) set them
+
+import jax  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", os.path.join(ROOT, ".pytest_cache", "jax-compilation"))
 
@@ -35,11 +39,11 @@ def main() -> None:
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    real_step, real_save = log_lib.RunLog.step, checkpoint.RunCheckpoints.save
+    real_steps, real_save = log_lib.RunLog.steps, checkpoint.RunCheckpoints.save
 
-    def step(self, step, loss, batch_size):
-        real_step(self, step, loss, batch_size)
-        if where == "step" and step == int(number):
+    def steps(self, losses, batch_size):
+        real_steps(self, losses, batch_size)
+        if where == "step" and int(number) in [step for step, _ in losses]:
             die()
 
     def save(self, state, data_iterator, meta, *, best):
@@ -48,7 +52,7 @@ def main() -> None:
         real_save(self, state, data_iterator, meta, best=best)
         self.wait()
 
-    log_lib.RunLog.step, checkpoint.RunCheckpoints.save = step, save
+    log_lib.RunLog.steps, checkpoint.RunCheckpoints.save = steps, save
     cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, *overrides])
     loop.train(cfg, workdir, quiet=True)
     print("finished without being killed")

@@ -92,6 +92,31 @@ def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
         loop.train(smoke(), tmp_path / "nan", quiet=True)
 
 
+def test_a_nan_batch_stops_at_its_step_and_is_never_checkpointed(tmp_path, monkeypatch):
+    """The host fetches step sums in groups (no sync per step), yet the error names the exact
+    step whose batch made the loss NaN, steps.csv holds the steps before it, and the newest
+    checkpoint is the last one before it (a diverged state is never saved)."""
+    import jax.numpy as jnp
+    from jaxseg.train import checkpoint as checkpoint_lib
+    real = loop.pipeline.device_batches
+    bad_step = 5
+
+    def poisoned(iterator, mesh):
+        for number, batch in enumerate(real(iterator, mesh), start=1):
+            yield dict(batch, image=batch["image"] * jnp.float32("nan")) if number == bad_step else batch
+
+    monkeypatch.setattr(loop.pipeline, "device_batches", poisoned)
+    cfg = smoke("train.epochs=1", "train.steps_per_epoch=8", "train.save_every_steps=3")
+    workdir = tmp_path / "nan_batch"
+    with pytest.raises(JaxsegError, match=f"loss is nan at step {bad_step} "):
+        loop.train(cfg, workdir, quiet=True)
+    assert [s for s, _ in log_lib.read_step_losses(workdir)] == list(range(1, bad_step))
+    assert all(np.isfinite(loss) for _, loss in log_lib.read_step_losses(workdir))
+    ckpts = checkpoint_lib.RunCheckpoints(workdir)
+    assert ckpts.last.latest_step() == 3
+    ckpts.close()
+
+
 def test_predict_writes_the_input_geometry_and_labels(trained, tmp_path):
     from jaxseg.infer.predict import predict
     _, result = trained

@@ -127,7 +127,7 @@ def test_dropout_keys_differ_per_step_but_repeat_across_runs():
 
 @pytest.mark.parametrize("overrides", [
     ("train.optimizer=adamw", "train.schedule=warmup_cosine", "train.warmup_steps=2", "train.clip_norm=1.0"),
-    ("train.bf16=true",),
+    ("train.precision=bfloat16",),
     ("train.schedule=plateau", "train.warmup_steps=3"),
 ], ids=["adamw_cosine_clip", "bf16", "plateau_warmup"])
 def test_optimizer_variants_learn(overrides):

@@ -1,0 +1,205 @@
+"""The explain pipeline, once for 2D-slice and 3D-volume models: every map of a case as one value.
+
+:func:`compute_maps` runs the same steps for every model: probabilities, internal classes,
+Grad-CAM, the maps the model carries itself, MC-dropout uncertainty, deletion/insertion curves.
+Where a model sees the case (the brain slices of a 2D model, the brain box of a 3D model cut
+into sliding windows) and how its maps come back to the canonical grid is the one thing that
+differs: a :class:`ModelSpace` decides it (:class:`jaxseg.explain.slices.SliceSpace`,
+:class:`jaxseg.explain.volume3d.WindowSpace`; ``jaxseg.explain.run.SPACES`` picks one by the
+model's spatial rank). The result, :class:`ExplainMaps`, is what the JSON summary, the NIfTI files and the report
+are written from.
+
+Keys: MC dropout uses ``fold_in(key, 1)``, the curves ``fold_in(key, 2)``; each space passes
+sub-keys on explicitly (per slice batch or per window batch), so the maps are a pure function
+of the case, the model and ``key``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+
+from jaxseg.target import TargetKind
+
+
+@dataclasses.dataclass(frozen=True)
+class Uncertainty:
+    """MC-dropout statistics in the canonical grid (:func:`jaxseg.explain.uncertainty.mc_dropout`).
+
+    Attributes:
+      mean, variance: ``(X, Y, Z, K)`` float32 over the passes.
+      entropy, mutual_information: ``(X, Y, Z, K)`` for sigmoid targets, ``(X, Y, Z)`` for
+        softmax ones (over all classes), float32 nats.
+      samples: the number of passes.
+    """
+    mean: np.ndarray
+    variance: np.ndarray
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    samples: int
+
+    @property
+    def whole_tumor_entropy(self) -> np.ndarray:
+        """``(X, Y, Z)``: channel 0 is WT for sigmoid targets; a softmax model's entropy is over
+        all classes already. The uncertainty the captions and the report show."""
+        return self.entropy[..., 0] if self.entropy.ndim == 4 else self.entropy
+
+    @property
+    def whole_tumor_variance(self) -> np.ndarray:
+        """``(X, Y, Z)`` variance of channel 0 (WT; for softmax the background, whose variance is
+        that of 1 - p_background)."""
+        return self.variance[..., 0]
+
+    def volumes(self) -> dict[str, np.ndarray]:
+        """The four statistics by name (``mean``, ``variance``, ``entropy``, ``mutual_information``)."""
+        return {"mean": self.mean, "variance": self.variance, "entropy": self.entropy,
+                "mutual_information": self.mutual_information}
+
+
+@dataclasses.dataclass(frozen=True)
+class Saliency:
+    """A Grad-CAM map and what the faithfulness curves of a space need to perturb it.
+
+    Attributes:
+      model_map: the map in the space's own grid (2D ``(N, S, S)`` per brain slice, 3D the box
+        ``(X', Y', Z')``), restored by :meth:`ModelSpace.to_volume`.
+      images, maps: the model inputs ``(B, *spatial, C)`` it was computed on and their maps
+        ``(B, *spatial)``, when the curves perturb exactly those (3D: the one window); None when
+        the space derives them from the canonical map (2D).
+      notes: summary entries of this space (3D: ``gradcam_window``).
+    """
+    model_map: np.ndarray
+    images: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class ModelSpace(Protocol):
+    """A case as one kind of model sees it, and the way back to the canonical grid.
+
+    Every method's arrays are in the space's own grid unless it says canonical; ``to_volume``
+    restores one to canonical ``(X, Y, Z[, K])`` float32, 0 off the brain.
+    """
+    brain: np.ndarray  # (X, Y, Z) bool, canonical
+
+    def to_volume(self, model_map: np.ndarray) -> np.ndarray: ...
+    def probabilities(self) -> np.ndarray: ...
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency: ...
+    def model_maps(self) -> dict[str, np.ndarray]: ...
+    def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]: ...
+    def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
+                     steps: int, slices: int) -> dict[str, Any] | None: ...
+    # What the progress messages say about this space.
+    def segmented_message(self) -> str: ...
+    def gradcam_message(self, layer: str, target: str) -> str: ...
+    def mc_message(self, samples: int) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainMaps:
+    """Every map of one case, canonical ``(X, Y, Z[, K])`` (docs/architecture.md), 0 off the brain.
+
+    Attributes:
+      target: the model's target kind (channels, regions, conversions).
+      probabilities: ``(X, Y, Z, K)`` float32.
+      classes: ``(X, Y, Z)`` uint8 internal classes (0 bg, 1 NCR, 2 ED, 3 ET).
+      brain: ``(X, Y, Z)`` bool.
+      layer, gradcam_target: what Grad-CAM explains (a layer name, a
+        :func:`~jaxseg.explain.gradcam.parse_target` string).
+      gradcam: ``(X, Y, Z)`` float32 in [0, 1].
+      model_maps: maps the model carries (``att0``..., ``rollout``), ``(X, Y, Z)`` float32 each.
+      uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
+      curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
+      notes: summary entries of the model's space (3D: ``gradcam_window``).
+
+    Adding a map: one field here (computed in :func:`compute_maps`), one line in
+    :meth:`nifti_volumes` to write it and one in :meth:`overlays` to show it.
+    """
+    target: TargetKind
+    probabilities: np.ndarray
+    classes: np.ndarray
+    brain: np.ndarray
+    layer: str
+    gradcam_target: str
+    gradcam: np.ndarray
+    model_maps: Mapping[str, np.ndarray]
+    uncertainty: Uncertainty | None
+    curves: Mapping[str, Any] | None
+    notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def whole_tumor_uncertainty(self) -> np.ndarray | None:
+        """``(X, Y, Z)`` entropy of the whole tumor, or None without MC dropout (captions use it)."""
+        return None if self.uncertainty is None else self.uncertainty.whole_tumor_entropy
+
+    def nifti_volumes(self) -> dict[str, np.ndarray]:
+        """What ``explain`` writes as float32 NIfTI beside the segmentation, by file key
+        (``<case>_<key>.nii.gz``; ``probabilities`` is ``_prob``, ``gradcam`` ``_gradcam``)."""
+        out = {"probabilities": self.probabilities, "gradcam": self.gradcam}
+        if self.uncertainty is not None:
+            out.update({f"mc_{name}": volume for name, volume in self.uncertainty.volumes().items()})
+        out.update(self.model_maps)  # att0.., rollout
+        return out
+
+    def overlays(self, truth: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The report's map overlays, in sidebar order: label -> ``(X, Y, Z)`` float32."""
+        out = {"Grad-CAM": self.gradcam}
+        if truth is not None:  # the map restricted to the annotated tumor
+            out["Grad-CAM x GT"] = self.gradcam * (truth > 0)
+        for name, volume in self.model_maps.items():
+            out["Attention rollout" if name == "rollout" else f"Attention gate {name[3:]}"] = volume
+        if self.uncertainty is not None:
+            out["MC variance"] = self.uncertainty.whole_tumor_variance
+            out["Entropy"] = self.uncertainty.whole_tumor_entropy
+        regions = self.target.region_probabilities(self.probabilities)
+        for i, region in enumerate(self.target.region_names):
+            out[f"P({region})"] = regions[..., i]
+        return out
+
+
+def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
+                 mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
+                 step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
+    """Every map of the case ``space`` holds, the same steps for every kind of model.
+
+    Args:
+      space: the case in the model's own grid (``jaxseg.explain.run.SPACES``).
+      target: the model's target kind.
+      layer, gradcam_target: the Grad-CAM layer and score (``'mean'``, ``'predicted:TC'``...).
+      key: the PRNG key; MC dropout gets ``fold_in(key, 1)``, the curves ``fold_in(key, 2)``.
+      mc_samples: MC-dropout passes; skipped unless ``with_dropout`` and ``mc_samples > 1``.
+      faithfulness_steps: fractions of each deletion/insertion curve.
+      faithfulness_slices: 2D: the slices with the largest predicted tumor the curves use.
+      step: hears one line per step.
+    Returns:
+      the :class:`ExplainMaps` of the case.
+    """
+    probabilities_model = space.probabilities()
+    probabilities = space.to_volume(probabilities_model)
+    classes = target.classes_from_output(probabilities) * space.brain
+    step(space.segmented_message())
+
+    saliency = space.gradcam(probabilities_model, layer, gradcam_target)
+    cam = space.to_volume(saliency.model_map)
+    step(space.gradcam_message(layer, gradcam_target))
+    # Maps the model carries itself: attention-gate coefficients, transformer attention rollout.
+    model_maps = {name: space.to_volume(value) for name, value in space.model_maps().items()}
+    if model_maps:
+        step(f"model maps: {', '.join(model_maps)}")
+
+    uncertainty = None
+    if with_dropout and mc_samples > 1:
+        stats = {name: space.to_volume(value) for name, value in space.mc_dropout(jax.random.fold_in(key, 1), mc_samples).items()}
+        uncertainty = Uncertainty(**stats, samples=mc_samples)
+        step(space.mc_message(mc_samples))
+    else:
+        step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
+
+    curves = space.faithfulness(probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps,
+                                faithfulness_slices)
+    step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
+    return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
+                       gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
+                       curves=curves, notes=dict(saliency.notes))

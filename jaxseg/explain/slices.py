@@ -1,0 +1,104 @@
+"""The explain pipeline's space of 2D models: a case as its brain slices (:class:`SliceSpace`).
+
+The model sees the preprocessed axial slices that hold brain (its sampling's
+``prepare_input``, :mod:`jaxseg.data.formats.sampling`: :func:`jaxseg.data.preprocess.prepare_volume`); every map is computed on those slices, a batch of the predictor's size at a
+time (the last batch zero-padded: one compiled program, :mod:`jaxseg.infer.chunks`), and restored to the canonical volume
+with the recorded geometry that prediction uses (0 off the brain).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxseg.data import preprocess
+from jaxseg.explain.faithfulness import faithfulness
+from jaxseg.explain.gradcam import gradcam_volume
+from jaxseg.explain.maps import Saliency
+from jaxseg.explain.model_maps import model_maps_volume
+from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.infer.chunks import map_chunks
+from jaxseg.infer.predict import Predictor
+from jaxseg.target import target_for
+
+# MC-dropout passes run at once per slice batch. All 20 at once (one vmap) took 5.1 GB for 16
+# slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
+# (benchmarks/explain.py, NOTES.md section 10).
+MC_SLICE_CHUNK = 5
+
+
+class SliceSpace:
+    """A canonical image ``(X, Y, Z, C)`` as the brain slices a 2D model sees.
+
+    Attributes:
+      brain: ``(X, Y, Z)`` bool, canonical.
+      slices: ``(N, S, S, C)`` float32, the preprocessed slices holding brain.
+      positions: ``(N,)`` int, their axial indices among the prepared slices.
+    """
+
+    def __init__(self, predictor: Predictor, image: np.ndarray):
+        self.predictor = predictor
+        self.target = target_for(predictor.cfg)
+        # The predictor's sampling prepares the slices and restores maps (jaxseg.data.formats).
+        self.model_input = predictor.sampling.prepare_input(image, predictor.cfg.data)
+        self.prepared = self.model_input.prepared  # a preprocess.PreparedVolume
+        self.brain = preprocess.brain_mask(image)
+        self.positions = np.flatnonzero(self.prepared.brain_slices)
+        self.slices = self.model_input.values[self.positions]
+
+    def to_volume(self, per_slice: np.ndarray) -> np.ndarray:
+        """``(N, S, S[, K])`` maps of the brain slices -> canonical ``(X, Y, Z[, K])``, 0 off-brain."""
+        full = np.zeros((len(self.model_input.values), *per_slice.shape[1:]), np.float32)
+        full[self.positions] = per_slice
+        restored = self.model_input.restore(full)
+        return restored * (self.brain if restored.ndim == 3 else self.brain[..., None])
+
+    def probabilities(self) -> np.ndarray:
+        """``(N, S, S, K)`` float32."""
+        return self.predictor.slice_probabilities(self.slices)
+
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency:
+        """Grad-CAM of every brain slice, each normalised on its own: ``(N, S, S)``."""
+        p = self.predictor
+        return Saliency(gradcam_volume(p.graphdef, p.params, p.batch_stats, self.slices, layer, target,
+                                       target_kind=self.target.name, batch_size=p.batch_size))
+
+    def model_maps(self) -> dict[str, np.ndarray]:
+        """Attention gates / rollout of every brain slice (empty for a plain U-Net): ``(N, S, S)`` each."""
+        p = self.predictor
+        return model_maps_volume(p.graphdef, p.params, p.batch_stats, self.slices, self.target.name, p.batch_size)
+
+    def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
+        """MC-dropout statistics of every brain slice: slice batch ``i`` uses ``fold_in(key, i)``,
+        the passes :data:`MC_SLICE_CHUNK` at a time."""
+        p = self.predictor
+        return map_chunks(lambda i, padded: mc_dropout(p.graphdef, p.params, p.batch_stats, padded,
+                                                       jax.random.fold_in(key, i), samples, self.target.name,
+                                                       chunk=MC_SLICE_CHUNK),
+                          self.slices, batch_size=p.batch_size, empty={})
+
+    def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
+                     steps: int, slices: int) -> dict[str, Any] | None:
+        """Deletion/insertion on the ``slices`` brain slices with the largest predicted tumor (in
+        canonical ``probabilities``), perturbing by the canonical map ``cam`` brought back to
+        model space; None if no slice has predicted tumor."""
+        whole_tumor = self.target.whole_tumor_probability(probabilities)
+        area = (whole_tumor > 0.5).sum(axis=(0, 1))[self.positions]
+        order = np.argsort(-area, kind="stable")[:slices]
+        order = order[area[order] > 0]
+        if not len(order):
+            return None
+        cam_slices = preprocess.to_slices(cam[..., self.positions[order]], self.prepared.geometry, order=1)
+        p = self.predictor
+        return faithfulness(p.graphdef, p.params, p.batch_stats, self.slices[order], cam_slices, key, steps=steps,
+                            channel="WT", target_kind=self.target.name)
+
+    def segmented_message(self) -> str:
+        return "segmented"
+
+    def gradcam_message(self, layer: str, target: str) -> str:
+        return f"Grad-CAM of layer {layer} ({target}) on {len(self.positions)} slices"
+
+    def mc_message(self, samples: int) -> str:
+        return f"MC dropout: {samples} passes"
