@@ -16,7 +16,7 @@ of the case, the model and ``key``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -97,6 +97,21 @@ class ModelSpace(Protocol):
     def mc_message(self, samples: int) -> str: ...
 
 
+@runtime_checkable
+class SummarySection(Protocol):
+    """A value that is a card of the report and an entry of the JSON summary (e.g. a calibration
+    table): an :class:`ExplainMaps` field holding one is shown and written without further code.
+
+    Attributes:
+      template: the card's template, ``jaxseg/report/templates/sections/<template>.html.j2``
+        (it reads ``section.context``).
+    """
+    template: str
+
+    def report_context(self) -> Mapping[str, Any]: ...  # what the template shows
+    def summary(self) -> Mapping[str, Any]: ...  # keys merged into the JSON summary
+
+
 @dataclasses.dataclass(frozen=True)
 class ExplainMaps:
     """Every map of one case, canonical ``(X, Y, Z[, K])`` (docs/architecture.md), 0 off the brain.
@@ -115,7 +130,8 @@ class ExplainMaps:
       notes: summary entries of the model's space (3D: ``gradcam_window``).
 
     Adding a map: one field here (computed in :func:`compute_maps`), one line in
-    :meth:`nifti_volumes` to write it and one in :meth:`overlays` to show it.
+    :meth:`nifti_volumes` to write it and one in :meth:`overlays` to show it. Adding a summary
+    section: one field here whose value is a :class:`SummarySection`, and its template.
     """
     target: TargetKind
     probabilities: np.ndarray
@@ -133,6 +149,11 @@ class ExplainMaps:
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
         """``(X, Y, Z)`` entropy of the whole tumor, or None without MC dropout (captions use it)."""
         return None if self.uncertainty is None else self.uncertainty.whole_tumor_entropy
+
+    def sections(self) -> list[SummarySection]:
+        """The fields that are summary sections (set, not None), in field order."""
+        return [value for f in dataclasses.fields(self)
+                if isinstance(value := getattr(self, f.name), SummarySection)]
 
     def nifti_volumes(self) -> dict[str, np.ndarray]:
         """What ``explain`` writes as float32 NIfTI beside the segmentation, by file key

@@ -168,6 +168,7 @@ def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, se
         "volumes_ml": volumes, "caption": e.volume_caption.text, "side": e.volume_caption.side,
         "slice_captions": e.slice_captions, "faithfulness_auc": aucs,
         "warnings": e.warnings, **maps.notes,
+        **{key: value for section in maps.sections() for key, value in section.summary().items()},
     }
 
 
@@ -187,7 +188,7 @@ def _write_maps(out: Path, explanation: Explanation) -> dict[str, Path]:
 
 
 def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, Any]) -> None:
-    from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
+    from jaxseg.report.html import ReportData, Section, curves_from_faithfulness, write_report
     e, maps = explanation, explanation.maps
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(
@@ -195,4 +196,5 @@ def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, An
         spacing=tuple(float(s) for s in e.props.spacing), segmentation=maps.classes.astype(np.uint8),
         ground_truth=e.truth, maps=maps.overlays(e.truth), slice_captions=e.slice_captions,
         volume_caption=e.volume_caption.text, curves=curves_from_faithfulness(maps.curves) if maps.curves else {},
-        settings=settings, warnings=list(e.warnings)), path)
+        settings=settings, warnings=list(e.warnings),
+        sections=[Section(section.template, section.report_context()) for section in maps.sections()]), path)
