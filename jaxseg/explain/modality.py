@@ -255,15 +255,15 @@ def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
 
 
 def region_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
-                  regions: Sequence[int | str] | None = None, target_kind: str | None = None,
+                  regions: Sequence[int | str] | None = None, target_kind: str | TargetKind | None = None,
                   batch_size: int = 16) -> np.ndarray:
     """Indices ``(n,)`` int64 of the samples of ``images (B, *spatial, C)`` on which some region
     is predicted. The attribution masses count predicted pixels only, so
     :func:`modality_attribution` of ``images[region_slices(...)]`` equals that of ``images``
     (the other samples add 0) at a fraction of the cost."""
     images = np.asarray(images, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
-    indices = np.asarray([channel_index(r, kind) for r in _regions(regions, kind)])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
+    indices = np.asarray([kind.table_index(r) for r in _regions(regions, kind)])
     any_region = chunks.map_chunks(
         lambda _, x: _predicted(graphdef, params, batch_stats, x, target_kind=kind)[1][..., indices].any(axis=-1),
         images, batch_size=batch_size, empty=np.zeros(images.shape[:-1], bool))
