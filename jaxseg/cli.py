@@ -183,13 +183,14 @@ def explain(
                              help="report.html, or a folder for every map, the JSON summary and the report"),
     layer: Optional[str] = typer.Option(None, help="Grad-CAM layer: enc0..encN, decN..dec0 (default dec0)"),
     target: str = typer.Option("mean", help="Grad-CAM score: mean, predicted, or REGION / predicted:REGION"),
-    mc_samples: int = typer.Option(20, min=1, help="MC-dropout passes"),
+    mc_samples: int = typer.Option(20, help="MC-dropout passes (1: none)"),
+    attribution_steps: int = typer.Option(8, help="integrated-gradient steps of the modality attribution (0: skip)"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
 ) -> None:
     """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
     from jaxseg.explain.run import ExplainSettings, explain as run
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
-                                                        seed=seed), say=_say)
+                                                        attribution_steps=attribution_steps, seed=seed), say=_say)
     typer.echo(result.summary["caption"])
     typer.echo(f"report: {result.report}")
 

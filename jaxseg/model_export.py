@@ -21,6 +21,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 from jaxseg.model_store import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, DEMO_NAME, FLOAT16_TOLERANCE, STORAGE_DTYPES,
                                 WEIGHTS_FILE, find_run, is_model_folder, read_calibration, write_weights)
+from jaxseg.target import target_for
 
 # The check input when none is given: one synthetic case (jaxseg.data.phantom) of this size;
 # the model's preprocessing fits it to its image size anyway.
@@ -58,7 +59,6 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
     (top-level keys replace; ``provenance``, ``inputs`` and ``storage`` are merged key by key)."""
     from jaxseg.model_store import best_validation, now_utc, run_provenance
     from jaxseg.models.registry import count_params
-    from jaxseg.train import metrics
     cfg = source.cfg
     m = cfg.model
     best = best_validation(run)
@@ -88,7 +88,7 @@ def build_card(run: Path, source: Any, *, name: str, dtype: str, size_bytes: int
                    "preprocessing": f"{cfg.data.normalize} normalisation, {cfg.data.crop} crop, "
                                     f"{cfg.data.fit} to {cfg.data.image_size} px (done by jaxseg)"},
         "target": cfg.data.target,
-        "regions": list(metrics.region_names(cfg.data.target)),
+        "regions": list(target_for(cfg).region_names),
         "architecture": architecture,
         "parameters": count_params(source.model()),
         "provenance": {

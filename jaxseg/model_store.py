@@ -33,6 +33,7 @@ from jaxseg import config as config_lib
 from jaxseg import home
 from jaxseg.errors import JaxsegError
 from jaxseg.files import atomic_path, write_text
+from jaxseg.target import target_for
 
 CONFIG_FILE = "config.toml"
 WEIGHTS_FILE = "model.safetensors"
@@ -239,12 +240,11 @@ def bundled_names() -> list[str]:
 
 
 def _entry(name: str, source: str, folder: Path) -> ModelEntry:
-    from jaxseg.train import metrics
     cfg = config_lib.load(folder / CONFIG_FILE)
     card = read_card(folder) if is_model_folder(folder) else None
     return ModelEntry(
         name=name, source=source, path=folder, architecture=cfg.model.name, target=cfg.data.target,
-        regions=tuple(metrics.region_names(cfg.data.target)), modalities=config_lib.canonical_modalities(cfg),
+        regions=target_for(cfg).region_names, modalities=config_lib.canonical_modalities(cfg),
         provenance=(card or {}).get("provenance", {}).get("summary") or run_provenance(folder, cfg),
         description=(card or {}).get("description", ""), card=card)
 

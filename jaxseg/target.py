@@ -268,8 +268,11 @@ TARGET_KINDS: dict[str, TargetKind] = {kind.name: kind for kind in (
 )}
 
 
-def target_kind(name: str) -> TargetKind:
-    """The :class:`TargetKind` called ``name``; an unknown name is a user error (``data.target``)."""
+def target_kind(name: str | TargetKind) -> TargetKind:
+    """The :class:`TargetKind` called ``name`` (a kind passes through); an unknown name is a user
+    error (``data.target``)."""
+    if isinstance(name, TargetKind):
+        return name
     try:
         return TARGET_KINDS[name]
     except (KeyError, TypeError):

@@ -13,7 +13,7 @@ from jaxseg import config as config_lib
 from jaxseg import model_store
 from jaxseg.data import brats, phantom
 from jaxseg.infer.predict import Predictor
-from jaxseg.train import metrics
+from jaxseg.target import target_for
 
 BUNDLED = model_store.bundled_names()
 pytestmark = pytest.mark.skipif(not BUNDLED, reason=f"no model is bundled in {model_store.BUNDLED_DIR}")
@@ -44,7 +44,7 @@ def test_bundled_model_card_matches_its_config(name):
     card = json.loads((folder / model_store.CARD_FILE).read_text())
     cfg = config_lib.load(folder / model_store.CONFIG_FILE)
     assert card["inputs"]["modalities"] == list(config_lib.canonical_modalities(cfg))
-    assert card["target"] == cfg.data.target and card["regions"] == list(metrics.region_names(cfg.data.target))
+    assert card["target"] == cfg.data.target and card["regions"] == list(target_for(cfg).region_names)
     assert card["architecture"]["name"] == cfg.model.name
     storage = card["storage"]
     assert storage["dtype"] in model_store.STORAGE_DTYPES

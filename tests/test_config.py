@@ -5,6 +5,7 @@ import pytest
 
 from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_kind
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
@@ -84,7 +85,6 @@ def test_every_config_runs_one_train_step_at_smoke_size(path):
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from jaxseg.data import brats
     from jaxseg.models.registry import spatial_dims
     from jaxseg.train.state import create_state, graphdef_of, make_optimizer
     from jaxseg.train.step import make_train_step
@@ -95,7 +95,7 @@ def test_every_config_runs_one_train_step_at_smoke_size(path):
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 4, shape).astype(np.uint8)
     batch = {"image": rng.normal(size=shape + (cfg.in_channels,)).astype(np.float32),
-             "target": brats.make_target(classes, cfg.data.target), "classes": classes}
+             "target": target_kind(cfg.data.target).encode(classes), "classes": classes}
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     tx = make_optimizer(cfg, 1)
     state = create_state(cfg, tx, mesh)

@@ -15,9 +15,10 @@ from jaxseg import cli, home, model_export, model_store
 from jaxseg import config as config_lib
 from jaxseg.data import brats, phantom
 from jaxseg.errors import JaxsegError
-from jaxseg.infer.predict import Predictor, probabilities_to_classes
+from jaxseg.infer.predict import Predictor
 from jaxseg.model_export import CHECK_PHANTOM_SEED, CHECK_PHANTOM_SHAPE
 from jaxseg.model_store import find_run
+from jaxseg.target import target_kind
 
 runner = CliRunner()
 
@@ -229,7 +230,7 @@ def test_predict_and_explain_without_checkpoint_use_the_bundled_model(store, cas
     expected = _probabilities(store / model_store.DEFAULT_MODEL, case)  # canonical (RAS) order
     seg = np.asarray(nib.as_closest_canonical(nib.load(tmp_path / "seg.nii.gz")).dataobj)
     assert set(np.unique(seg)) <= {0, 1, 2, 4}
-    np.testing.assert_array_equal(brats.to_internal(seg, "brats2021"), probabilities_to_classes(expected, "regions"))
+    np.testing.assert_array_equal(brats.to_internal(seg, "brats2021"), target_kind("regions").classes_from_output(expected))
     result = invoke("explain", case, "--out", tmp_path / "report", "--mc-samples", "2")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "report" / f"{case.name}_explain.json").read_text())

@@ -16,11 +16,6 @@ def set_dice(pred, ref):
     return 2 * len(p & r) / (len(p) + len(r))
 
 
-def random_masks(seed, shape, p=0.3):
-    rng = np.random.default_rng(seed)
-    return rng.random(shape) < p, rng.random(shape) < p
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dice_of_whole_masks_matches_the_set_computation(seed):
     pred, ref = random_masks(seed, (6, 7, 5))
@@ -75,13 +70,77 @@ def test_sums_form_agrees_with_the_mask_form_over_batches():
     assert scores["iou"][2] == scores["precision"][2] == scores["recall"][2] == 1.0
 
 
-def test_valid_leaves_padding_samples_out():
-    pred, ref = random_masks(5, (4, 6, 6, 1))
-    valid = np.array([True, False, True, False])
-    sums = overlap.confusion_sums(pred, ref, valid)
-    np.testing.assert_allclose(overlap.scores_from_sums(sums)["dice"], [set_dice(pred[valid], ref[valid])])
-
-
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         overlap.dice(np.zeros((2, 3), bool), np.zeros((3, 2), bool))
+
+
+# --------------------------------------------------------------------------- sums and scores
+
+def np_scores(pred, ref):
+    """Dice, IoU, precision, recall of one channel, computed directly."""
+    pred, ref = pred.astype(bool).ravel(), ref.astype(bool).ravel()
+    inter = np.sum(pred & ref)
+    if not pred.any() and not ref.any():
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    return {"dice": 2 * inter / (pred.sum() + ref.sum()), "iou": inter / np.sum(pred | ref),
+            "precision": inter / pred.sum() if pred.any() else 0.0,
+            "recall": inter / ref.sum() if ref.any() else 0.0}
+
+
+def random_masks(seed, shape=(4, 8, 8, 3), p=0.3):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape) < p, rng.random(shape) < p
+
+
+def test_scores_match_numpy_per_channel():
+    pred, ref = random_masks(0)
+    sums = jax.jit(overlap.confusion_sums)(jnp.asarray(pred), jnp.asarray(ref))
+    assert sums["tp"].shape == (3,) and sums["tp"].dtype == jnp.int32
+    scores = overlap.scores_from_sums(sums)
+    for k in range(3):
+        expected = np_scores(pred[..., k], ref[..., k])
+        for name, value in expected.items():
+            assert scores[name][k] == pytest.approx(value, rel=1e-12), (name, k)
+
+
+def test_numpy_inputs_give_the_same_sums():
+    pred, ref = random_masks(1)
+    from_np = overlap.confusion_sums(pred, ref)
+    from_jax = overlap.confusion_sums(jnp.asarray(pred), jnp.asarray(ref))
+    for key in ("tp", "fp", "fn"):
+        assert from_np[key].dtype == np.int64
+        np.testing.assert_array_equal(from_np[key], np.asarray(from_jax[key]))
+
+
+def test_sums_over_batches_equal_the_metric_of_the_concatenation():
+    pred, ref = random_masks(2, shape=(9, 6, 6, 2))
+    total = None
+    for start in range(0, 9, 4):  # batches of 4, 4, 1
+        sums = overlap.confusion_sums(jnp.asarray(pred[start:start + 4]), jnp.asarray(ref[start:start + 4]))
+        total = sums if total is None else {k: total[k] + sums[k] for k in total}
+    scores = overlap.scores_from_sums(total)
+    for k in range(2):
+        assert scores["dice"][k] == pytest.approx(np_scores(pred[..., k], ref[..., k])["dice"])
+    # ...which is not the mean of per-batch Dices in general.
+    batch_dices = [np_scores(pred[s:s + 4, ..., 0], ref[s:s + 4, ..., 0])["dice"] for s in (0, 4, 8)]
+    assert scores["dice"][0] != pytest.approx(np.mean(batch_dices))
+
+
+def test_valid_mask_ignores_padding():
+    pred, ref = random_masks(3)
+    valid = np.array([True, False, True, False])
+    masked = overlap.confusion_sums(jnp.asarray(pred), jnp.asarray(ref), jnp.asarray(valid))
+    subset = overlap.confusion_sums(jnp.asarray(pred[valid]), jnp.asarray(ref[valid]))
+    for key in ("tp", "fp", "fn"):
+        np.testing.assert_array_equal(masked[key], subset[key])
+
+
+def test_empty_mask_conventions():
+    empty = np.zeros((1, 4, 4, 1), bool)
+    full = np.ones((1, 4, 4, 1), bool)
+    both_empty = overlap.scores_from_sums(overlap.confusion_sums(empty, empty))
+    assert all(both_empty[name][0] == 1.0 for name in ("dice", "iou", "precision", "recall"))
+    for pred, ref in ((empty, full), (full, empty)):
+        scores = overlap.scores_from_sums(overlap.confusion_sums(pred, ref))
+        assert all(scores[name][0] == 0.0 for name in ("dice", "iou", "precision", "recall"))

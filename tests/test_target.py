@@ -123,3 +123,32 @@ def test_probability_table_columns_and_their_names():
         T.target_kind("wt").table_index("ET")
     with pytest.raises(ValueError, match="out of range"):
         kind.table_index(4)
+
+
+def test_predictions_from_logits():
+    logits = jnp.asarray([[[-1.0, 0.5, 2.0, 0.1]], [[3.0, -2.0, 0.0, -0.5]]])  # (2, 1, 4)
+    np.testing.assert_array_equal(T.target_kind("regions").predictions_from_logits(logits[..., :3]),
+                                  [[[False, True, True]], [[True, False, False]]])
+    np.testing.assert_array_equal(T.target_kind("classes").predictions_from_logits(logits),
+                                  [[[False, False, True, False]], [[True, False, False, False]]])
+
+
+def test_region_masks_agree_between_classes_and_one_hot_predictions():
+    rng = np.random.default_rng(4)
+    classes = rng.integers(0, 4, (2, 5, 5)).astype(np.uint8)
+    expected = np.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], axis=-1)
+    kind = T.target_kind("classes")
+    one_hot_logits = jnp.asarray(np.eye(4)[classes] * 5.0)
+    np.testing.assert_array_equal(kind.region_masks_from_logits(one_hot_logits), expected)
+    np.testing.assert_array_equal(kind.region_masks_from_prediction(np.eye(4, dtype=bool)[classes]), expected)
+
+
+def test_classes_from_sigmoid_probabilities_nest_et_in_tc_in_wt():
+    """Threshold 0.5, then ET wins, then TC (NCR), then WT (ED); ET outside WT is still ET."""
+    regions = np.array([[0.9, 0.1, 0.1], [0.9, 0.8, 0.2], [0.9, 0.9, 0.6], [0.4, 0.3, 0.7], [0.3, 0.2, 0.1]])
+    np.testing.assert_array_equal(T.target_kind("regions").classes_from_output(regions), [2, 1, 3, 3, 0])
+    np.testing.assert_array_equal(T.target_kind("wt").classes_from_output(np.array([[0.2], [0.7]])), [0, 1])
+    np.testing.assert_array_equal(T.target_kind("classes").classes_from_output(np.array([[0.1, 0.2, 0.6, 0.1]])), [2])
+    for kind in KINDS:
+        out = kind.encode(np.zeros((2, 5, 6), np.uint8))
+        assert out.shape == (2, 5, 6, kind.channels) and out.dtype == np.float32

@@ -19,12 +19,12 @@ from __future__ import annotations
 from jaxseg.config.load import load, load_from_dict, resolve_path, shipped_configs
 from jaxseg.config.model_sections import (MODEL_SECTIONS, AttentionUNetConfig, ModelConfig, ResUNet34Config,
                                           TransUNetConfig, UNet3DConfig, UNetConfig)
-from jaxseg.config.sections import (MODALITIES, TARGET_CHANNELS, TARGETS, AugmentConfig, Config, DataConfig,
+from jaxseg.config.sections import (MODALITIES, TARGETS, AugmentConfig, Config, DataConfig,
                                     InferConfig, TrainConfig, canonical_modalities)
 from jaxseg.config.write import SMOKE_MODEL_OVERRIDES, SMOKE_OVERRIDES, dumps, smoke, smoke_overrides, to_dict
 
 __all__ = [
-    "MODALITIES", "MODEL_SECTIONS", "SMOKE_MODEL_OVERRIDES", "SMOKE_OVERRIDES", "TARGETS", "TARGET_CHANNELS",
+    "MODALITIES", "MODEL_SECTIONS", "SMOKE_MODEL_OVERRIDES", "SMOKE_OVERRIDES", "TARGETS",
     "AttentionUNetConfig", "AugmentConfig", "Config", "DataConfig", "InferConfig", "ModelConfig",
     "ResUNet34Config", "TrainConfig", "TransUNetConfig", "UNet3DConfig", "UNetConfig", "canonical_modalities",
     "dumps", "load", "load_from_dict", "resolve_path", "shipped_configs", "smoke", "smoke_overrides", "to_dict",

@@ -17,11 +17,10 @@ from pydantic import AfterValidator, Field, model_validator
 from jaxseg.config.fields import (Bool, Float, FloatList, Int, IntList, NonNegativeFloat, NonNegativeInt,
                                   PositiveInt, SettingError, Str, StrList, check, interval, section)
 from jaxseg.config.model_sections import MODEL_SECTIONS, UNetConfig
+from jaxseg.target import TARGET_KINDS
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-TARGETS = ("wt", "regions", "classes")
-# Output channels per target: one sigmoid (wt), three sigmoids WT/TC/ET (regions), softmax over 4.
-TARGET_CHANNELS = {"wt": 1, "regions": 3, "classes": 4}
+TARGETS = tuple(TARGET_KINDS)  # the target-kind registry (jaxseg/target.py) decides channels and losses
 
 # BraTS 2023 names beside the 2017-2021 ones.
 MODALITY_ALIASES = {"flair": "flair", "t2f": "flair", "t1": "t1", "t1n": "t1", "t1ce": "t1ce",
@@ -92,8 +91,9 @@ class DataConfig:
         if self.format == "brats":
             return self
         # 2D slices (data/records.py) with binary tumor masks.
-        if self.target != "wt":
-            raise SettingError("target", f"must be \"wt\" for data.format = {self.format!r}: its masks are "
+        if not TARGET_KINDS[self.target].whole_tumor_only:
+            wt_only = " or ".join(f'"{k.name}"' for k in TARGET_KINDS.values() if k.whole_tumor_only)
+            raise SettingError("target", f"must be {wt_only} for data.format = {self.format!r}: its masks are "
                                f"binary tumor masks, with no sub-regions; got {self.target!r}")
         if self.format == "figshare_mat" and len(self.modalities) != 1:
             raise SettingError("modalities", "figshare_mat slices have one channel (T1 contrast-enhanced): list "
@@ -160,7 +160,7 @@ class Config:
 
     @property
     def out_channels(self) -> int:
-        return TARGET_CHANNELS[self.data.target]
+        return TARGET_KINDS[self.data.target].channels
 
     @property
     def in_channels(self) -> int:
@@ -169,11 +169,13 @@ class Config:
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
         self.model.check_data(self.data)
-        if self.train.loss == "ce_dice" and self.data.target != "classes":
-            raise SettingError("train.loss", "ce_dice (softmax) needs data.target = \"classes\"")
-        if self.data.target == "classes" and self.train.loss != "ce_dice":
-            raise SettingError("train.loss", f"data.target = \"classes\" is softmax and needs loss ce_dice; "
-                               f"got {self.train.loss}")
+        kind = TARGET_KINDS[self.data.target]
+        if not kind.accepts_loss(self.train.loss):
+            if kind.activation == "softmax":
+                raise SettingError("train.loss", f"data.target = \"{kind.name}\" is softmax and needs loss "
+                                   f"{kind.default_loss}; got {self.train.loss}")
+            softmax_kinds = " or ".join(f'"{k.name}"' for k in TARGET_KINDS.values() if k.activation == "softmax")
+            raise SettingError("train.loss", f"ce_dice (softmax) needs data.target = {softmax_kinds}")
         return self
 
 

@@ -1,4 +1,4 @@
-"""BraTS conventions, all in one place: file naming, case discovery, labels and tumor regions.
+"""BraTS conventions, all in one place: file naming, case discovery, file labels and tumor volumes.
 
 Two file namings are recognised (by the file-name suffix, not by folder names):
 
@@ -9,6 +9,8 @@ Two file namings are recognised (by the file-name suffix, not by folder names):
 Uncompressed ``.nii`` works too. Inside jaxseg labels are *internal classes*: 0 background,
 1 NCR (necrotic / non-enhancing core), 2 ED (edema), 3 ET (enhancing tumor), uint8; file label 4 of
 the 2021 convention is internal 3. The BraTS regions are WT = {1, 2, 3}, TC = {1, 3}, ET = {3}.
+Internal classes, regions and what a model predicts of them (the target kinds, the training
+target, outputs -> classes) are :mod:`jaxseg.target`'s.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ import numpy as np
 from jaxseg.data import checks
 from jaxseg.data.nifti import VolumeProperties, geometry_mismatch, read_label_volume, read_volume
 from jaxseg.errors import JaxsegError, file_error
+# The internal classes and the regions made of them are the target module's; here beside the
+# file labels they are converted from.
+from jaxseg.target import CLASS_NAMES, REGION_CLASSES, REGIONS, region_masks  # noqa: F401
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 # Every accepted modality name -> its canonical (2017-2021) name; canonical names map to themselves.
@@ -35,9 +40,6 @@ SUFFIXES: dict[str, dict[str, str]] = {
 }
 SEPARATORS = {"brats2021": "_", "brats2023": "-"}
 FILE_LABELS = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
-CLASS_NAMES = ("background", "NCR", "ED", "ET")
-REGIONS = ("WT", "TC", "ET")
-TARGET_CHANNELS = {"wt": 1, "regions": 3, "classes": 4}
 
 _PATTERNS = {
     naming: re.compile(rf"^(?P<case>.+){re.escape(SEPARATORS[naming])}"
@@ -266,60 +268,6 @@ def from_internal(classes: np.ndarray, naming: str) -> np.ndarray:
     return _lut(naming)[classes.astype(np.intp, copy=False)]
 
 
-def region_masks(classes: np.ndarray) -> np.ndarray:
-    """Internal classes ``(...)`` -> bool ``(..., 3)`` masks of WT, TC, ET (the REGIONS order)."""
-    classes = np.asarray(classes)
-    return np.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], axis=-1)
-
-
-def _check_target(target: str) -> None:
-    if target not in TARGET_CHANNELS:
-        raise JaxsegError(f"data.target must be one of {', '.join(TARGET_CHANNELS)}; got {target!r}")
-
-
-def make_target(classes: np.ndarray, target: str) -> np.ndarray:
-    """Internal classes ``(...)`` uint8 -> float32 ``(..., K)`` training target.
-
-    ``wt``: K=1, class > 0; ``regions``: K=3, WT/TC/ET (overlapping); ``classes``: K=4, one-hot.
-    """
-    _check_target(target)
-    classes = np.asarray(classes)
-    if target == "wt":
-        return (classes > 0)[..., None].astype(np.float32)
-    if target == "regions":
-        return region_masks(classes).astype(np.float32)
-    return np.eye(4, dtype=np.float32)[classes.astype(np.intp, copy=False)]
-
-
-def targets_to_classes(prediction: np.ndarray, target: str, threshold: float = 0.5) -> np.ndarray:
-    """A model output (probabilities or masks) -> internal classes ``(...)`` uint8, for writing.
-
-    Args:
-      prediction: ``(..., K)`` with K = 1, 3, 4 for ``wt``, ``regions``, ``classes``: sigmoid
-        probabilities or 0/1 masks (``wt``, ``regions``), softmax probabilities, logits or one-hot
-        (``classes``).
-      threshold: for the sigmoid targets; a voxel is in a region iff its value > threshold.
-    Returns:
-      ``wt``: 1 where tumor, else 0. A binary whole-tumor model cannot tell NCR, ED and ET apart, so it
-        yields no sub-classes; the 1 becomes file label 1 under both namings, so written maps are 0/1
-        whole-tumor masks (not BraTS sub-region maps).
-      ``regions``: the standard BraTS nesting: ET where ET, else NCR where TC, else ED where WT.
-      ``classes``: argmax over the 4 channels.
-    """
-    _check_target(target)
-    prediction = np.asarray(prediction)
-    k = TARGET_CHANNELS[target]
-    if prediction.ndim == 0 or prediction.shape[-1] != k:
-        raise ValueError(f"target {target!r} needs a last axis of {k} channels, got shape {prediction.shape}")
-    if target == "classes":
-        return np.argmax(prediction, axis=-1).astype(np.uint8)
-    inside = prediction > threshold
-    if target == "wt":
-        return inside[..., 0].astype(np.uint8)
-    wt, tc, et = inside[..., 0], inside[..., 1], inside[..., 2]
-    return np.where(et, 3, np.where(tc, 1, np.where(wt, 2, 0))).astype(np.uint8)
-
-
 def tumor_volumes_ml(classes: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
     """Volumes of WT, TC and ET in millilitres.
 
@@ -329,5 +277,4 @@ def tumor_volumes_ml(classes: np.ndarray, spacing: Sequence[float]) -> dict[str,
     """
     counts = np.bincount(np.asarray(classes, dtype=np.uint8).ravel(), minlength=4)[:4]
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    ncr, ed, et = (int(c) for c in counts[1:])
-    return {"WT": (ncr + ed + et) * voxel_ml, "TC": (ncr + et) * voxel_ml, "ET": et * voxel_ml}
+    return {region: int(counts[list(members)].sum()) * voxel_ml for region, members in REGION_CLASSES.items()}

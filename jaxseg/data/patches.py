@@ -36,6 +36,7 @@ from jaxseg.config import DataConfig
 from jaxseg.data import brats, preprocess, store
 from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_kind
 
 __all__ = ["VolumeBox", "PreparedVolume3D", "PatchSpec", "brain_box", "restore_box", "prepare_volume_3d",
            "load_prepared_volume", "patch_range", "place_patch", "cut_patch", "patch_index", "PatchSource",
@@ -272,7 +273,7 @@ class RandomPatch(grain.transforms.RandomMap):
     flipped on each axis with probability 1/2 (image, target and classes alike).
 
     Output: ``'image' (P, P, P, C) float32``, ``'target' (P, P, P, K) float32``
-    (``brats.make_target``), ``'classes' (P, P, P) uint8``, ``'case' int32``, ``'origin' (3,) int32``
+    (``TargetKind.encode``), ``'classes' (P, P, P) uint8``, ``'case' int32``, ``'origin' (3,) int32``
     (the patch's first voxel in the canonical volume: box start + placement; negative or past the
     volume where the patch is zero padding; flips do not change it), ``'valid' bool``.
     """
@@ -291,6 +292,6 @@ class RandomPatch(grain.transforms.RandomMap):
             if axes:
                 image = np.ascontiguousarray(np.flip(image, axes))
                 classes = np.ascontiguousarray(np.flip(classes, axes))
-        return {"image": image, "target": brats.make_target(classes, self.target), "classes": classes,
+        return {"image": image, "target": target_kind(self.target).encode(classes), "classes": classes,
                 "case": element["case"], "origin": (np.asarray(volume.box.start) + origin).astype(np.int32),
                 "valid": element["valid"]}

@@ -13,6 +13,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.overlap import dice
+
 # HD95 when exactly one of the masks is empty: the diagonal of the 240 x 240 x 155 BraTS volume
 # at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm, the largest distance a BraTS case can have.
 EMPTY_HD95 = 373.13
@@ -176,7 +178,7 @@ def lesion_wise(pred, ref, spacing=(1.0, 1.0, 1.0), *, dilation_iterations: int 
                                 min(max(b[a].stop for b in boxes) + 1, ref.shape[a])) for a in range(3))
             lesion = gt_labels[union] == lesion_id
             matched_pred = np.isin(pred_labels[union], ids)
-            dices.append(2.0 * np.logical_and(lesion, matched_pred).sum() / (lesion.sum() + matched_pred.sum()))
+            dices.append(dice(matched_pred, lesion))
             hds.append(hd95(matched_pred, lesion, spacing))
             tp += 1
         else:

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseg.explain.gradcam import (Target, masked_mean, output_kind, resolve_target,
-                                    target_probability)
+from jaxseg.explain.gradcam import Target, masked_mean, resolve_kind, resolve_target, target_probability
+from jaxseg.target import TargetKind
 
 
 def _score_fn(graphdef, params, batch_stats, images, index, use_prediction, mask, target_kind):
@@ -89,7 +89,7 @@ def _occlusion(graphdef, params, batch_stats, images, index, use_prediction, mas
 
 def occlusion(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
               target: Target | str = "mean", *, patch: int = 8, stride: int | None = None,
-              baseline: float = 0.0, mask: Any = None, target_kind: str | None = None,
+              baseline: float = 0.0, mask: Any = None, target_kind: str | TargetKind | None = None,
               chunk: int | None = None) -> jax.Array:
     """Occlusion sensitivity maps.
 
@@ -103,7 +103,7 @@ def occlusion(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
       ``(B, *spatial)`` float32 mean score drop (not normalised; it can be negative).
     """
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     index, use_prediction, mask = resolve_target(target, kind, mask, images.shape[:-1])
     return _occlusion(graphdef, params, batch_stats, images, jnp.int32(index), jnp.bool_(use_prediction),
                       mask, jnp.float32(baseline), target_kind=kind, patch=int(patch),
@@ -125,7 +125,7 @@ def _integrated_gradients(graphdef, params, batch_stats, images, index, use_pred
 
 def integrated_gradients(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
                          target: Target | str = "mean", *, steps: int = 32, baseline: float = 0.0,
-                         mask: Any = None, target_kind: str | None = None,
+                         mask: Any = None, target_kind: str | TargetKind | None = None,
                          chunk: int | None = None) -> jax.Array:
     """Integrated gradients from the all-``baseline`` image.
 
@@ -141,7 +141,7 @@ def integrated_gradients(graphdef: nnx.GraphDef, params: nnx.State, batch_stats:
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     index, use_prediction, mask = resolve_target(target, kind, mask, images.shape[:-1])
     return _integrated_gradients(graphdef, params, batch_stats, images, jnp.int32(index),
                                  jnp.bool_(use_prediction), mask, jnp.float32(baseline), target_kind=kind,

@@ -418,3 +418,20 @@ def _check(classes, affine, brain, saliency, uncertainty, regions):
 
 
 __all__ = ["VolumeCaption", "describe_volume", "describe_slices", "spacing_from_affine"]
+
+
+# How a caption names a sequence (canonical modality names, jaxseg.data.brats.MODALITIES) and a region.
+MODALITY_NAMES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+REGION_NAMES = {"WT": "whole tumor", "TC": "tumor core", "ET": "enhancing tumor", "NCR": "necrotic core",
+                "ED": "edema", "BG": "background"}
+
+
+def modality_caption(region: str, shares: dict[str, float] | None) -> str:
+    """``'enhancing tumor: mainly T1ce (64%)'``: the sequence with the largest share of a
+    region's attribution (:func:`jaxseg.explain.modality.modality_attribution`); ``'<region>:
+    not predicted'`` for a region without shares. Ties go to the first sequence."""
+    name = REGION_NAMES.get(region, region)
+    if not shares:
+        return f"{name}: not predicted"
+    top = max(shares, key=shares.get)
+    return f"{name}: mainly {MODALITY_NAMES.get(top, top)} ({shares[top]:.0%})"

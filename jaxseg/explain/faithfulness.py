@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseg.explain.gradcam import channel_index, masked_mean, output_kind, target_probability
+from jaxseg.explain.gradcam import masked_mean, resolve_kind, target_probability
+from jaxseg.overlap import dice
+from jaxseg.target import TargetKind
 
 CURVES = ("deletion_score", "insertion_score", "deletion_dice", "insertion_dice")
 
@@ -52,14 +54,6 @@ def pixel_ranks(saliency: jax.Array, key: jax.Array) -> jax.Array:
     order = jnp.lexsort((noise, -flat), axis=-1)  # the last key is the primary one
     ranks = jnp.argsort(order, axis=-1).astype(jnp.int32)
     return ranks.reshape(saliency.shape)
-
-
-def dice(pred: jax.Array, ref: jax.Array) -> jax.Array:
-    """Per-sample Dice ``(B,)`` of two ``(B, *spatial)`` bool masks; 1 when both are empty."""
-    axes = tuple(range(1, pred.ndim))
-    overlap = (pred & ref).sum(axis=axes).astype(jnp.float32)
-    sizes = (pred.sum(axis=axes) + ref.sum(axis=axes)).astype(jnp.float32)
-    return jnp.where(sizes > 0, 2.0 * overlap / jnp.maximum(sizes, 1.0), 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind", "steps", "chunk"))
@@ -87,7 +81,7 @@ def _curves(graphdef, params, batch_stats, images, saliencies, key, index, basel
         # Batch norm runs in inference mode, so both perturbations share one forward pass.
         prob, pred = target_of(jnp.concatenate([deleted, inserted]))
         scores = masked_mean(prob, jnp.concatenate([reference, reference]))
-        dices = dice(pred, jnp.concatenate([reference, reference]))
+        dices = dice(pred, jnp.concatenate([reference, reference]), axis=tuple(range(1, pred.ndim)))
         return jnp.stack([scores[:batch], scores[batch:], dices[:batch], dices[batch:]])
 
     n_rank = saliencies.shape[0]
@@ -98,7 +92,7 @@ def _curves(graphdef, params, batch_stats, images, saliencies, key, index, basel
 
 def faithfulness(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
                  saliency: Any, key: jax.Array, *, steps: int = 21, channel: int | str = "WT",
-                 target_kind: str | None = None, baseline: float = 0.0,
+                 target_kind: str | TargetKind | None = None, baseline: float = 0.0,
                  chunk: int | None = None) -> dict[str, Any]:
     """Deletion and insertion curves of a saliency map and of a random ranking.
 
@@ -111,7 +105,8 @@ def faithfulness(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.Sta
       steps: number of fractions, ``linspace(0, 1, steps)``.
       channel: the target channel of the tumor score: a region name or an output index (as
         :class:`~jaxseg.explain.gradcam.Target`'s ``channel``).
-      target_kind: ``'wt'``, ``'regions'`` or ``'classes'``; None infers it from the logits.
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`; None infers it
+        from the logits.
       baseline: the value deleted pixels take, in every channel.
       chunk: evaluate at most this many (ranking, step) pairs at once; None = all in one vmap.
     Returns:
@@ -126,8 +121,8 @@ def faithfulness(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.Sta
     saliency = jnp.asarray(saliency, jnp.float32)
     if saliency.shape != images.shape[:-1]:
         raise ValueError(f"saliency has shape {saliency.shape}; the images need {images.shape[:-1]}")
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
-    index = channel_index(channel, kind)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
+    index = kind.table_index(channel)
     rank_key, random_key = jax.random.split(key)
     saliencies = jnp.stack([saliency, random_ranking(random_key, saliency.shape)])
     curves = _curves(graphdef, params, batch_stats, images, saliencies, rank_key, jnp.int32(index),

@@ -27,8 +27,9 @@ from flax import nnx
 
 # The per-sample curves of faithfulness.py, shared rather than written twice.
 from jaxseg.explain.faithfulness import CURVES, _curves, random_ranking
-from jaxseg.explain.gradcam import channel_index, output_kind, target_probability
+from jaxseg.explain.gradcam import resolve_kind, target_probability
 from jaxseg.infer import chunks
+from jaxseg.target import TargetKind
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind"))
@@ -38,18 +39,18 @@ def _predicted(graphdef, params, batch_stats, images, index, *, target_kind):
 
 
 def predicted_masks(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
-                    channel: int | str = "WT", target_kind: str | None = None, batch_size: int = 16) -> np.ndarray:
+                    channel: int | str = "WT", target_kind: str | TargetKind | None = None, batch_size: int = 16) -> np.ndarray:
     """Where the model predicts ``channel``: ``(Z, *spatial)`` bool for ``slices (Z, *spatial, C)``
     (``batch_size`` at a time, the last batch zero-padded)."""
     slices = np.asarray(slices, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
-    index = jnp.int32(channel_index(channel, kind))
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
+    index = jnp.int32(kind.table_index(channel))
     return chunks.map_chunks(lambda _, chunk: _predicted(graphdef, params, batch_stats, chunk, index, target_kind=kind),
                              slices, batch_size=batch_size, empty=np.zeros(slices.shape[:-1], bool))
 
 
 def tumor_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any, *,
-                 channel: int | str = "WT", target_kind: str | None = None, batch_size: int = 16) -> np.ndarray:
+                 channel: int | str = "WT", target_kind: str | TargetKind | None = None, batch_size: int = 16) -> np.ndarray:
     """Indices ``(n,)`` int64 of the slices ``(Z, *spatial, C)`` on which the model predicts
     ``channel`` somewhere."""
     masks = predicted_masks(graphdef, params, batch_stats, slices, channel=channel, target_kind=target_kind,
@@ -59,7 +60,7 @@ def tumor_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.Sta
 
 def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
                         saliency: Any, key: jax.Array, *, steps: int = 21, channel: int | str = "WT",
-                        target_kind: str | None = None, baseline: float = 0.0, batch_size: int = 16,
+                        target_kind: str | TargetKind | None = None, baseline: float = 0.0, batch_size: int = 16,
                         chunk: int | None = None, random_saliency: Any = None) -> dict[str, Any]:
     """Per-slice deletion/insertion against a random ranking, over every tumor slice.
 
@@ -88,8 +89,8 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
     saliency = np.asarray(saliency, np.float32)
     if saliency.shape != slices.shape[:-1]:
         raise ValueError(f"saliency has shape {saliency.shape}; the slices need {slices.shape[:-1]}")
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
-    index = channel_index(channel, kind)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
+    index = kind.table_index(channel)
     chosen = tumor_slices(graphdef, params, batch_stats, slices, channel=channel, target_kind=kind,
                           batch_size=batch_size)
     fractions = np.linspace(0.0, 1.0, steps, dtype=np.float32)

@@ -21,11 +21,12 @@ volumes ``(B, D, H, W, C)``.
 If the chosen pixel set of a sample is empty the score falls back to the image mean, so an
 image without predicted tumor still gets an explanation (of "why no tumor here").
 
-``channel`` is a region name or an output index. Regions per target kind
-(docs/architecture.md): ``wt`` has WT only (its sigmoid channel); ``regions`` has WT, TC, ET
-(its sigmoid channels); ``classes`` derives them from the softmax: WT = 1 - p_bg,
-TC = p_NCR + p_ET, ET = p_ET. An integer ``k`` is the model's output channel ``k`` itself (for
-``classes``: the probability of internal class ``k``, 2 = edema).
+``channel`` is a region name or an output index; the model's target kind
+(:class:`jaxseg.target.TargetKind`) says which regions it predicts and how: ``wt`` has WT only
+(its sigmoid channel); ``regions`` has WT, TC, ET (its sigmoid channels); ``classes`` derives
+them from the softmax (WT = 1 - p_bg, TC = p_NCR + p_ET, ET = p_ET). An integer ``k`` is the
+model's output channel ``k`` itself (for ``classes``: the probability of internal class ``k``,
+2 = edema). See :meth:`~jaxseg.target.TargetKind.probability_table`.
 
 The target is traced, not static: switching region or score reuses the compiled program.
 """
@@ -41,12 +42,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxseg import target as target_lib
 from jaxseg.infer import chunks
-from jaxseg.train import metrics as M
+from jaxseg.target import REGIONS, TargetKind
 
-REGIONS = M.REGIONS  # ("WT", "TC", "ET")
 SCORES = ("mean", "predicted", "mask")
-_KIND_BY_CHANNELS = {1: "wt", 3: "regions", 4: "classes"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,55 +78,12 @@ def parse_target(spec: Target | str) -> Target:
     return Target(score, int(channel) if channel.lstrip("-").isdigit() else channel.upper())
 
 
-def infer_target_kind(out_channels: int) -> str:
-    """``wt`` / ``regions`` / ``classes`` from the number of logit channels (1 / 3 / 4)."""
-    try:
-        return _KIND_BY_CHANNELS[int(out_channels)]
-    except KeyError:
-        raise ValueError(f"cannot tell the target kind of a model with {out_channels} output channels; "
-                         "pass target_kind") from None
-
-
-def channel_index(channel: int | str, target_kind: str) -> int:
-    """Column of :func:`probability_table` that ``channel`` selects."""
-    names = M.region_names(target_kind)
-    n_outputs = {"wt": 1, "regions": 3, "classes": 4}[target_kind]
-    if isinstance(channel, str):
-        if channel.upper() not in names:
-            raise ValueError(f"region {channel!r} is not predicted by a {target_kind!r} model (has {names})")
-        return names.index(channel.upper())
-    if not 0 <= int(channel) < n_outputs:
-        raise ValueError(f"channel {channel} out of range for a {target_kind!r} model ({n_outputs} outputs)")
-    # For sigmoid targets regions and outputs are the same columns; softmax outputs follow the regions.
-    return int(channel) + (len(names) if target_kind == "classes" else 0)
-
-
-def probability_table(logits: jax.Array, target_kind: str) -> tuple[jax.Array, jax.Array]:
-    """Every channel a target can select, as probabilities and predicted masks.
-
-    Args:
-      logits: ``(B, *spatial, K)`` float.
-    Returns:
-      ``(probs, predicted)``, each ``(B, *spatial, T)`` (float32 and bool): for ``wt`` /
-      ``regions`` the K sigmoid channels; for ``classes`` WT, TC, ET then the 4 softmax classes.
-    """
-    logits = logits.astype(jnp.float32)
-    if target_kind in ("wt", "regions"):
-        return jax.nn.sigmoid(logits), logits > 0
-    if target_kind != "classes":
-        raise ValueError(f"unknown target kind {target_kind!r}")
-    p = jax.nn.softmax(logits, axis=-1)
-    regions = jnp.stack([1.0 - p[..., 0], p[..., 1] + p[..., 3], p[..., 3]], axis=-1)
-    onehot = M.predictions_from_logits(logits, "classes")
-    masks = M.region_masks_from_prediction(onehot, "classes")
-    return jnp.concatenate([regions, p], axis=-1), jnp.concatenate([masks, onehot], axis=-1)
-
-
-def target_probability(logits: jax.Array, target_kind: str, index: jax.Array | int
+def target_probability(logits: jax.Array, target_kind: str | TargetKind, index: jax.Array | int
                        ) -> tuple[jax.Array, jax.Array]:
     """Probability ``(B, *spatial)`` float32 and predicted mask ``(B, *spatial)`` bool of the
-    table column ``index`` (a traced int is fine: see :func:`channel_index`)."""
-    probs, predicted = probability_table(logits, target_kind)
+    :meth:`~jaxseg.target.TargetKind.probability_table` column ``index`` (a traced int is fine:
+    see :meth:`~jaxseg.target.TargetKind.table_index`); ``target_kind`` a name or a kind."""
+    probs, predicted = target_lib.target_kind(target_kind).probability_table(logits.astype(jnp.float32))
     index = jnp.asarray(index, jnp.int32)
     return (jnp.take(probs, index, axis=-1, mode="clip"),
             jnp.take(predicted, index, axis=-1, mode="clip"))
@@ -142,7 +99,7 @@ def masked_mean(values: jax.Array, pixels: jax.Array) -> jax.Array:
     return (values * weight).sum(axis=axes) / weight.sum(axis=axes)
 
 
-def target_score(logits: jax.Array, target_kind: str, index: jax.Array | int,
+def target_score(logits: jax.Array, target_kind: str | TargetKind, index: jax.Array | int,
                  use_prediction: jax.Array | bool, mask: jax.Array) -> jax.Array:
     """The per-sample score ``(B,)`` float32 of a target.
 
@@ -154,7 +111,7 @@ def target_score(logits: jax.Array, target_kind: str, index: jax.Array | int,
     return masked_mean(prob, pixels)
 
 
-def resolve_target(target: Target | str, target_kind: str, mask: Any, spatial_shape: tuple[int, ...]
+def resolve_target(target: Target | str, target_kind: TargetKind, mask: Any, spatial_shape: tuple[int, ...]
                    ) -> tuple[int, bool, jax.Array]:
     """``(index, use_prediction, mask (B, *spatial) bool)`` for the traced core functions."""
     target = parse_target(target)
@@ -167,16 +124,25 @@ def resolve_target(target: Target | str, target_kind: str, mask: Any, spatial_sh
         mask = jnp.asarray(mask).astype(bool)
         if mask.shape != tuple(spatial_shape):
             raise ValueError(f"mask has shape {mask.shape}; the images need {tuple(spatial_shape)}")
-    return channel_index(target.channel, target_kind), target.score == "predicted", mask
+    return target_kind.table_index(target.channel), target.score == "predicted", mask
 
 
-def output_kind(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any) -> str:
+def output_kind(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any) -> TargetKind:
     """The target kind from the model's logit channels (an abstract trace, no compute)."""
     def logits(params, batch_stats, x):
         return nnx.merge(graphdef, params, batch_stats)(x, train=False)[0]
     shape = jax.eval_shape(logits, params, batch_stats,
                            jax.ShapeDtypeStruct(np.shape(images), jnp.float32)).shape
-    return infer_target_kind(shape[-1])
+    return target_lib.target_for_channels(shape[-1])
+
+
+def resolve_kind(target_kind: str | TargetKind | None, graphdef: nnx.GraphDef, params: nnx.State,
+                 batch_stats: nnx.State, images: Any) -> TargetKind:
+    """The :class:`~jaxseg.target.TargetKind` named (or given) by ``target_kind``; None: the one
+    the model's number of logit channels implies (:func:`output_kind`)."""
+    if target_kind is None:
+        return output_kind(graphdef, params, batch_stats, images)
+    return target_lib.target_kind(target_kind)
 
 
 # --------------------------------------------------------------------------------- Grad-CAM
@@ -230,7 +196,7 @@ def cam_from_gradients(activation: jax.Array, grads: jax.Array, size: tuple[int,
 
 def gradcam(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
             layer: str, target: Target | str = "mean", *, mask: Any = None,
-            target_kind: str | None = None, normalise: bool = True) -> jax.Array:
+            target_kind: str | TargetKind | None = None, normalise: bool = True) -> jax.Array:
     """Grad-CAM maps of a batch.
 
     Args:
@@ -240,14 +206,14 @@ def gradcam(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, i
       layer: the activation to explain, e.g. ``'enc2'`` or ``'dec0'`` (``model.activation_names``).
       target: a :class:`Target` or its string form (``'mean'``, ``'predicted:TC'``, ``'mask:ET'``).
       mask: ``(B, *spatial)`` bool, only with ``score='mask'``.
-      target_kind: ``'wt'``, ``'regions'`` or ``'classes'``; None infers it from the number of
-        logit channels (1, 3, 4).
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`; None infers it
+        from the number of logit channels (1, 3, 4).
       normalise: divide each sample by its maximum; False = the raw map (>= 0).
     Returns:
       ``(B, *spatial)`` float32 in [0, 1], each sample's maximum 1 (or all zero).
     """
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     index, use_prediction, mask = resolve_target(target, kind, mask, images.shape[:-1])
     return _gradcam(graphdef, params, batch_stats, images, jnp.int32(index), jnp.bool_(use_prediction),
                     mask, layer=layer, target_kind=kind, normalise=bool(normalise))
@@ -270,7 +236,8 @@ def mass_fraction(cam: Any, mask: Any) -> np.ndarray:
 
 def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
                    layer: str, target: Target | str = "mean", *, mask: Any = None,
-                   target_kind: str | None = None, batch_size: int = 16, normalise: bool = True) -> np.ndarray:
+                   target_kind: str | TargetKind | None = None, batch_size: int = 16,
+                   normalise: bool = True) -> np.ndarray:
     """Grad-CAM of every slice of a volume, ``batch_size`` slices at a time.
 
     Args:
@@ -288,7 +255,7 @@ def gradcam_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.S
     """
     slices = np.asarray(slices, np.float32)
     sharding = _batch_sharding(params, batch_size)
-    target_kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
+    target_kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     if mask is not None:
         mask = np.asarray(mask, bool)
     return chunks.map_chunks(

@@ -32,7 +32,8 @@ import numpy as np
 from flax import nnx
 
 from jaxseg.explain.faithfulness_slices import faithfulness_slices, predicted_masks
-from jaxseg.explain.gradcam import Target, gradcam_volume, output_kind, parse_target
+from jaxseg.explain.gradcam import Target, gradcam_volume, parse_target, resolve_kind
+from jaxseg.target import TargetKind
 
 NORMALISATIONS = ("volume", "slice")
 
@@ -68,7 +69,7 @@ def mass_inside(cam: Any, region: Any) -> float:
 
 def layer_quality(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
                   key: jax.Array, *, layers: Sequence[str] | None = None, target: Target | str = "mean",
-                  channel: int | str | None = None, steps: int = 11, target_kind: str | None = None,
+                  channel: int | str | None = None, steps: int = 11, target_kind: str | TargetKind | None = None,
                   batch_size: int = 16, chunk: int | None = None) -> dict[str, dict[str, Any]]:
     """The module docstring's measures for each layer, on one volume's slices.
 
@@ -87,7 +88,7 @@ def layer_quality(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.St
       fractions None without tumor slices).
     """
     slices = np.asarray(slices, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     if layers is None:
         layers = nnx.merge(graphdef, params, batch_stats).activation_names
     channel = parse_target(target).channel if channel is None else channel

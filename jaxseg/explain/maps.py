@@ -16,11 +16,12 @@ of the case, the model and ``key``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
+from jaxseg.explain.sections import ModalitySection
 from jaxseg.target import TargetKind
 
 
@@ -88,6 +89,7 @@ class ModelSpace(Protocol):
     def probabilities(self) -> np.ndarray: ...
     def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency: ...
     def model_maps(self) -> dict[str, np.ndarray]: ...
+    def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection: ...
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]: ...
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
                      steps: int, slices: int) -> dict[str, Any] | None: ...
@@ -95,6 +97,21 @@ class ModelSpace(Protocol):
     def segmented_message(self) -> str: ...
     def gradcam_message(self, layer: str, target: str) -> str: ...
     def mc_message(self, samples: int) -> str: ...
+
+
+@runtime_checkable
+class SummarySection(Protocol):
+    """A value that is a card of the report and an entry of the JSON summary (e.g. a calibration
+    table): an :class:`ExplainMaps` field holding one is shown and written without further code.
+
+    Attributes:
+      template: the card's template, ``jaxseg/report/templates/sections/<template>.html.j2``
+        (it reads ``section.context``).
+    """
+    template: str
+
+    def report_context(self) -> Mapping[str, Any]: ...  # what the template shows
+    def summary(self) -> Mapping[str, Any]: ...  # keys merged into the JSON summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +130,12 @@ class ExplainMaps:
       uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
       curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
       notes: summary entries of the model's space (3D: ``gradcam_window``).
+      modality: modality attribution and ablation (a summary section), None when not computed
+        (``attribution_steps`` 0).
 
     Adding a map: one field here (computed in :func:`compute_maps`), one line in
-    :meth:`nifti_volumes` to write it and one in :meth:`overlays` to show it.
+    :meth:`nifti_volumes` to write it and one in :meth:`overlays` to show it. Adding a summary
+    section: one field here whose value is a :class:`SummarySection`, and its template.
     """
     target: TargetKind
     probabilities: np.ndarray
@@ -128,11 +148,17 @@ class ExplainMaps:
     uncertainty: Uncertainty | None
     curves: Mapping[str, Any] | None
     notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    modality: ModalitySection | None = None
 
     @property
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
         """``(X, Y, Z)`` entropy of the whole tumor, or None without MC dropout (captions use it)."""
         return None if self.uncertainty is None else self.uncertainty.whole_tumor_entropy
+
+    def sections(self) -> list[SummarySection]:
+        """The fields that are summary sections (set, not None), in field order."""
+        return [value for f in dataclasses.fields(self)
+                if isinstance(value := getattr(self, f.name), SummarySection)]
 
     def nifti_volumes(self) -> dict[str, np.ndarray]:
         """What ``explain`` writes as float32 NIfTI beside the segmentation, by file key
@@ -161,6 +187,7 @@ class ExplainMaps:
 
 def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
                  mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
+                 modalities: tuple[str, ...] = (), attribution_steps: int = 0,
                  step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
     """Every map of the case ``space`` holds, the same steps for every kind of model.
 
@@ -172,6 +199,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
       mc_samples: MC-dropout passes; skipped unless ``with_dropout`` and ``mc_samples > 1``.
       faithfulness_steps: fractions of each deletion/insertion curve.
       faithfulness_slices: 2D: the slices with the largest predicted tumor the curves use.
+      modalities: the input channels' names; attribution_steps: integrated-gradient steps of the
+        modality attribution (0: not computed).
       step: hears one line per step.
     Returns:
       the :class:`ExplainMaps` of the case.
@@ -189,6 +218,11 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     if model_maps:
         step(f"model maps: {', '.join(model_maps)}")
 
+    modality = None
+    if attribution_steps > 0:
+        modality = space.modality(saliency, tuple(modalities), attribution_steps)
+        step(f"modality attribution: {'; '.join(modality.captions())}")
+
     uncertainty = None
     if with_dropout and mc_samples > 1:
         stats = {name: space.to_volume(value) for name, value in space.mc_dropout(jax.random.fold_in(key, 1), mc_samples).items()}
@@ -202,4 +236,4 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
     return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
                        gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
-                       curves=curves, notes=dict(saliency.notes))
+                       curves=curves, notes=dict(saliency.notes), modality=modality)

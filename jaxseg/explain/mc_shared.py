@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.explain.gradcam import output_kind
+from jaxseg.explain.gradcam import resolve_kind
 from jaxseg.explain.uncertainty import sample_statistics
+from jaxseg.target import TargetKind
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "target_kind", "chunk"))
 def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples, target_kind, chunk):
-    softmax = target_kind == "classes"
+    softmax = target_kind.activation == "softmax"  # one categorical variable, not K Bernoulli ones
     model = nnx.merge(graphdef, params, batch_stats)
     split = hasattr(model, "encode") and hasattr(model, "decode")
     # Computed once, closed over by every pass (vmap broadcasts it, in_axes None).
@@ -38,7 +39,7 @@ def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples,
         module = nnx.merge(graphdef, params, batch_stats)
         logits = (module.decode(features, train=False, dropout_key=k)[0] if split
                   else module(images, train=False, dropout_key=k)[0]).astype(jnp.float32)
-        return jax.nn.softmax(logits, axis=-1) if softmax else jax.nn.sigmoid(logits)
+        return target_kind.probabilities(logits)
 
     keys = jax.random.split(key, n_samples)
     probs = jax.lax.map(sample, keys, batch_size=chunk) if chunk else jax.vmap(sample)(keys)
@@ -46,7 +47,7 @@ def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples,
 
 
 def mc_dropout_shared(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
-                      key: jax.Array, n_samples: int = 20, target_kind: str | None = None,
+                      key: jax.Array, n_samples: int = 20, target_kind: str | TargetKind | None = None,
                       chunk: int | None = None) -> dict[str, jax.Array]:
     """Monte-Carlo dropout statistics of a batch, the encoder run once.
 
@@ -60,7 +61,7 @@ def mc_dropout_shared(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of samples, got {chunk}")
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     chunk = None if chunk is None or chunk >= n_samples else int(chunk)
     return _mc_dropout_shared(graphdef, params, batch_stats, images, key, n_samples=int(n_samples),
                               target_kind=kind, chunk=chunk)

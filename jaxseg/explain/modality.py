@@ -43,15 +43,16 @@ import numpy as np
 from flax import nnx
 
 from jaxseg.explain.attribution import integrated_gradients
-from jaxseg.explain.gradcam import Target, channel_index, output_kind, probability_table
+from jaxseg.explain.gradcam import Target, resolve_kind
 from jaxseg.infer import chunks
-from jaxseg.train import metrics as M
+from jaxseg.overlap import dice_from_counts
+from jaxseg.target import TargetKind
 
 SIGNS = ("abs", "positive")
 
 
 def _regions(regions: Sequence[int | str] | None, kind: str) -> list[int | str]:
-    return list(M.region_names(kind) if regions is None else regions)
+    return list(kind.region_names if regions is None else regions)
 
 
 def _modality_names(modalities: Sequence[str] | None, channels: int) -> list[str]:
@@ -69,7 +70,7 @@ def _padded(array: np.ndarray, batch_size: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind"))
 def _predicted(graphdef, params, batch_stats, images, *, target_kind):
     logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False)
-    return probability_table(logits, target_kind)
+    return target_kind.probability_table(logits.astype(jnp.float32))
 
 
 def _region_attributions(graphdef, params, batch_stats, images, regions, sign, steps, baseline, target_kind,
@@ -79,7 +80,7 @@ def _region_attributions(graphdef, params, batch_stats, images, regions, sign, s
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     specs = _regions(regions, target_kind)
-    indices = [channel_index(r, target_kind) for r in specs]
+    indices = [target_kind.table_index(r) for r in specs]
     for start in range(0, len(images), batch_size):
         rows = images[start:start + batch_size]
         predicted = chunks.call_padded(
@@ -95,15 +96,15 @@ def _region_attributions(graphdef, params, batch_stats, images, regions, sign, s
 
 def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
                      regions: Sequence[int | str] | None = None, sign: str = "abs", steps: int = 16,
-                     baseline: float = 0.0, target_kind: str | None = None, batch_size: int = 16,
+                     baseline: float = 0.0, target_kind: str | TargetKind | None = None, batch_size: int = 16,
                      chunk: int | None = None) -> np.ndarray:
     """Per region and input channel, the integrated-gradient mass inside the predicted region.
 
     Args:
       graphdef, params, batch_stats: the model (as for :func:`jaxseg.explain.gradcam.gradcam`).
       images: ``(B, *spatial, C)`` float32, e.g. the brain slices of a volume.
-      regions: region names or output indices (:func:`~jaxseg.explain.gradcam.channel_index`);
-        None = every region of the target kind (``metrics.region_names``).
+      regions: region names or output indices (:meth:`~jaxseg.target.TargetKind.table_index`);
+        None = every region of the target kind (``TargetKind.region_names``).
       sign: ``'abs'`` (|IG|) or ``'positive'`` (max(IG, 0)); module docstring.
       steps, baseline, chunk: as :func:`~jaxseg.explain.attribution.integrated_gradients`.
       batch_size: samples per call.
@@ -111,7 +112,7 @@ def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx
       ``(R, C)`` float64 numpy masses (sums, so masses of several batches add up).
     """
     images = np.asarray(images, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
     mass = np.zeros((len(_regions(regions, kind)), images.shape[-1]), np.float64)
     for _, r, attribution, predicted in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
                                                              steps, baseline, kind, batch_size, chunk):
@@ -121,14 +122,14 @@ def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx
 
 def modality_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
                   regions: Sequence[int | str] | None = None, sign: str = "abs", steps: int = 16,
-                  baseline: float = 0.0, target_kind: str | None = None, batch_size: int = 16,
+                  baseline: float = 0.0, target_kind: str | TargetKind | None = None, batch_size: int = 16,
                   chunk: int | None = None) -> dict[str, np.ndarray]:
     """The per-modality maps behind the shares, for a viewer: ``{region: (B, *spatial, C)
     float32}``, the attribution of each channel (after the ``sign`` convention) at every pixel,
     not restricted to the predicted region and not normalised. Its sum over the predicted pixels
     is :func:`attribution_mass`. Arguments as :func:`attribution_mass`."""
     images = np.asarray(images, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
     names = [str(r) for r in _regions(regions, kind)]
     maps = {name: np.zeros(images.shape, np.float32) for name in names}
     for start, r, attribution, _ in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
@@ -151,7 +152,7 @@ def shares_from_mass(mass: np.ndarray, region_names: Sequence[str], modalities: 
 def modality_attribution(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
                          modalities: Sequence[str] | None = None, regions: Sequence[int | str] | None = None,
                          sign: str = "abs", steps: int = 16, baseline: float = 0.0,
-                         target_kind: str | None = None, batch_size: int = 16,
+                         target_kind: str | TargetKind | None = None, batch_size: int = 16,
                          chunk: int | None = None) -> dict[str, dict[str, float] | None]:
     """The share of each input sequence in each region (module docstring), the JSON value of
     ``modality_attribution``.
@@ -165,7 +166,7 @@ def modality_attribution(graphdef: nnx.GraphDef, params: nnx.State, batch_stats:
       nowhere in ``images``.
     """
     images = np.asarray(images, np.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
     names = [str(r) for r in _regions(regions, kind)]
     mass = attribution_mass(graphdef, params, batch_stats, images, regions=regions, sign=sign, steps=steps,
                             baseline=baseline, target_kind=kind, batch_size=batch_size, chunk=chunk)
@@ -181,7 +182,7 @@ def _ablation_sums(graphdef, params, batch_stats, images, brain, valid, fill, in
     channels = images.shape[-1]
 
     def table(x):
-        probs, predicted = probability_table(model(x, train=False)[0], target_kind)
+        probs, predicted = target_kind.probability_table(model(x, train=False)[0].astype(jnp.float32))
         # Padding rows (valid False) count nowhere.
         keep = valid.reshape((-1,) + (1,) * (predicted.ndim - 1))
         return jnp.take(probs, indices, axis=-1), jnp.take(predicted, indices, axis=-1) & keep
@@ -204,7 +205,7 @@ def _ablation_sums(graphdef, params, batch_stats, images, brain, valid, fill, in
 
 def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
                       brain: Any = None, *, modalities: Sequence[str] | None = None,
-                      regions: Sequence[int | str] | None = None, target_kind: str | None = None,
+                      regions: Sequence[int | str] | None = None, target_kind: str | TargetKind | None = None,
                       batch_size: int = 16) -> dict[str, dict[str, Any] | None]:
     """What each sequence is worth to each region: replace it by its brain mean, re-segment.
 
@@ -221,9 +222,9 @@ def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     brain = np.any(images != 0, axis=-1) if brain is None else np.asarray(brain, bool)
     if brain.shape != images.shape[:-1]:
         raise ValueError(f"brain mask has shape {brain.shape}; the images need {images.shape[:-1]}")
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
     specs = _regions(regions, kind)
-    names, indices = [str(r) for r in specs], [channel_index(r, kind) for r in specs]
+    names, indices = [str(r) for r in specs], [kind.table_index(r) for r in specs]
     mods = _modality_names(modalities, images.shape[-1])
     # The fill is each channel's mean over the brain of every sample (the volume), not per chunk.
     fill = np.asarray([images[..., c][brain].mean() if brain.any() else 0.0
@@ -246,8 +247,24 @@ def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
         entry: dict[str, Any] = {"score": float(score)}
         for c, modality in enumerate(mods):
             p, n, o, s = total[c + 1, r]
-            dice = 2.0 * o / s if s > 0 else 1.0
+            dice = float(dice_from_counts(o, s))
             entry[modality] = {"score": float(p / n), "score_drop": float(score - p / n),
                                "dice": float(dice), "dice_drop": float(1.0 - dice)}
         out[name] = entry
     return out
+
+
+def region_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
+                  regions: Sequence[int | str] | None = None, target_kind: str | TargetKind | None = None,
+                  batch_size: int = 16) -> np.ndarray:
+    """Indices ``(n,)`` int64 of the samples of ``images (B, *spatial, C)`` on which some region
+    is predicted. The attribution masses count predicted pixels only, so
+    :func:`modality_attribution` of ``images[region_slices(...)]`` equals that of ``images``
+    (the other samples add 0) at a fraction of the cost."""
+    images = np.asarray(images, np.float32)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
+    indices = np.asarray([kind.table_index(r) for r in _regions(regions, kind)])
+    any_region = chunks.map_chunks(
+        lambda _, x: _predicted(graphdef, params, batch_stats, x, target_kind=kind)[1][..., indices].any(axis=-1),
+        images, batch_size=batch_size, empty=np.zeros(images.shape[:-1], bool))
+    return np.flatnonzero(np.asarray(any_region).reshape(len(images), -1).any(axis=1))

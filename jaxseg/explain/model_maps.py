@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseg.explain.gradcam import _batch_sharding, output_kind, probability_table
+from jaxseg.explain.gradcam import _batch_sharding, resolve_kind
 from jaxseg.infer import chunks
+from jaxseg.target import TargetKind
 
 ROLLOUT = "rollout"
 
@@ -132,14 +133,14 @@ def _model_maps(graphdef, params, batch_stats, images, *, target_kind):
     if attention_names:
         factor = 2 ** model.depth
         grid = (size[0] // factor, size[1] // factor)
-        whole_tumor = probability_table(logits, target_kind)[0][..., 0]  # WT is the first column
+        whole_tumor = target_kind.whole_tumor_probability(target_kind.probabilities(logits.astype(jnp.float32)))
         maps[ROLLOUT] = rollout_map([activations[n] for n in attention_names], grid, size,
                                     _pool(whole_tumor, grid))
     return maps
 
 
 def model_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
-               target_kind: str | None = None) -> dict[str, jax.Array]:
+               target_kind: str | TargetKind | None = None) -> dict[str, jax.Array]:
     """Every model-carried map of a batch, from one inference-mode forward pass.
 
     Args:
@@ -152,12 +153,12 @@ def model_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
       whole-tumor probability). Empty for a model with neither.
     """
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     return _model_maps(graphdef, params, batch_stats, images, target_kind=kind)
 
 
 def model_maps_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
-                      target_kind: str | None = None, batch_size: int = 16) -> dict[str, np.ndarray]:
+                      target_kind: str | TargetKind | None = None, batch_size: int = 16) -> dict[str, np.ndarray]:
     """:func:`model_maps` of every slice of a volume, ``batch_size`` slices at a time.
 
     Args:
@@ -171,7 +172,7 @@ def model_maps_volume(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     if not names:
         return {}
     sharding = _batch_sharding(params, batch_size)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, slices[:1])
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, slices[:1])
     empty = np.zeros((0, *slices.shape[1:-1]), np.float32)
     return chunks.map_chunks(lambda _, chunk: model_maps(graphdef, params, batch_stats, chunk, kind),
                              slices, batch_size=batch_size, sharding=sharding,

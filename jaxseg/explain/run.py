@@ -45,6 +45,7 @@ class ExplainSettings:
     faithfulness_steps: int = 21
     seed: int = 0
     batch_size: int = 16
+    attribution_steps: int = 8  # integrated-gradient steps of the modality attribution (0: skip it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,10 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         parse_target(settings.target)
     except ValueError as e:
         raise JaxsegError(f"--target {settings.target!r}: {e} (e.g. mean, predicted, ET, predicted:TC)") from None
+    if settings.mc_samples < 1:
+        raise JaxsegError(f"--mc-samples {settings.mc_samples}: must be at least 1 (1 = no MC dropout)")
+    if settings.attribution_steps < 0:
+        raise JaxsegError(f"--attribution-steps {settings.attribution_steps}: must be 0 (skip) or more")
     if not path.exists():
         raise JaxsegError(f"{path}: no such file or folder")
     case = brats.case_from_path(path)
@@ -123,12 +128,18 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     maps = compute_maps(space, target_for(predictor.cfg), layer=layer, gradcam_target=settings.target,
                         key=jax.random.PRNGKey(settings.seed), mc_samples=settings.mc_samples,
                         with_dropout=predictor.cfg.model.dropout > 0, faithfulness_steps=settings.faithfulness_steps,
-                        faithfulness_slices=settings.faithfulness_slices, step=step)
+                        faithfulness_slices=settings.faithfulness_slices,
+                        modalities=tuple(predictor.modalities), attribution_steps=settings.attribution_steps,
+                        step=step)
 
     regions = maps.target.region_names
     caption_args = (maps.classes, props.canonical_affine, maps.brain, maps.gradcam, maps.whole_tumor_uncertainty, regions)
+    volume_caption = captions_lib.describe_volume(*caption_args)
+    if maps.modality is not None:  # "enhancing tumor: mainly T1ce (64%)"
+        volume_caption = dataclasses.replace(
+            volume_caption, text=f"{volume_caption.text} {'; '.join(maps.modality.captions())}.")
     explanation = Explanation(case=case, props=props, image=image, modalities=tuple(predictor.modalities), truth=truth,
-                              maps=maps, volume_caption=captions_lib.describe_volume(*caption_args),
+                              maps=maps, volume_caption=volume_caption,
                               slice_captions=captions_lib.describe_slices(*caption_args), warnings=input_warnings)
     step("captions")
 
@@ -168,6 +179,7 @@ def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, se
         "volumes_ml": volumes, "caption": e.volume_caption.text, "side": e.volume_caption.side,
         "slice_captions": e.slice_captions, "faithfulness_auc": aucs,
         "warnings": e.warnings, **maps.notes,
+        **{key: value for section in maps.sections() for key, value in section.summary().items()},
     }
 
 
@@ -187,7 +199,7 @@ def _write_maps(out: Path, explanation: Explanation) -> dict[str, Path]:
 
 
 def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, Any]) -> None:
-    from jaxseg.report.html import ReportData, curves_from_faithfulness, write_report
+    from jaxseg.report.html import ReportData, Section, curves_from_faithfulness, write_report
     e, maps = explanation, explanation.maps
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(
@@ -195,4 +207,5 @@ def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, An
         spacing=tuple(float(s) for s in e.props.spacing), segmentation=maps.classes.astype(np.uint8),
         ground_truth=e.truth, maps=maps.overlays(e.truth), slice_captions=e.slice_captions,
         volume_caption=e.volume_caption.text, curves=curves_from_faithfulness(maps.curves) if maps.curves else {},
-        settings=settings, warnings=list(e.warnings)), path)
+        settings=settings, warnings=list(e.warnings),
+        sections=[Section(section.template, section.report_context()) for section in maps.sections()]), path)

@@ -17,6 +17,8 @@ from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
+from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
+from jaxseg.explain.sections import ModalitySection
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
@@ -68,6 +70,19 @@ class SliceSpace:
         """Attention gates / rollout of every brain slice (empty for a plain U-Net): ``(N, S, S)`` each."""
         p = self.predictor
         return model_maps_volume(p.graphdef, p.params, p.batch_stats, self.slices, self.target.name, p.batch_size)
+
+    def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection:
+        """Modality attribution on the slices where some region is predicted (the others add
+        nothing to the shares: :func:`~jaxseg.explain.modality.region_slices`), and modality
+        ablation on every brain slice (the fill is each sequence's mean over the volume's brain)."""
+        p, kind, regions = self.predictor, self.target.name, list(self.target.region_names)
+        model = (p.graphdef, p.params, p.batch_stats)
+        chosen = region_slices(*model, self.slices, regions=regions, target_kind=kind, batch_size=p.batch_size)
+        attribution = modality_attribution(*model, self.slices[chosen], modalities=modalities, regions=regions,
+                                           steps=steps, target_kind=kind, batch_size=p.batch_size)
+        ablation = modality_ablation(*model, self.slices, modalities=modalities, regions=regions, target_kind=kind,
+                                     batch_size=p.batch_size)
+        return ModalitySection(attribution, ablation, steps=steps, samples=len(chosen))
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """MC-dropout statistics of every brain slice: slice batch ``i`` uses ``fold_in(key, i)``,

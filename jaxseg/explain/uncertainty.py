@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.scipy.special import xlogy
 
-from jaxseg.explain.gradcam import output_kind
+from jaxseg.explain.gradcam import resolve_kind
+from jaxseg.target import TargetKind
 
 
 def bernoulli_entropy(p: jax.Array) -> jax.Array:
@@ -44,12 +45,12 @@ def categorical_entropy(p: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "target_kind", "chunk"))
 def _mc_dropout(graphdef, params, batch_stats, images, key, *, n_samples, target_kind, chunk):
-    softmax = target_kind == "classes"
+    # Softmax outputs are one categorical variable; sigmoid outputs independent Bernoulli ones.
+    softmax = target_kind.activation == "softmax"
 
     def sample(k):
         logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False, dropout_key=k)
-        logits = logits.astype(jnp.float32)
-        return jax.nn.softmax(logits, axis=-1) if softmax else jax.nn.sigmoid(logits)
+        return target_kind.probabilities(logits.astype(jnp.float32))
 
     keys = jax.random.split(key, n_samples)
     # The stacked probabilities (N, B, *spatial, K) are small next to the activations of N
@@ -79,7 +80,7 @@ def sample_statistics(probs: jax.Array, softmax: bool) -> dict[str, jax.Array]:
 
 
 def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
-               key: jax.Array, n_samples: int = 20, target_kind: str | None = None,
+               key: jax.Array, n_samples: int = 20, target_kind: str | TargetKind | None = None,
                chunk: int | None = None) -> dict[str, jax.Array]:
     """Monte-Carlo dropout statistics of a batch.
 
@@ -88,8 +89,8 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
       images: ``(B, *spatial, C)`` float32.
       key: a PRNG key; the result is a pure function of it.
       n_samples: N stochastic passes (keys ``jax.random.split(key, N)``).
-      target_kind: ``'wt'``, ``'regions'`` (sigmoid) or ``'classes'`` (softmax); None infers it
-        from the number of logit channels (1, 3, 4).
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind` (its activation
+        decides); None infers it from the number of logit channels (1, 3, 4).
       chunk: run at most this many passes at once (``jax.lax.map``); None = all N in one vmap.
         The result does not depend on it beyond float rounding.
     Returns:
@@ -102,7 +103,7 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of samples, got {chunk}")
     images = jnp.asarray(images, jnp.float32)
-    kind = target_kind or output_kind(graphdef, params, batch_stats, images)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     chunk = None if chunk is None or chunk >= n_samples else int(chunk)
     return _mc_dropout(graphdef, params, batch_stats, images, key, n_samples=int(n_samples),
                        target_kind=kind, chunk=chunk)

@@ -33,6 +33,8 @@ from jaxseg.data import patches, preprocess
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam
 from jaxseg.explain.maps import Saliency
+from jaxseg.explain.modality import modality_ablation, modality_attribution
+from jaxseg.explain.sections import ModalitySection
 from jaxseg.explain.uncertainty import mc_dropout
 from jaxseg.infer import sliding_window
 from jaxseg.infer.predict import Predictor
@@ -145,6 +147,18 @@ class WindowSpace:
     def model_maps(self) -> dict[str, np.ndarray]:
         """None yet: the 3D models carry no attention maps."""
         return {}
+
+    def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection:
+        """Modality attribution and ablation on the Grad-CAM window (the one at the predicted
+        tumor): integrated gradients of a 128^3 window per region cost ``steps`` forward and
+        backward passes each, the whole box by windows would cost that per window."""
+        p, kind, regions = self.predictor, self.target.name, list(self.target.region_names)
+        model = (p.graphdef, p.params, p.batch_stats)
+        attribution = modality_attribution(*model, saliency.images, modalities=modalities, regions=regions,
+                                           steps=steps, target_kind=kind, batch_size=1, chunk=FAITHFULNESS_CHUNK)
+        ablation = modality_ablation(*model, saliency.images, modalities=modalities, regions=regions,
+                                     target_kind=kind, batch_size=1)
+        return ModalitySection(attribution, ablation, steps=steps, samples=1)
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """:func:`mc_dropout_windows` of the box."""

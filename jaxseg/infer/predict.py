@@ -26,8 +26,9 @@ from jaxseg.errors import JaxsegError
 from jaxseg.infer import chunks, predict2d, sliding_window
 from jaxseg.infer.prediction import Prediction
 from jaxseg.models import registry
-from jaxseg.target import target_for
 from jaxseg.model_store import calibration_temperatures, resolve_checkpoint
+from jaxseg import target as target_lib
+from jaxseg.target import TargetKind, target_for
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 
@@ -35,7 +36,8 @@ from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 class Predictor:
     """A restored model with its config; maps canonical volumes to probabilities.
 
-    Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too.
+    Attributes ``cfg``, ``graphdef``, ``params``, ``batch_stats`` are what explanations need too;
+    ``target_kind`` (:class:`~jaxseg.target.TargetKind`) says what the output channels mean.
     ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"``; default the run's
     ``train.precision`` (a run trained in bfloat16 predicts in bfloat16). The checkpoint's
     parameters are float32 either way; ``self.precision`` says which one the graphdef computes in.
@@ -48,6 +50,7 @@ class Predictor:
                  calibrated: bool = True):
         self.run = find_run(checkpoint)
         self.cfg: Config = load_run_config(self.run)
+        self.target_kind: TargetKind = target_for(self.cfg)
         self.mesh = pipeline.make_mesh()
         self.precision = precision or self.cfg.train.precision
         self.graphdef = graphdef_of(self.cfg, precision=self.precision)
@@ -61,7 +64,7 @@ class Predictor:
         self.volumetric = self.sampling.spatial_dims == 3
         # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
         self.flip_axes = tuple(self.sampling.flip_axes) if self.cfg.infer.tta_flips else ()
-        self.temperature = (calibration_temperatures(self.run, target_for(self.cfg).channel_names)
+        self.temperature = (calibration_temperatures(self.run, self.target_kind.channel_names)
                             if calibrated else None)
 
     def model(self) -> nnx.Module:
@@ -101,13 +104,13 @@ class Predictor:
         model_input = self.sampling.prepare_input(image, self.cfg.data)
         probs = model_input.restore(self.sampling.probabilities(self, model_input.values))
         probs *= preprocess.brain_mask(image)[..., None]
-        return probs, probabilities_to_classes(probs, self.cfg.data.target)
+        return probs, self.target_kind.classes_from_output(probs)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind", "flip_axes"))
 def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, graphdef: nnx.GraphDef,
-                  target_kind: str, flip_axes: tuple[int, ...] = (), temperature: jax.Array | None = None
-                  ) -> jax.Array:
+                  target_kind: str | TargetKind, flip_axes: tuple[int, ...] = (),
+                  temperature: jax.Array | None = None) -> jax.Array:
     """The model's probabilities of a batch: one jitted function for every model, keyed on its
     (static, hashable) graphdef, so two Predictors of the same model share one compilation.
 
@@ -115,7 +118,7 @@ def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, gr
       params, batch_stats: the model's state (``nnx.split(model, nnx.Param, nnx.BatchStat)``).
       x: ``(B, *spatial, C)`` float32.
       graphdef: the model's structure (its convolution mode included).
-      target_kind: ``classes`` (softmax) or a sigmoid target.
+      target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`.
       flip_axes: test-time flips: the mean over flips of every subset of these axes of ``x``
         (training flips the same axes, ``data.augment.flip``); ``()`` none.
       temperature: ``(K,)`` float32 (or a scalar) the logits are divided by before the
@@ -129,7 +132,7 @@ def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, gr
         logits = logits.astype(jnp.float32)
         if temperature is not None:  # T > 0 keeps the sign of every logit: thresholds at 0.5 do not move
             logits = logits / jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,) * (logits.ndim - 1) + (-1,))
-        return jax.nn.softmax(logits, -1) if target_kind == "classes" else jax.nn.sigmoid(logits)
+        return target_lib.target_kind(target_kind).probabilities(logits)
     return sliding_window.with_flip_tta(forward, flip_axes)(x) if flip_axes else forward(x)
 
 
@@ -169,13 +172,6 @@ def relabel_small_enhancing(classes: np.ndarray, spacing: tuple[float, ...], min
     out = classes.copy()
     out[enhancing] = 1
     return out
-
-
-def probabilities_to_classes(probs: np.ndarray, target_kind: str) -> np.ndarray:
-    """(…, K) probabilities -> (…) uint8 internal classes (threshold 0.5, or argmax for softmax)."""
-    if target_kind == "classes":
-        return np.argmax(probs, axis=-1).astype(np.uint8)
-    return brats.targets_to_classes(probs > 0.5, target_kind)
 
 
 def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | None, out: str | Path, *,
@@ -242,7 +238,8 @@ def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, o
         probs, classes = predictor.predict_image(image)
         classes = remove_small_components(classes, props.spacing, min_component_ml)
         target = out if out.name.endswith((".nii", ".nii.gz")) else out / f"{case.case_id}.nii.gz"
-        labels = brats.from_internal(classes, case.naming) if predictor.cfg.data.target != "wt" else classes
+        # A whole-tumor model's 0/1 map is written as is: internal 1 is file label 1 in both namings.
+        labels = brats.from_internal(classes, case.naming)
         nifti.write_volume(labels.astype(np.uint8), props, target, dtype=np.uint8)
         prob_path = None
         if probabilities:
@@ -250,8 +247,7 @@ def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, o
             prob_path = target.with_name(f"{stem}_prob.nii.gz")
             nifti.write_volume(probs, props, prob_path, dtype=np.float32)
         volumes = brats.tumor_volumes_ml(classes, props.spacing)
-        if predictor.cfg.data.target == "wt":
-            volumes = {"WT": volumes["WT"]}
+        volumes = {region: volumes[region] for region in predictor.target_kind.region_names}
         results.append(Prediction(case.case_id, target, prob_path, volumes, input_warnings))
     return results
 

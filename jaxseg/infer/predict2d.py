@@ -56,7 +56,7 @@ def predict_slices(paths: Sequence[Path], predictor, out: Path, *, probabilities
     carry no pixel size).
     """
     cfg = predictor.cfg
-    if cfg.data.target != "wt":
+    if not predictor.target_kind.whole_tumor_only:
         raise JaxsegError(f"{predictor.run}: 2D slices are predicted as binary tumor masks; this run's "
                           f"data.target is {cfg.data.target!r}")
     found = [r for p in paths for r in records_at(Path(p), cfg.data.mask_suffix)]

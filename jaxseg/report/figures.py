@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxseg import overlap
 from jaxseg.files import atomic_path
 from jaxseg.report import slices as S
 from jaxseg.report.html import CLASSES
@@ -260,11 +261,6 @@ def _plane_shapes(shape: Sequence[int], spacing: Sequence[float]) -> list[float]
     return out
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else float("nan")
-
-
 def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, reference: np.ndarray,
                spacing: Sequence[float], path: str | Path, *, n: int = 5, modality: str | None = "flair",
                tile_px: int = 170) -> Path:
@@ -301,7 +297,7 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
     for p, plane in enumerate(S.PLANES):
         axis = S.PLANE_AXIS[plane]
         picked = S.pick_slices(pred_wt | ref_wt, axis, n, brain=image)
-        dice, _ = S.slice_dice(pred_wt, ref_wt, axis)
+        dice, union = S.slice_dice(pred_wt, ref_wt, axis)
         aspect = S.display_aspect(plane, spacing)
         for col in range(n):
             if col >= len(picked):
@@ -310,7 +306,7 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
                 continue
             i = picked[col]
             gray = S.to_gray(S.display_slice(image, plane, i), window)
-            score = "no tumor" if math.isnan(dice[i]) else f"WT Dice {dice[i]:.2f}"
+            score = "no tumor" if union[i] == 0 else f"WT Dice {dice[i]:.2f}"
             gap = "   " if tile_px >= 150 else " "
             score = score if tile_px >= 150 else score.replace("Dice ", "")  # what fits a small tile
             for r, (name, classes) in enumerate((("reference", reference), ("prediction", prediction))):
@@ -319,7 +315,7 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
                 _tile(ax, rgb, aspect, plane, f"{plane} {i + box[axis].start}{gap}{score}" if r == 0 else None)
                 if col == 0:
                     ax.set_ylabel(f"{plane}\n{name}", fontsize=10, fontweight="bold")
-    scores = "   ".join(f"{region} {_dice(S_p, S_r):.3f}" for region, S_p, S_r in (
+    scores = "   ".join(f"{region} {overlap.dice(S_p, S_r):.3f}" for region, S_p, S_r in (
         ("WT", pred_wt, ref_wt), ("TC", np.isin(prediction, (1, 3)), np.isin(reference, (1, 3))),
         ("ET", prediction == 3, reference == 3)))
     fig.suptitle(f"{case}   Dice {scores}", fontsize=12,

@@ -37,7 +37,9 @@ import numpy as np
 
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
+from jaxseg.overlap import dice
 from jaxseg.report import mesh as mesh_lib
+from jaxseg.target import REGION_CLASSES, REGIONS, region_masks
 
 MAX_EMBED_VOXELS = 16_000_000
 CROP_MARGIN = 4  # voxels kept around the brain so that the views do not end at its edge
@@ -46,7 +48,6 @@ COLORMAPS = ("turbo", "inferno", "magma", "viridis", "plasma", "hot", "gray")
 CLASSES = ((1, "NCR", "necrotic / non-enhancing core", "#ff4136"),
            (2, "ED", "peritumoral edema", "#2ecc40"),
            (3, "ET", "enhancing tumor", "#ffdc00"))
-REGION_CLASSES = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 MESH_STYLE = {"Brain": ("#e8e2d8", 0.22), "ED": ("#2ecc40", 0.4), "NCR": ("#ff4136", 1.0),
               "ET": ("#ffdc00", 1.0), "WT": ("#2ecc40", 0.4), "TC": ("#ff851b", 0.7)}
 _FALLBACK_MESH_COLORS = ("#7fdbff", "#b10dc9", "#01ff70", "#f012be")
@@ -270,13 +271,11 @@ def region_volumes_ml(labels: np.ndarray, spacing) -> dict[str, float]:
     return {region: float(counts[list(classes)].sum()) * voxel_ml for region, classes in REGION_CLASSES.items()}
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for region, classes in REGION_CLASSES.items():
-        p, t = np.isin(pred, classes), np.isin(truth, classes)
-        total = int(p.sum() + t.sum())
-        out[region] = 2.0 * int((p & t).sum()) / total if total else None
-    return out
+def _dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice per region of two internal-class maps (:func:`jaxseg.overlap.dice`: 1.0 where the
+    region is in neither)."""
+    p, t = region_masks(pred), region_masks(truth)
+    return {region: dice(p[..., k], t[..., k]) for k, region in enumerate(REGIONS)}
 
 
 def _curve(curve: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxseg.overlap import dice
+
 PLANES = ("axial", "coronal", "sagittal")
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # Patient directions at the (left, right, top, bottom) edges of a displayed slice.
@@ -92,16 +94,13 @@ def classes_rgb(gray: np.ndarray, classes: np.ndarray, colours: dict[int, tuple[
 def slice_dice(prediction: np.ndarray, reference: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Dice of every slice along ``axis`` of two bool ``(X, Y, Z)`` masks.
 
-    Returns ``(dice, union)``: float64 ``(N,)`` with NaN where both slices are empty (Dice is
-    undefined there), and int64 ``(N,)`` voxel counts of prediction | reference per slice.
+    Returns ``(dice, union)``: float64 ``(N,)`` (:func:`jaxseg.overlap.dice`: 1.0 where both
+    slices are empty, so ask ``union == 0`` for "no tumor"), and int64 ``(N,)`` voxel counts of
+    prediction | reference per slice.
     """
     others = tuple(a for a in range(3) if a != axis)
-    inter = np.sum(prediction & reference, axis=others, dtype=np.int64)
-    sizes = np.sum(prediction, axis=others, dtype=np.int64) + np.sum(reference, axis=others, dtype=np.int64)
     union = np.sum(prediction | reference, axis=others, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(sizes > 0, 2.0 * inter / sizes, np.nan)
-    return dice, union
+    return dice(prediction, reference, axis=others), union
 
 
 def pick_slices(tumor: np.ndarray, axis: int, n: int = 5, brain: np.ndarray | None = None) -> list[int]:

@@ -16,8 +16,8 @@ from jaxseg import config as config_lib
 from jaxseg import home
 from jaxseg.data import brats
 from jaxseg.errors import JaxsegError
-from jaxseg.train import metrics
 from jaxseg.model_store import find_run
+from jaxseg.target import target_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +26,13 @@ class Checkpoint:
     run: Path
     label: str
     model: str
-    target: str  # wt | regions | classes
+    target: str  # a data.target name (jaxseg.target.TARGET_KINDS)
     modalities: tuple[str, ...]  # canonical names, in the model's channel order
     dropout: float
 
     def describe(self) -> dict:
         return {"id": self.id, "label": self.label, "model": self.model, "target": self.target,
-                "modalities": list(self.modalities), "regions": list(metrics.region_names(self.target)),
+                "modalities": list(self.modalities), "regions": list(target_kind(self.target).region_names),
                 "dropout": self.dropout, "path": str(self.run)}
 
 

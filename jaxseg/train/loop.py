@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxseg import config as config_lib
+from jaxseg import overlap, target as target_lib
 from jaxseg.config import Config
 from jaxseg.data import formats, pipeline, split
 from jaxseg.data import loader as loader_lib
@@ -38,7 +39,6 @@ from jaxseg.files import write_text
 from jaxseg.models import registry
 from jaxseg.train import budget as budget_lib
 from jaxseg.train import log as log_lib
-from jaxseg.train import metrics as M
 from jaxseg.train import pretrained
 from jaxseg.train.checkpoint import RunCheckpoints
 from jaxseg.train.state import abstract_state, create_state, graphdef_of, make_optimizer
@@ -272,13 +272,13 @@ def _evaluate_epoch(run: _Run, state: Any, meta: dict[str, Any], history: list[d
     reduce-on-plateau, the logs and the epoch's checkpoint. Returns the state (its
     learning-rate scale may change)."""
     t, data, sums = run.cfg.train, run.data, steps.sums
-    region_names = M.region_names(run.cfg.data.target)
+    region_names = target_lib.target_for(run.cfg).region_names
     closing_started = time.perf_counter()
     record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
                               "train_loss": float(sums["loss_sum"] / max(sums["count"], 1)),
                               "lr_scale": float(jax.device_get(state.lr_scale)),
                               "seconds": round(time.perf_counter() - steps.started, 2)}
-    record.update(_prefixed("train", M.scores_from_sums(sums), region_names))
+    record.update(_prefixed("train", overlap.scores_from_sums(sums), region_names))
     val_dice = None
     if budget_stop:
         record["stopped_by_budget"] = True
@@ -286,7 +286,7 @@ def _evaluate_epoch(run: _Run, state: Any, meta: dict[str, Any], history: list[d
     if data.val_loader is not None and ((epoch + 1) % t.val_every_epochs == 0 or last_epoch):
         val = evaluate(state, run.eval_step, data.val_loader, run.mesh)
         record["val_loss"] = float(val["loss_sum"] / max(val["count"], 1))
-        scores = M.scores_from_sums(val)
+        scores = overlap.scores_from_sums(val)
         record.update(_prefixed("val", scores, region_names))
         val_dice = float(np.mean(scores["dice"]))
         record["val_dice"] = val_dice

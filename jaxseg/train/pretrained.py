@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
+from jaxseg import target as target_lib
 from jaxseg.config import Config
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
@@ -74,12 +75,13 @@ def _infer_config(weights: Path, arch: str, overrides: Sequence[str]) -> tuple[C
         raise JaxsegError(f"{weights}: its stem reads {stem} channels; pass a --config whose data.modalities match")
     head = tensors.get("segmentation_head.0.weight")
     classes = 1 if head is None else head.shape[0]
-    targets = {1: ("wt", "bce_dice"), 3: ("regions", "bce_dice"), 4: ("classes", "ce_dice")}
-    if classes not in targets:
-        raise JaxsegError(f"{weights}: its head predicts {classes} channels; jaxseg targets have 1 (wt), "
-                          "3 (regions) or 4 (classes)")
-    target, loss = targets[classes]
-    chosen += [f"data.target={target}", f"train.loss={loss}"]
+    try:
+        kind = target_lib.target_for_channels(classes)
+    except ValueError:
+        known = ", ".join(f"{k.channels} ({k.name})" for k in target_lib.TARGET_KINDS.values())
+        raise JaxsegError(f"{weights}: its head predicts {classes} channels; jaxseg targets have {known}") from None
+    target = kind.name
+    chosen += [f"data.target={target}", f"train.loss={kind.default_loss}"]
     cfg = config_lib.load_from_dict({"name": f"{arch}_imported"}, [*chosen, *overrides], "import-weights")
     note = (f"no --config: {arch} at ResNet-34 size, modalities {list(cfg.data.modalities)} "
             f"({cfg.model.input_mode}), target {target}")

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxseg.train import metrics as M
+from jaxseg import overlap
+from jaxseg.target import TargetKind, target_kind as kind_of
 from jaxseg.train.losses import loss_fn
 from jaxseg.train.state import TrainState
 
@@ -22,16 +23,17 @@ Batch = dict[str, jax.Array]
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_name: str,
-                    target_kind: str) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    target_kind: str | TargetKind) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """``train_step(state, batch) -> (state, metrics)``, jitted with the state donated.
 
     ``batch``: ``image`` (B, H, W, C) float32, ``target`` (B, H, W, K) float32, ``classes``
     (B, H, W) uint8, optional ``valid`` (B,) bool. The dropout key of step ``s`` is
     ``fold_in(state.key, s)``, so a resumed run draws the same masks as an uninterrupted one.
     Returned metrics are sums (loss sum, sample count, confusion sums per region), see
-    :func:`eval_sums`.
+    :func:`eval_sums`. ``target_kind`` (a name or a :class:`~jaxseg.target.TargetKind`) decides
+    the regions scored.
     """
-    loss = loss_fn(loss_name)
+    loss, kind = loss_fn(loss_name), kind_of(target_kind)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         dropout_key = jax.random.fold_in(state.key, state.step)
@@ -52,34 +54,34 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             batch_stats=nnx.state(model, nnx.BatchStat),
             opt_state=opt_state,
         )
-        sums = _sums(jax.lax.stop_gradient(logits), batch, target_kind, value)
+        sums = _sums(jax.lax.stop_gradient(logits), batch, kind, value)
         sums["grad_norm"] = optax.tree.norm(grads)
         return new_state, sums
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, loss_name: str, target_kind: str
+def make_eval_step(graphdef: nnx.GraphDef, loss_name: str, target_kind: str | TargetKind
                    ) -> Callable[[TrainState, Batch], dict]:
     """``eval_step(state, batch) -> sums``: batch norm in inference mode, no dropout."""
-    loss = loss_fn(loss_name)
+    loss, kind = loss_fn(loss_name), kind_of(target_kind)
 
     def eval_step(state: TrainState, batch: Batch) -> dict:
         model = nnx.merge(graphdef, state.params, state.batch_stats)
         logits, _ = model(batch["image"], train=False)
         logits = logits.astype(jnp.float32)
-        return _sums(logits, batch, target_kind, loss(logits, batch["target"], batch.get("valid")))
+        return _sums(logits, batch, kind, loss(logits, batch["target"], batch.get("valid")))
 
     return jax.jit(eval_step)
 
 
-def _sums(logits: jax.Array, batch: Batch, target_kind: str, mean_loss: jax.Array) -> dict:
+def _sums(logits: jax.Array, batch: Batch, kind: TargetKind, mean_loss: jax.Array) -> dict:
     """Sums that reduce exactly over batches, devices and hosts (CONTRIBUTING.md, habit 6)."""
     valid = batch.get("valid")
     count = jnp.asarray(logits.shape[0], jnp.float32) if valid is None else valid.sum().astype(jnp.float32)
-    pred = M.region_masks_from_logits(logits, target_kind)
-    ref = M.region_masks_from_classes(batch["classes"], target_kind)
-    sums = M.confusion_sums(pred, ref, valid)
+    pred = kind.region_masks_from_logits(logits)
+    ref = kind.region_masks_from_classes(batch["classes"])
+    sums = overlap.confusion_sums(pred, ref, valid)
     return {"loss_sum": mean_loss * count, "count": count, **sums}
 
 

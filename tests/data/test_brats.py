@@ -1,4 +1,5 @@
-"""BraTS conventions: discovery of both namings, labels, targets, regions, volumes, inspection."""
+"""BraTS conventions: discovery of both namings, file labels, volumes, inspection (targets and
+regions: tests/test_target.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,15 +9,11 @@ import pytest
 from rich.console import Console
 
 from jaxseg.data.brats import (MODALITIES, MODALITY_ALIASES, Case, case_from_path, find_cases,
-                               from_internal, label_values, load_case, make_target, parse_name, region_masks,
-                               targets_to_classes, to_internal, tumor_volumes_ml)
+                               from_internal, label_values, load_case, parse_name, to_internal, tumor_volumes_ml)
 from jaxseg.data.inspect import inspect_dataset, render_table
 from jaxseg.data.nifti import read_label_volume
 from jaxseg.errors import JaxsegError
 from tests.data.test_bad_inputs import SHAPE, case_labels, write_case, write_nifti
-
-# One voxel of each internal class: background, NCR, ED, ET.
-CLASSES = np.array([0, 1, 2, 3], np.uint8)
 
 
 def test_parse_both_namings() -> None:
@@ -100,39 +97,6 @@ def test_label_conversion_round_trip(naming: str, file_labels: list[int]) -> Non
     assert back.dtype == np.uint8 and back.tolist() == labels.tolist()
     with pytest.raises(JaxsegError, match=r"seg.nii.gz: label values \[5\]"):
         to_internal(np.array([0, 5]), naming, "seg.nii.gz")
-
-
-def test_make_target_by_hand() -> None:
-    np.testing.assert_array_equal(make_target(CLASSES, "wt"), [[0], [1], [1], [1]])
-    #                                                         WT TC ET
-    np.testing.assert_array_equal(make_target(CLASSES, "regions"), [[0, 0, 0],  # background
-                                                                     [1, 1, 0],  # NCR
-                                                                     [1, 0, 0],  # ED
-                                                                     [1, 1, 1]])  # ET
-    np.testing.assert_array_equal(make_target(CLASSES, "classes"), np.eye(4))
-    for target, k in (("wt", 1), ("regions", 3), ("classes", 4)):
-        out = make_target(np.zeros((2, 5, 6), np.uint8), target)
-        assert out.shape == (2, 5, 6, k) and out.dtype == np.float32
-    np.testing.assert_array_equal(region_masks(CLASSES), np.array([[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool))
-    with pytest.raises(JaxsegError, match="data.target"):
-        make_target(CLASSES, "tc")
-
-
-def test_targets_to_classes() -> None:
-    rng = np.random.default_rng(0)
-    classes = rng.integers(0, 4, (6, 7)).astype(np.uint8)
-    for target in ("regions", "classes"):  # exact inverses of make_target
-        np.testing.assert_array_equal(targets_to_classes(make_target(classes, target), target), classes)
-    # wt: a binary map (1 = tumor), whatever the sub-class was.
-    np.testing.assert_array_equal(targets_to_classes(make_target(classes, "wt"), "wt"), classes > 0)
-    # Probabilities: threshold 0.5 for sigmoid targets, argmax for softmax.
-    np.testing.assert_array_equal(targets_to_classes(np.array([[0.2], [0.7]]), "wt"), [0, 1])
-    # WT/TC/ET probabilities -> nested classes: ET wins, then TC (NCR), then WT (ED).
-    regions = np.array([[0.9, 0.1, 0.1], [0.9, 0.8, 0.2], [0.9, 0.9, 0.6], [0.4, 0.3, 0.7], [0.3, 0.2, 0.1]])
-    np.testing.assert_array_equal(targets_to_classes(regions, "regions"), [2, 1, 3, 3, 0])
-    np.testing.assert_array_equal(targets_to_classes(np.array([[0.1, 0.2, 0.6, 0.1]]), "classes"), [2])
-    with pytest.raises(ValueError, match="3 channels"):
-        targets_to_classes(np.zeros((4, 4)), "regions")
 
 
 def test_tumor_volumes_ml() -> None:

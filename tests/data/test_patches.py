@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jaxseg import config
 from jaxseg.data import brats, formats, loader, patches, phantom, pipeline, preprocess
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_kind
 
 SHAPE = (32, 32, 24)  # the phantom brain's box is about 22 x 26 x 21 voxels
 MODS = ("flair", "t1", "t1ce", "t2")
@@ -102,7 +103,7 @@ def test_loader_items_shapes_and_dtypes(cases, target, k):
     assert batch["case"].dtype == np.int32 and batch["origin"].shape == (4, 3) and batch["origin"].dtype == np.int32
     assert batch["valid"].dtype == bool and batch["valid"].all()
     for classes, tgt in zip(batch["classes"], batch["target"]):
-        np.testing.assert_array_equal(tgt, brats.make_target(classes, target))
+        np.testing.assert_array_equal(tgt, target_kind(target).encode(classes))
 
 
 def test_centre_patch_is_the_centre_crop(cases, volumes):

@@ -14,6 +14,7 @@ from jaxseg import config
 from jaxseg.data import brats, formats, loader, phantom, pipeline, preprocess
 from jaxseg.data.formats import brats_volumes
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_kind
 
 SHAPE = (32, 32, 16)
 
@@ -113,7 +114,7 @@ def test_source_items(cases, target, k):
     assert item["classes"].shape == (32, 32) and item["classes"].dtype == np.uint8
     assert item["case"].dtype == np.int32 and int(item["case"]) == 1 and int(item["z"]) == 8
     assert bool(item["valid"])
-    np.testing.assert_array_equal(item["target"], brats.make_target(item["classes"], target))
+    np.testing.assert_array_equal(item["target"], target_kind(target).encode(item["classes"]))
     # exactly slice 8 of the prepared case 1
     image, classes, _ = brats.load_case(cases[1], config.canonical_modalities(cfg))
     prepared = preprocess.prepare_volume(image, classes, cfg.data)
@@ -156,7 +157,7 @@ def _marker_item():
     image[1, 5] = (1.0, 0.9)
     classes = np.zeros((8, 8), np.uint8)
     classes[1, 5] = 3
-    return {"image": image, "target": brats.make_target(classes, "regions"), "classes": classes,
+    return {"image": image, "target": target_kind("regions").encode(classes), "classes": classes,
             "case": np.int32(0), "z": np.int32(0), "valid": np.bool_(True)}
 
 

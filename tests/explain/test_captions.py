@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from jaxseg.data.brats import case_from_path, load_case
 from jaxseg.data.phantom import write_phantoms
-from jaxseg.train import metrics as M
+from jaxseg.target import target_kind
 from jaxseg.explain.captions import (_saliency_stats, describe_slices, describe_volume,
                                      spacing_from_affine)
 
@@ -157,11 +157,11 @@ def test_sub_regions_and_their_volumes():
 
 
 def test_whole_tumor_model_lists_no_sub_regions():
-    assert M.region_names("wt") == ("WT",) and M.region_names("regions") == ("WT", "TC", "ET")
+    regions = target_kind("wt").region_names
     wt_map = _block(CENTRE, (6, 5, 5), label=1)  # a WT model's 1 means tumor, not NCR
-    caption = describe_volume(wt_map, AFFINE_2MM, _brain(), regions=("WT",))
+    caption = describe_volume(wt_map, AFFINE_2MM, _brain(), regions=regions)
     assert set(caption.volumes_ml) == {"WT"} and "necrotic" not in caption.text
-    slices = describe_slices(wt_map, AFFINE_2MM, _brain(), regions=("WT",))
+    slices = describe_slices(wt_map, AFFINE_2MM, _brain(), regions=regions)
     assert "Sub-regions" not in slices[CENTRE[2]]
 
 

@@ -10,10 +10,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxseg import config as config_lib
-from jaxseg.data import brats, phantom
+from jaxseg.data import phantom
 from jaxseg.explain import gradcam as G
 from jaxseg.train.state import create_state, graphdef_of, make_optimizer
 from jaxseg.train.step import make_train_step
+from jaxseg.target import target_kind
 
 
 class TwoLayer(nnx.Module):
@@ -209,7 +210,7 @@ def trained_wt_model(steps=80):
     cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, "data.target=wt", "train.loss=bce_dice",
                                    "model.features=[8, 16]", "train.learning_rate=0.01"])
     images, classes = phantom_slices(range(8), offsets=(-2, 0, 2))
-    targets = brats.make_target(classes, "wt")
+    targets = target_kind("wt").encode(classes)
     tx = make_optimizer(cfg, steps)
     state = create_state(cfg, tx, Mesh(np.array(jax.devices()[:1]), ("data",)))
     graphdef = graphdef_of(cfg)

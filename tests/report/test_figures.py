@@ -64,7 +64,7 @@ def test_slice_dice():
     reference[1:3, :2, 2] = True  # 2 of 4 + 4 voxels shared: 2 * 2 / 8
     prediction[:, :, 3] = True  # nothing to find: 0
     dice, union = S.slice_dice(prediction, reference, axis=2)
-    assert np.isnan(dice[0]) and union[0] == 0
+    assert dice[0] == 1.0 and union[0] == 0  # both empty: the one Dice convention
     np.testing.assert_allclose(dice[1:], [1.0, 0.5, 0.0])
     np.testing.assert_array_equal(union, [0, 4, 6, 16])
 

@@ -6,9 +6,10 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
-from jaxseg.data import brats, phantom
+from jaxseg.data import phantom
 from jaxseg.train.state import create_state, graphdef_of, make_optimizer
 from jaxseg.train.step import make_eval_step, make_train_step
+from jaxseg.target import target_kind
 
 
 def tiny_config(*overrides):
@@ -26,7 +27,7 @@ def phantom_batch(cfg, batch=4, size=32, seed=0):
         images.append(stack.astype(np.float32))
         classes.append(labels[:, :, z])
     classes = np.stack(classes).astype(np.uint8)
-    return {"image": np.stack(images), "target": brats.make_target(classes, cfg.data.target),
+    return {"image": np.stack(images), "target": target_kind(cfg.data.target).encode(classes),
             "classes": classes}
 
 

@@ -7,11 +7,12 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxseg import config as config_lib
-from jaxseg.data import brats, patches, phantom
+from jaxseg.data import patches, phantom
 from jaxseg.models.registry import spatial_dims
 from jaxseg.train import loop
 from jaxseg.train.state import create_state, graphdef_of, make_optimizer
 from jaxseg.train.step import make_train_step
+from jaxseg.target import target_kind
 
 PATCH = 16
 
@@ -33,7 +34,7 @@ def phantom_patches(cfg, batch=2, seed=0):
         classes.append(patches.cut_patch(prepared.classes, origin, PATCH))
     classes = np.stack(classes)
     assert classes.max() > 0  # the patches hold tumor
-    return {"image": np.stack(images), "target": brats.make_target(classes, cfg.data.target), "classes": classes}
+    return {"image": np.stack(images), "target": target_kind(cfg.data.target).encode(classes), "classes": classes}
 
 
 def run_steps(cfg, batch, steps):

@@ -26,6 +26,7 @@ from jaxseg.data import brats, inspect, phantom, preprocess, store
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.errors import JaxsegError, file_error
+from jaxseg.target import target_kind
 
 
 def load_prepared(case: brats.Case, modalities: Sequence[str], cfg: DataConfig,
@@ -86,7 +87,7 @@ class SliceSource(CaseIndexedSource):
         case_index, z = (int(v) for v in self._index[i])
         prepared = self.volume(case_index)
         classes = np.array(prepared.classes[z])  # copies into plain arrays: never alias the cache or a memmap
-        return {"image": np.array(prepared.slices[z]), "target": brats.make_target(classes, self._cfg.target),
+        return {"image": np.array(prepared.slices[z]), "target": target_kind(self._cfg.target).encode(classes),
                 "classes": classes, "case": np.int32(case_index), "z": np.int32(z),
                 "valid": np.bool_(self._valid[i])}
 

@@ -18,11 +18,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxseg.config import Config, DataConfig
-from jaxseg.data import brats, inspect, preprocess, records, store
+from jaxseg.data import inspect, preprocess, records, store
 from jaxseg.data.formats.base import DataFormat
 from jaxseg.data.pipeline import CaseIndexedSource
 from jaxseg.data.records import Record, to_volume
 from jaxseg.errors import JaxsegError
+from jaxseg.target import target_kind
 
 
 def prepare_record(data_format: "SliceRecords", record: Record, channels: int,
@@ -104,7 +105,7 @@ class RecordSource(CaseIndexedSource):
         record_index = int(self._index[i, 0])
         prepared = self.record(record_index)
         classes = np.array(prepared.classes[0])  # copies: never alias the cache
-        return {"image": np.array(prepared.slices[0]), "target": brats.make_target(classes, self._cfg.target),
+        return {"image": np.array(prepared.slices[0]), "target": target_kind(self._cfg.target).encode(classes),
                 "classes": classes, "case": np.int32(record_index), "z": np.int32(0),
                 "valid": np.bool_(self._valid[i])}
 
