@@ -186,11 +186,14 @@ def explain(
     mc_samples: int = typer.Option(20, help="MC-dropout passes (1: none)"),
     attribution_steps: int = typer.Option(8, help="integrated-gradient steps of the modality attribution (0: skip)"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="apply the model's calibration.json (per-region temperatures), if any"),
 ) -> None:
     """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
     from jaxseg.explain.run import ExplainSettings, explain as run
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
-                                                        attribution_steps=attribution_steps, seed=seed), say=_say)
+                                                        attribution_steps=attribution_steps, seed=seed,
+                                                        calibrated=calibration), say=_say)
     typer.echo(result.summary["caption"])
     typer.echo(f"report: {result.report}")
 
