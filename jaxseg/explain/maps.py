@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from jaxseg.errors import JaxsegError
 from jaxseg.explain.sections import ModalitySection
 from jaxseg.target import TargetKind
 
@@ -87,7 +88,7 @@ class ModelSpace(Protocol):
 
     def to_volume(self, model_map: np.ndarray) -> np.ndarray: ...
     def probabilities(self) -> np.ndarray: ...
-    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency: ...
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str, normalise: str = "volume") -> Saliency: ...
     def model_maps(self) -> dict[str, np.ndarray]: ...
     def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection: ...
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]: ...
@@ -125,7 +126,10 @@ class ExplainMaps:
       brain: ``(X, Y, Z)`` bool.
       layer, gradcam_target: what Grad-CAM explains (a layer name, a
         :func:`~jaxseg.explain.gradcam.parse_target` string).
-      gradcam: ``(X, Y, Z)`` float32 in [0, 1].
+      gradcam: ``(X, Y, Z)`` float32 in [0, 1] (normalised per volume or per slice).
+      layer_maps: Grad-CAM of further layers to compare (``{layer: (X, Y, Z)}``, same target and
+        normalisation; a layer whose map is identically zero is left out and named in
+        ``notes['gradcam_zero_layers']``).
       model_maps: maps the model carries (``att0``..., ``rollout``), ``(X, Y, Z)`` float32 each.
       uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
       curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
@@ -149,6 +153,7 @@ class ExplainMaps:
     curves: Mapping[str, Any] | None
     notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     modality: ModalitySection | None = None
+    layer_maps: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
@@ -174,6 +179,8 @@ class ExplainMaps:
         out = {"Grad-CAM": self.gradcam}
         if truth is not None:  # the map restricted to the annotated tumor
             out["Grad-CAM x GT"] = self.gradcam * (truth > 0)
+        for name, volume in self.layer_maps.items():  # the viewer switches among these layers
+            out[f"Grad-CAM {name}"] = volume
         for name, volume in self.model_maps.items():
             out["Attention rollout" if name == "rollout" else f"Attention gate {name[3:]}"] = volume
         if self.uncertainty is not None:
@@ -187,7 +194,8 @@ class ExplainMaps:
 
 def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
                  mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
-                 modalities: tuple[str, ...] = (), attribution_steps: int = 0,
+                 modalities: tuple[str, ...] = (), attribution_steps: int = 0, normalise: str = "volume",
+                 compare_layers: tuple[str, ...] = (),
                  step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
     """Every map of the case ``space`` holds, the same steps for every kind of model.
 
@@ -201,6 +209,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
       faithfulness_slices: 2D: the slices with the largest predicted tumor the curves use.
       modalities: the input channels' names; attribution_steps: integrated-gradient steps of the
         modality attribution (0: not computed).
+      normalise: Grad-CAM divided by its maximum over the ``'volume'`` or each ``'slice'``.
+      compare_layers: further Grad-CAM layers the report offers (``layer_maps``).
       step: hears one line per step.
     Returns:
       the :class:`ExplainMaps` of the case.
@@ -210,9 +220,21 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     classes = target.classes_from_output(probabilities) * space.brain
     step(space.segmented_message())
 
-    saliency = space.gradcam(probabilities_model, layer, gradcam_target)
+    saliency = space.gradcam(probabilities_model, layer, gradcam_target, normalise)
+    if not np.any(saliency.model_map > 0):
+        raise JaxsegError(f"--layer {layer}: its Grad-CAM ({gradcam_target}) is identically zero on this case (the "
+                          f"score's gradient does not reach it, or it only lowers the score); choose another layer")
     cam = space.to_volume(saliency.model_map)
     step(space.gradcam_message(layer, gradcam_target))
+    layer_maps, zero_layers = {}, []
+    for other in (name for name in compare_layers if name != layer):
+        other_map = space.gradcam(probabilities_model, other, gradcam_target, normalise).model_map
+        if np.any(other_map > 0):
+            layer_maps[other] = space.to_volume(other_map)
+        else:
+            zero_layers.append(other)
+    if layer_maps:
+        step(f"Grad-CAM of {', '.join(layer_maps)} to compare")
     # Maps the model carries itself: attention-gate coefficients, transformer attention rollout.
     model_maps = {name: space.to_volume(value) for name, value in space.model_maps().items()}
     if model_maps:
@@ -236,4 +258,5 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
     return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
                        gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
-                       curves=curves, notes=dict(saliency.notes), modality=modality)
+                       curves=curves, notes={**saliency.notes, **({"gradcam_zero_layers": zero_layers} if zero_layers else {})},
+                       modality=modality, layer_maps=layer_maps)

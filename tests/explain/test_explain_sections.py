@@ -106,3 +106,66 @@ def test_mc_samples_below_one_is_one_clear_line(smoke_run, case, tmp_path, sampl
                                        "--mc-samples", str(samples), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 2
     assert res.output.strip().count("\n") == 0 and "--mc-samples" in res.output
+
+
+def test_gradcam_is_normalised_per_volume_by_default_and_per_slice_on_request(explained, space, smoke_run, case,
+                                                                             tmp_path):
+    import nibabel as nib
+    from jaxseg.explain.gradcam import gradcam_volume
+    result, summary = explained
+    p = space.predictor
+    raw = gradcam_volume(p.graphdef, p.params, p.batch_stats, space.slices, "dec0", "mean",
+                         target_kind=space.target.name, batch_size=p.batch_size, normalise=False)
+    assert raw.max() > 0
+    # Per volume: one maximum (numpy, not layer_quality.normalise_map).
+    expected = space.to_volume(raw / raw.max())
+    written = np.asarray(nib.as_closest_canonical(nib.load(result.files["gradcam"])).dataobj)  # RAS, as jaxseg
+    np.testing.assert_allclose(written, expected, atol=1e-5)
+    per_slice = space.gradcam(space.probabilities(), "dec0", "mean", "slice").model_map
+    peaks = raw.reshape(len(raw), -1).max(axis=1)
+    want = np.where(peaks[:, None, None] > 0, raw / np.where(peaks > 0, peaks, 1)[:, None, None], 0)
+    np.testing.assert_allclose(per_slice, want, atol=1e-6)
+    assert summary["settings"]["normalise"] == "volume"
+    # The report switches among the bottleneck, dec1 and the main layer dec0.
+    depth = len(p.cfg.model.features) - 1
+    names = p.model().activation_names
+    expected_layers = [name for name in (f"enc{depth}", "dec1") if name in names]
+    assert expected_layers and summary["settings"]["compare_layers"] == expected_layers
+    html = result.report.read_text()
+    assert all(f"Grad-CAM {name}" in html for name in expected_layers)
+
+
+def test_bad_normalise_and_compare_layers_are_one_line(smoke_run, case, tmp_path):
+    runner = CliRunner()
+    for args, expected in ((["--normalise", "axial"], "--normalise 'axial': must be one of volume, slice"),
+                           (["--compare-layers", "enc0,nope"], "--compare-layers nope: this model has no such layer")):
+        res = runner.invoke(cli.app, ["explain", str(case), "--checkpoint", str(smoke_run), *args,
+                                      "-o", str(tmp_path / "r.html")])
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and expected in errors[0], res.output
+        assert "Traceback" not in res.output
+
+
+def test_a_layer_whose_gradcam_is_identically_zero_is_one_clear_line():
+    from jaxseg.explain.maps import Saliency, compute_maps
+    from jaxseg.target import target_kind
+
+    class ZeroSpace:  # a space whose Grad-CAM is zero everywhere: nothing else may be computed
+        brain = np.ones((4, 4, 2), bool)
+
+        def to_volume(self, m):
+            return np.asarray(m, np.float32)
+
+        def probabilities(self):
+            return np.zeros((4, 4, 2, 3), np.float32)
+
+        def gradcam(self, probabilities, layer, target, normalise="volume"):
+            return Saliency(np.zeros((4, 4, 2), np.float32))
+
+        def segmented_message(self):
+            return "segmented"
+
+    with pytest.raises(JaxsegError, match="--layer enc0: its Grad-CAM \\(mean\\) is identically zero"):
+        compute_maps(ZeroSpace(), target_kind("regions"), layer="enc0", gradcam_target="mean",
+                     key=__import__("jax").random.PRNGKey(0), mc_samples=2, with_dropout=True,
+                     faithfulness_steps=3, faithfulness_slices=1)
