@@ -1,7 +1,7 @@
-"""Inference speed, jaxseg against PyTorch on the same machine (issue 6).
+"""Inference speed, jaxseg against PyTorch on the same machine (issues 6 and 16).
 
-    python benchmarks/inference.py --only-2d   # 16 slices of 256 px (about 4 min on 2 quiet cores)
-    python benchmarks/inference.py --only-3d   # a brain box of 140x168x137 voxels (about 6 min)
+    python benchmarks/inference.py --only-2d   # 16 slices of 256 px (sized for ~4 min on 2 quiet cores)
+    python benchmarks/inference.py --only-3d   # a brain box of 140x168x137 voxels (sized for ~6 min)
     python benchmarks/inference.py --quick     # small sizes, checks the script in seconds
 
 - **2D**: one forward pass (sigmoid probabilities) of a batch of 16 slices through the default
@@ -11,7 +11,7 @@
 - **3D**: a whole four-modality volume through the 3D U-Net (16..256 features) by sliding 128^3
   windows, overlap 0.5, Gaussian blending, 2 windows per pass, i.e. jaxseg's ``[infer]``
   defaults. The default volume, 140 x 168 x 137, is the median brain box of the 16 BraTS 2018
-  cases in /work/shared/data: ``jaxseg predict`` slides its windows over the brain box
+  cases of the project's shared data (../shared/data): ``jaxseg predict`` slides its windows over the brain box
   (``data.crop = "brain_bbox"``), 8 windows here; ``--volume 240,240,155`` slides over the whole
   BraTS grid (18 windows, the earlier tables of benchmarks/NOTES.md). Both frameworks go
   through the same numpy sliding-window code (``jaxseg.infer.sliding_window``; its last window
@@ -25,9 +25,9 @@ eager model through ``torch.compile``, called under ``torch.inference_mode()``; 
 last lines give every jax variant against the fastest torch variant, the goal's measure
 (docs/speed.md). ``--bf16`` adds ``jax bf16``: the default path computing in bfloat16 (as a
 run with ``train.precision = "bfloat16"`` predicts; parameters float32, probabilities float32).
-Forward passes have no weight gradient,
-so in 2D the two JAX paths differ only in the 2x2 upsampling (a matrix product on the fast
-path); in 3D also in the convolutions (3D as 2D on the fast path). Both run with jaxseg's
+Forward passes have no weight gradient, so in 2D the two JAX paths differ only in the 2x2
+upsampling (a matrix product on the fast path); in 3D also in the convolutions (3D as 2D on the
+fast path). Both run with jaxseg's
 default XLA flags (``jaxseg.xla_flags.CPU_XLA_FLAGS``); ``--jax-variant "jaxlib flags:JAXSEG_XLA_DEFAULTS=0"``
 adds a column without them.
 Each variant runs in its own process (benchmarks/harness.py).

@@ -16,14 +16,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness  # noqa: E402
 
-# (script and arguments, the variants its table must hold). torch.compile is left out: it
-# compiles for minutes on 2 cores (docs/speed.md); the full runs time it.
+# (script and arguments, the variants its table must hold). torch.compile runs in one of them
+# only (tens of seconds of compiling a tiny model; the train step's takes minutes on 2 cores).
 QUICK_RUNS = {
     "train_step_2d": (["train_step.py", "--bf16"], ["jax xla-conv", "jax", "jax bf16", "torch eager", "torch eager CL"]),
     "train_step_3d": (["train_step.py", "--3d"], ["jax", "torch eager", "torch eager CL"]),
     "inference_2d": (["inference.py", "--only-2d", "--bf16"],
                      ["jax", "jax xla-conv", "jax bf16", "torch eager", "torch eager CL"]),
     "inference_3d": (["inference.py", "--only-3d"], ["jax", "torch eager", "torch eager CL"]),
+    "inference_2d_compile": (["inference.py", "--only-2d", "--only", "jax,torch eager,torch.compile"],
+                             ["jax", "torch eager", "torch.compile"]),
 }
 ROW = re.compile(r"^(?P<name>\S.*?)\s+(?P<median>\d+\.\d{3})\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d+x")
 SUMMARY = re.compile(r"^  (?P<name>\S.*?)\s+(?P<ratio>\d+\.\d{2})x faster")
@@ -47,8 +49,9 @@ def test_quick_mode_runs_every_variant(run):
     args, variants = QUICK_RUNS[run]
     # The benchmark runs as a user runs it: not with the test suite's emulated devices.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    compile = [] if "torch.compile" in variants else ["--no-compile"]
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:], "--quick",
-                           "--reps", "1", "--no-compile"], capture_output=True, text=True, env=env,
+                           "--reps", "1", *compile], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not measured" not in done.stdout, done.stdout[-3000:]
