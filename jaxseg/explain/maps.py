@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from jaxseg.errors import JaxsegError
-from jaxseg.explain.sections import ModalitySection
+from jaxseg.explain.sections import CalibrationSection, ModalitySection, ReviewSection, calibration_section, review_section
 from jaxseg.target import TargetKind
 
 
@@ -130,6 +130,8 @@ class ExplainMaps:
       layer_maps: Grad-CAM of further layers to compare (``{layer: (X, Y, Z)}``, same target and
         normalisation; a layer whose map is identically zero is left out and named in
         ``notes['gradcam_zero_layers']``).
+      review: slices to review first (with MC dropout); calibration: against the ground truth
+        (when the case has one). Both summary sections.
       model_maps: maps the model carries (``att0``..., ``rollout``), ``(X, Y, Z)`` float32 each.
       uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
       curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
@@ -154,6 +156,8 @@ class ExplainMaps:
     notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     modality: ModalitySection | None = None
     layer_maps: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    review: ReviewSection | None = None
+    calibration: CalibrationSection | None = None
 
     @property
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
@@ -195,7 +199,7 @@ class ExplainMaps:
 def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
                  mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
                  modalities: tuple[str, ...] = (), attribution_steps: int = 0, normalise: str = "volume",
-                 compare_layers: tuple[str, ...] = (),
+                 compare_layers: tuple[str, ...] = (), truth: np.ndarray | None = None,
                  step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
     """Every map of the case ``space`` holds, the same steps for every kind of model.
 
@@ -211,6 +215,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
         modality attribution (0: not computed).
       normalise: Grad-CAM divided by its maximum over the ``'volume'`` or each ``'slice'``.
       compare_layers: further Grad-CAM layers the report offers (``layer_maps``).
+      truth: ``(X, Y, Z)`` uint8 internal classes of the ground truth (canonical), or None: with
+        it, the calibration of the (MC-mean) probabilities and the uncertainty-error AUROC.
       step: hears one line per step.
     Returns:
       the :class:`ExplainMaps` of the case.
@@ -253,10 +259,26 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     else:
         step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
 
+    review = None
+    if uncertainty is not None:
+        review = review_section(uncertainty.whole_tumor_entropy, classes > 0)
+        step(f"slices to review first: {', '.join(str(s['slice']) for s in review.slices[:5]) or 'none'}")
+    calibration = None
+    if truth is not None:
+        source = probabilities if uncertainty is None else uncertainty.mean
+        entropy = None if uncertainty is None else uncertainty.entropy
+        calibration = calibration_section(
+            target.region_probabilities(source), target.region_masks_from_classes(truth),
+            target.region_masks_from_classes(classes), space.brain, target.region_names,
+            entropy,  # sigmoid: one per channel = per region; softmax: one over the classes
+            "single_pass" if uncertainty is None else "mc_mean")
+        step("calibration against the ground truth: ECE (relevant voxels) " + ", ".join(
+            f"{r} {v['ece_relevant']:.3f}" for r, v in calibration.regions.items() if v["ece_relevant"] is not None))
+
     curves = space.faithfulness(probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps,
                                 faithfulness_slices)
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
     return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
                        gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
                        curves=curves, notes={**saliency.notes, **({"gradcam_zero_layers": zero_layers} if zero_layers else {})},
-                       modality=modality, layer_maps=layer_maps)
+                       modality=modality, layer_maps=layer_maps, review=review, calibration=calibration)

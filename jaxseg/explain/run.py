@@ -140,7 +140,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
                         with_dropout=predictor.cfg.model.dropout > 0, faithfulness_steps=settings.faithfulness_steps,
                         faithfulness_slices=settings.faithfulness_slices,
                         modalities=tuple(predictor.modalities), attribution_steps=settings.attribution_steps,
-                        normalise=settings.normalise, compare_layers=compare,
+                        normalise=settings.normalise, compare_layers=compare, truth=truth,
                         step=step)
 
     regions = maps.target.region_names

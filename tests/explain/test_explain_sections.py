@@ -169,3 +169,74 @@ def test_a_layer_whose_gradcam_is_identically_zero_is_one_clear_line():
         compute_maps(ZeroSpace(), target_kind("regions"), layer="enc0", gradcam_target="mean",
                      key=__import__("jax").random.PRNGKey(0), mc_samples=2, with_dropout=True,
                      faithfulness_steps=3, faithfulness_slices=1)
+
+
+def _canonical(path):
+    import nibabel as nib
+    return np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj, np.float64)
+
+
+def _numpy_ece(p, y, n_bins=15):
+    """Binned ECE written out with a loop over bins (the last bin closed at 1)."""
+    p, y = p.ravel(), y.ravel().astype(float)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = (p >= lo) & ((p < hi) if b < n_bins - 1 else (p <= hi))
+        if inside.any():
+            total += inside.sum() * abs(y[inside].mean() - p[inside].mean())
+    return total / p.size
+
+
+def test_slices_to_review_and_calibration_equal_the_library_and_numpy(explained, case):
+    from jaxseg.data import preprocess
+    from jaxseg.explain.calibration import error_detection_auroc
+    from jaxseg.explain.review import slices_to_review
+    from jaxseg.target import target_kind
+    result, summary = explained
+    entropy = _canonical(result.files["mc_entropy"]).astype(np.float32)
+    mean = _canonical(result.files["mc_mean"]).astype(np.float32)
+    seg = _canonical(result.files["segmentation"])
+    assert summary["slices_to_review"] == json.loads(json.dumps(
+        slices_to_review(entropy[..., 0], seg > 0, margin=3, top=10, axis=2)))
+    assert summary["slices_to_review"], "the phantom's tumor has uncertainty around it"
+    html = result.report.read_text()
+    for item in summary["slices_to_review"]:
+        assert f'data-axial-slice="{item["slice"]}"' in html
+
+    image, truth, _ = brats.load_case(brats.case_from_path(case), ("flair", "t1", "t1ce", "t2"))
+    brain = preprocess.brain_mask(image)
+    regions = target_kind("regions")
+    truth_regions = regions.region_masks_from_classes(truth)
+    predicted_regions = regions.region_masks_from_classes(_internal(seg))
+    calibration = summary["calibration"]
+    assert calibration["source"] == "mc_mean"
+    for r, name in enumerate(regions.region_names):
+        p, y = mean[..., r].astype(np.float64), truth_regions[..., r]
+        assert calibration[name]["ece"] == pytest.approx(_numpy_ece(p[brain], y[brain]), abs=2e-6)
+        relevant = ((p > 0.01) | y) & brain
+        assert calibration[name]["ece_relevant"] == pytest.approx(_numpy_ece(p[relevant], y[relevant]), abs=2e-6)
+        assert sum(calibration[name]["bins"]["count"]) == int(brain.sum())
+        auroc = error_detection_auroc(entropy[..., r], predicted_regions[..., r] != y, brain)
+        got = summary["uncertainty_error_auroc"][name]
+        assert (got is None and not np.isfinite(auroc)) or got == pytest.approx(auroc, abs=1e-9)
+    assert 'id="calibration-card"' in html and 'id="reliability-WT"' in html and 'id="review-card"' in html
+
+
+def _internal(labels):
+    """BraTS 2017-2021 labels (0, 1, 2, 4) -> internal classes (0, 1, 2, 3)."""
+    out = labels.astype(np.uint8).copy()
+    out[labels == 4] = 3
+    return out
+
+
+def test_a_slice_to_review_jumps_the_axial_view_there(explained, browser, tmp_path):
+    result, summary = explained
+    browser.open(result.report)
+    assert browser.problems() == []
+    for item in summary["slices_to_review"][:2]:
+        browser.evaluate(f"document.querySelector('button[data-axial-slice=\"{item['slice']}\"]').click()")
+        # The viewer redraws on the next animation frame; the caption bar names the slice shown.
+        browser.wait_for(f"document.getElementById('caption-slice').textContent.trim() === '{item['slice']}'")
+    shot = browser.screenshot(tmp_path / "sections.png")
+    print(f"\nscreenshot of the report with the #17 sections: {shot}")
