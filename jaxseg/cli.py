@@ -185,6 +185,10 @@ def explain(
     target: str = typer.Option("mean", help="Grad-CAM score: mean, predicted, or REGION / predicted:REGION"),
     mc_samples: int = typer.Option(20, help="MC-dropout passes (1: none)"),
     attribution_steps: int = typer.Option(8, help="integrated-gradient steps of the modality attribution (0: skip)"),
+    normalise: str = typer.Option("volume", metavar="volume|slice",
+                                  help="Grad-CAM divided by its maximum over the volume (default) or each slice"),
+    compare_layers: Optional[str] = typer.Option(
+        None, metavar="LAYER,LAYER|none", help="Grad-CAM layers the report also offers (default: bottleneck, dec1, dec0)"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration",
                                      help="apply the model's calibration.json (per-region temperatures), if any"),
@@ -192,10 +196,19 @@ def explain(
     """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
     from jaxseg.explain.run import ExplainSettings, explain as run
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
-                                                        attribution_steps=attribution_steps, seed=seed,
-                                                        calibrated=calibration), say=_say)
+                                                        attribution_steps=attribution_steps, normalise=normalise,
+                                                        compare_layers=_layer_list(compare_layers), seed=seed,
+                                                        calibrated=calibration),
+                 say=_say)
     typer.echo(result.summary["caption"])
     typer.echo(f"report: {result.report}")
+
+
+def _layer_list(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    """``--compare-layers``: None (the default set), ``none`` (no others) or comma-separated names."""
+    if text is None:
+        return None
+    return () if text.strip().lower() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @app.command()

@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from jaxseg.explain.sections import ModalitySection
+from jaxseg.errors import JaxsegError
+from jaxseg.explain.sections import CalibrationSection, ModalitySection, ReviewSection, calibration_section, review_section
 from jaxseg.target import TargetKind
 
 
@@ -87,7 +88,7 @@ class ModelSpace(Protocol):
 
     def to_volume(self, model_map: np.ndarray) -> np.ndarray: ...
     def probabilities(self) -> np.ndarray: ...
-    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency: ...
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str, normalise: str = "volume") -> Saliency: ...
     def model_maps(self) -> dict[str, np.ndarray]: ...
     def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection: ...
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]: ...
@@ -125,7 +126,12 @@ class ExplainMaps:
       brain: ``(X, Y, Z)`` bool.
       layer, gradcam_target: what Grad-CAM explains (a layer name, a
         :func:`~jaxseg.explain.gradcam.parse_target` string).
-      gradcam: ``(X, Y, Z)`` float32 in [0, 1].
+      gradcam: ``(X, Y, Z)`` float32 in [0, 1] (normalised per volume or per slice).
+      layer_maps: Grad-CAM of further layers to compare (``{layer: (X, Y, Z)}``, same target and
+        normalisation; a layer whose map is identically zero is left out and named in
+        ``notes['gradcam_zero_layers']``).
+      review: slices to review first (with MC dropout); calibration: against the ground truth
+        (when the case has one). Both summary sections.
       model_maps: maps the model carries (``att0``..., ``rollout``), ``(X, Y, Z)`` float32 each.
       uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
       curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
@@ -149,6 +155,9 @@ class ExplainMaps:
     curves: Mapping[str, Any] | None
     notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     modality: ModalitySection | None = None
+    layer_maps: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    review: ReviewSection | None = None
+    calibration: CalibrationSection | None = None
 
     @property
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
@@ -174,6 +183,8 @@ class ExplainMaps:
         out = {"Grad-CAM": self.gradcam}
         if truth is not None:  # the map restricted to the annotated tumor
             out["Grad-CAM x GT"] = self.gradcam * (truth > 0)
+        for name, volume in self.layer_maps.items():  # the viewer switches among these layers
+            out[f"Grad-CAM {name}"] = volume
         for name, volume in self.model_maps.items():
             out["Attention rollout" if name == "rollout" else f"Attention gate {name[3:]}"] = volume
         if self.uncertainty is not None:
@@ -187,7 +198,8 @@ class ExplainMaps:
 
 def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
                  mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
-                 modalities: tuple[str, ...] = (), attribution_steps: int = 0,
+                 modalities: tuple[str, ...] = (), attribution_steps: int = 0, normalise: str = "volume",
+                 compare_layers: tuple[str, ...] = (), truth: np.ndarray | None = None,
                  step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
     """Every map of the case ``space`` holds, the same steps for every kind of model.
 
@@ -201,6 +213,10 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
       faithfulness_slices: 2D: the slices with the largest predicted tumor the curves use.
       modalities: the input channels' names; attribution_steps: integrated-gradient steps of the
         modality attribution (0: not computed).
+      normalise: Grad-CAM divided by its maximum over the ``'volume'`` or each ``'slice'``.
+      compare_layers: further Grad-CAM layers the report offers (``layer_maps``).
+      truth: ``(X, Y, Z)`` uint8 internal classes of the ground truth (canonical), or None: with
+        it, the calibration of the (MC-mean) probabilities and the uncertainty-error AUROC.
       step: hears one line per step.
     Returns:
       the :class:`ExplainMaps` of the case.
@@ -210,9 +226,21 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     classes = target.classes_from_output(probabilities) * space.brain
     step(space.segmented_message())
 
-    saliency = space.gradcam(probabilities_model, layer, gradcam_target)
+    saliency = space.gradcam(probabilities_model, layer, gradcam_target, normalise)
+    if not np.any(saliency.model_map > 0):
+        raise JaxsegError(f"--layer {layer}: its Grad-CAM ({gradcam_target}) is identically zero on this case (the "
+                          f"score's gradient does not reach it, or it only lowers the score); choose another layer")
     cam = space.to_volume(saliency.model_map)
     step(space.gradcam_message(layer, gradcam_target))
+    layer_maps, zero_layers = {}, []
+    for other in (name for name in compare_layers if name != layer):
+        other_map = space.gradcam(probabilities_model, other, gradcam_target, normalise).model_map
+        if np.any(other_map > 0):
+            layer_maps[other] = space.to_volume(other_map)
+        else:
+            zero_layers.append(other)
+    if layer_maps:
+        step(f"Grad-CAM of {', '.join(layer_maps)} to compare")
     # Maps the model carries itself: attention-gate coefficients, transformer attention rollout.
     model_maps = {name: space.to_volume(value) for name, value in space.model_maps().items()}
     if model_maps:
@@ -231,9 +259,26 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
     else:
         step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
 
+    review = None
+    if uncertainty is not None:
+        review = review_section(uncertainty.whole_tumor_entropy, classes > 0)
+        step(f"slices to review first: {', '.join(str(s['slice']) for s in review.slices[:5]) or 'none'}")
+    calibration = None
+    if truth is not None:
+        source = probabilities if uncertainty is None else uncertainty.mean
+        entropy = None if uncertainty is None else uncertainty.entropy
+        calibration = calibration_section(
+            target.region_probabilities(source), target.region_masks_from_classes(truth),
+            target.region_masks_from_classes(classes), space.brain, target.region_names,
+            entropy,  # sigmoid: one per channel = per region; softmax: one over the classes
+            "single_pass" if uncertainty is None else "mc_mean")
+        step("calibration against the ground truth: ECE (relevant voxels) " + ", ".join(
+            f"{r} {v['ece_relevant']:.3f}" for r, v in calibration.regions.items() if v["ece_relevant"] is not None))
+
     curves = space.faithfulness(probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps,
                                 faithfulness_slices)
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
     return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
                        gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
-                       curves=curves, notes=dict(saliency.notes), modality=modality)
+                       curves=curves, notes={**saliency.notes, **({"gradcam_zero_layers": zero_layers} if zero_layers else {})},
+                       modality=modality, layer_maps=layer_maps, review=review, calibration=calibration)

@@ -24,6 +24,7 @@ from jaxseg.data import brats, checks, nifti
 from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions as captions_lib
 from jaxseg.explain.gradcam import parse_target
+from jaxseg.explain.layer_quality import NORMALISATIONS
 from jaxseg.explain.maps import ExplainMaps, ModelSpace, compute_maps
 from jaxseg.explain.slices import SliceSpace
 from jaxseg.explain.volume3d import WindowSpace
@@ -46,6 +47,9 @@ class ExplainSettings:
     seed: int = 0
     batch_size: int = 16
     attribution_steps: int = 8  # integrated-gradient steps of the modality attribution (0: skip it)
+    normalise: str = "volume"  # Grad-CAM divided by its maximum over the volume | each slice
+    # Further Grad-CAM layers the report switches among; None: the bottleneck, dec1 and dec0.
+    compare_layers: tuple[str, ...] | None = None
     calibrated: bool = True  # apply the model's calibration.json (per-region temperatures), if any
 
 
@@ -104,6 +108,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--target {settings.target!r}: {e} (e.g. mean, predicted, ET, predicted:TC)") from None
     if settings.mc_samples < 1:
         raise JaxsegError(f"--mc-samples {settings.mc_samples}: must be at least 1 (1 = no MC dropout)")
+    if settings.normalise not in NORMALISATIONS:
+        raise JaxsegError(f"--normalise {settings.normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
     if settings.attribution_steps < 0:
         raise JaxsegError(f"--attribution-steps {settings.attribution_steps}: must be 0 (skip) or more")
     if not path.exists():
@@ -125,12 +131,17 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     names = predictor.model().activation_names
     if layer not in names:
         raise JaxsegError(f"--layer {layer!r}: this model has no such layer (its layers: {', '.join(names)})")
+    compare = _compare_layers(names) if settings.compare_layers is None else tuple(settings.compare_layers)
+    if unknown := [name for name in compare if name not in names]:
+        raise JaxsegError(f"--compare-layers {','.join(unknown)}: this model has no such layer "
+                          f"(its layers: {', '.join(names)})")
     space = SPACES[predictor.sampling.spatial_dims](predictor, image)
     maps = compute_maps(space, target_for(predictor.cfg), layer=layer, gradcam_target=settings.target,
                         key=jax.random.PRNGKey(settings.seed), mc_samples=settings.mc_samples,
                         with_dropout=predictor.cfg.model.dropout > 0, faithfulness_steps=settings.faithfulness_steps,
                         faithfulness_slices=settings.faithfulness_slices,
                         modalities=tuple(predictor.modalities), attribution_steps=settings.attribution_steps,
+                        normalise=settings.normalise, compare_layers=compare, truth=truth,
                         step=step)
 
     regions = maps.target.region_names
@@ -164,6 +175,13 @@ def _default_layer(predictor: Predictor) -> str:
     return "dec0" if "dec0" in names else names[-1]
 
 
+def _compare_layers(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The layers the report offers besides ``--layer``: the bottleneck (the deepest encoder
+    level: coarse, context), dec1 and dec0 (fine, near the output), those the model has."""
+    bottleneck = [name for name in names if name.startswith("enc")][-1:]
+    return tuple(dict.fromkeys(bottleneck + [name for name in ("dec1", "dec0") if name in names]))
+
+
 def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, settings: ExplainSettings
              ) -> dict[str, Any]:
     """The JSON summary (``<case>_explain.json``, the web app's job result), without ``files``."""
@@ -176,7 +194,8 @@ def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, se
         "case": e.case.case_id, "input": str(e.case.folder), "checkpoint": str(Path(run).absolute()),
         "model": {"name": cfg.model.name, "features": list(cfg.model.features), "target": cfg.data.target,
                   "modalities": list(e.modalities), "dropout": cfg.model.dropout},
-        "settings": {**dataclasses.asdict(settings), "layer": maps.layer, "mc_dropout": maps.uncertainty is not None},
+        "settings": {**dataclasses.asdict(settings), "layer": maps.layer, "mc_dropout": maps.uncertainty is not None,
+                     "compare_layers": list(maps.layer_maps)},
         "volumes_ml": volumes, "caption": e.volume_caption.text, "side": e.volume_caption.side,
         "slice_captions": e.slice_captions, "faithfulness_auc": aucs,
         "warnings": e.warnings, **maps.notes,

@@ -15,6 +15,7 @@ import numpy as np
 from jaxseg.data import preprocess
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam_volume
+from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
@@ -60,11 +61,13 @@ class SliceSpace:
         """``(N, S, S, K)`` float32."""
         return self.predictor.slice_probabilities(self.slices)
 
-    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency:
-        """Grad-CAM of every brain slice, each normalised on its own: ``(N, S, S)``."""
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str, normalise: str = "volume") -> Saliency:
+        """Grad-CAM of every brain slice ``(N, S, S)``, divided by its maximum over the volume
+        (``normalise='volume'``: no banding across slices) or over each slice (``'slice'``)."""
         p = self.predictor
-        return Saliency(gradcam_volume(p.graphdef, p.params, p.batch_stats, self.slices, layer, target,
-                                       target_kind=self.target.name, batch_size=p.batch_size))
+        raw = gradcam_volume(p.graphdef, p.params, p.batch_stats, self.slices, layer, target,
+                             target_kind=self.target.name, batch_size=p.batch_size, normalise=False)
+        return Saliency(normalise_map(raw, normalise, axis=0))
 
     def model_maps(self) -> dict[str, np.ndarray]:
         """Attention gates / rollout of every brain slice (empty for a plain U-Net): ``(N, S, S)`` each."""

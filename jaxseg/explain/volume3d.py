@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxseg.data import patches, preprocess
 from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam
+from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.modality import modality_ablation, modality_attribution
 from jaxseg.explain.sections import ModalitySection
@@ -132,14 +133,16 @@ class WindowSpace:
         """``(X', Y', Z', K)`` float32 by sliding windows (the run's ``[infer]`` settings)."""
         return self.predictor.volume_probabilities(self.model_input.values)
 
-    def gradcam(self, probabilities: np.ndarray, layer: str, target: str) -> Saliency:
+    def gradcam(self, probabilities: np.ndarray, layer: str, target: str, normalise: str = "volume") -> Saliency:
         """3D Grad-CAM of the window centred on the predicted tumor in ``probabilities`` (the
-        box's), pasted into zeros of the box."""
+        box's), pasted into zeros of the box; divided by its maximum over the window
+        (``normalise='volume'``) or over each axial slice of it (``'slice'``)."""
         p = self.predictor
         origin = tumor_window_origin(probabilities, self.target.name, self.size)
         window = patches.cut_patch(self.model_input.values, origin, self.size)[None]
         cam_window = np.asarray(gradcam(p.graphdef, p.params, p.batch_stats, window, layer, target,
-                                        target_kind=self.target.name))[0]
+                                        target_kind=self.target.name, normalise=False))[0]
+        cam_window = normalise_map(cam_window, normalise, axis=2)
         start = (np.asarray(self.prepared.box.start) + origin).astype(int).tolist()
         return Saliency(paste_window(cam_window, origin, self.prepared.box.shape), images=window,
                         maps=cam_window[None], notes={"gradcam_window": {"start": start, "size": self.size}})

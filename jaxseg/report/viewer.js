@@ -284,6 +284,14 @@
       opacity.addEventListener('input', sync);
       sync();
     }
+    // "Slices to review first": a button per axial slice (original index) moves the axial view there.
+    for (const button of document.querySelectorAll('button[data-axial-slice]')) {
+      button.addEventListener('click', () => {
+        const k = Math.round((Number(button.dataset.axialSlice) - DATA.offset[2]) / DATA.stride);
+        state.pos[2] = Math.max(0, Math.min(DATA.shape[2] - 1, k));
+        render();
+      });
+    }
     for (const bar of document.querySelectorAll('canvas[data-colormap]')) {
       const lut = colormap(bar.dataset.colormap), ctx = bar.getContext('2d');
       for (let i = 0; i < 256; i++) { ctx.fillStyle = `rgb(${lut[i * 3]},${lut[i * 3 + 1]},${lut[i * 3 + 2]})`; ctx.fillRect(i, 0, 1, bar.height); }

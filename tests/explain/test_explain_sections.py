@@ -106,3 +106,137 @@ def test_mc_samples_below_one_is_one_clear_line(smoke_run, case, tmp_path, sampl
                                        "--mc-samples", str(samples), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 2
     assert res.output.strip().count("\n") == 0 and "--mc-samples" in res.output
+
+
+def test_gradcam_is_normalised_per_volume_by_default_and_per_slice_on_request(explained, space, smoke_run, case,
+                                                                             tmp_path):
+    import nibabel as nib
+    from jaxseg.explain.gradcam import gradcam_volume
+    result, summary = explained
+    p = space.predictor
+    raw = gradcam_volume(p.graphdef, p.params, p.batch_stats, space.slices, "dec0", "mean",
+                         target_kind=space.target.name, batch_size=p.batch_size, normalise=False)
+    assert raw.max() > 0
+    # Per volume: one maximum (numpy, not layer_quality.normalise_map).
+    expected = space.to_volume(raw / raw.max())
+    written = np.asarray(nib.as_closest_canonical(nib.load(result.files["gradcam"])).dataobj)  # RAS, as jaxseg
+    np.testing.assert_allclose(written, expected, atol=1e-5)
+    per_slice = space.gradcam(space.probabilities(), "dec0", "mean", "slice").model_map
+    peaks = raw.reshape(len(raw), -1).max(axis=1)
+    want = np.where(peaks[:, None, None] > 0, raw / np.where(peaks > 0, peaks, 1)[:, None, None], 0)
+    np.testing.assert_allclose(per_slice, want, atol=1e-6)
+    assert summary["settings"]["normalise"] == "volume"
+    # The report switches among the bottleneck, dec1 and the main layer dec0.
+    depth = len(p.cfg.model.features) - 1
+    names = p.model().activation_names
+    expected_layers = [name for name in (f"enc{depth}", "dec1") if name in names]
+    assert expected_layers and summary["settings"]["compare_layers"] == expected_layers
+    html = result.report.read_text()
+    assert all(f"Grad-CAM {name}" in html for name in expected_layers)
+
+
+def test_bad_normalise_and_compare_layers_are_one_line(smoke_run, case, tmp_path):
+    runner = CliRunner()
+    for args, expected in ((["--normalise", "axial"], "--normalise 'axial': must be one of volume, slice"),
+                           (["--compare-layers", "enc0,nope"], "--compare-layers nope: this model has no such layer")):
+        res = runner.invoke(cli.app, ["explain", str(case), "--checkpoint", str(smoke_run), *args,
+                                      "-o", str(tmp_path / "r.html")])
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and expected in errors[0], res.output
+        assert "Traceback" not in res.output
+
+
+def test_a_layer_whose_gradcam_is_identically_zero_is_one_clear_line():
+    from jaxseg.explain.maps import Saliency, compute_maps
+    from jaxseg.target import target_kind
+
+    class ZeroSpace:  # a space whose Grad-CAM is zero everywhere: nothing else may be computed
+        brain = np.ones((4, 4, 2), bool)
+
+        def to_volume(self, m):
+            return np.asarray(m, np.float32)
+
+        def probabilities(self):
+            return np.zeros((4, 4, 2, 3), np.float32)
+
+        def gradcam(self, probabilities, layer, target, normalise="volume"):
+            return Saliency(np.zeros((4, 4, 2), np.float32))
+
+        def segmented_message(self):
+            return "segmented"
+
+    with pytest.raises(JaxsegError, match="--layer enc0: its Grad-CAM \\(mean\\) is identically zero"):
+        compute_maps(ZeroSpace(), target_kind("regions"), layer="enc0", gradcam_target="mean",
+                     key=__import__("jax").random.PRNGKey(0), mc_samples=2, with_dropout=True,
+                     faithfulness_steps=3, faithfulness_slices=1)
+
+
+def _canonical(path):
+    import nibabel as nib
+    return np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj, np.float64)
+
+
+def _numpy_ece(p, y, n_bins=15):
+    """Binned ECE written out with a loop over bins (the last bin closed at 1)."""
+    p, y = p.ravel(), y.ravel().astype(float)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = (p >= lo) & ((p < hi) if b < n_bins - 1 else (p <= hi))
+        if inside.any():
+            total += inside.sum() * abs(y[inside].mean() - p[inside].mean())
+    return total / p.size
+
+
+def test_slices_to_review_and_calibration_equal_the_library_and_numpy(explained, case):
+    from jaxseg.data import preprocess
+    from jaxseg.explain.calibration import error_detection_auroc
+    from jaxseg.explain.review import slices_to_review
+    from jaxseg.target import target_kind
+    result, summary = explained
+    entropy = _canonical(result.files["mc_entropy"]).astype(np.float32)
+    mean = _canonical(result.files["mc_mean"]).astype(np.float32)
+    seg = _canonical(result.files["segmentation"])
+    assert summary["slices_to_review"] == json.loads(json.dumps(
+        slices_to_review(entropy[..., 0], seg > 0, margin=3, top=10, axis=2)))
+    assert summary["slices_to_review"], "the phantom's tumor has uncertainty around it"
+    html = result.report.read_text()
+    for item in summary["slices_to_review"]:
+        assert f'data-axial-slice="{item["slice"]}"' in html
+
+    image, truth, _ = brats.load_case(brats.case_from_path(case), ("flair", "t1", "t1ce", "t2"))
+    brain = preprocess.brain_mask(image)
+    regions = target_kind("regions")
+    truth_regions = regions.region_masks_from_classes(truth)
+    predicted_regions = regions.region_masks_from_classes(_internal(seg))
+    calibration = summary["calibration"]
+    assert calibration["source"] == "mc_mean"
+    for r, name in enumerate(regions.region_names):
+        p, y = mean[..., r].astype(np.float64), truth_regions[..., r]
+        assert calibration[name]["ece"] == pytest.approx(_numpy_ece(p[brain], y[brain]), abs=2e-6)
+        relevant = ((p > 0.01) | y) & brain
+        assert calibration[name]["ece_relevant"] == pytest.approx(_numpy_ece(p[relevant], y[relevant]), abs=2e-6)
+        assert sum(calibration[name]["bins"]["count"]) == int(brain.sum())
+        auroc = error_detection_auroc(entropy[..., r], predicted_regions[..., r] != y, brain)
+        got = summary["uncertainty_error_auroc"][name]
+        assert (got is None and not np.isfinite(auroc)) or got == pytest.approx(auroc, abs=1e-9)
+    assert 'id="calibration-card"' in html and 'id="reliability-WT"' in html and 'id="review-card"' in html
+
+
+def _internal(labels):
+    """BraTS 2017-2021 labels (0, 1, 2, 4) -> internal classes (0, 1, 2, 3)."""
+    out = labels.astype(np.uint8).copy()
+    out[labels == 4] = 3
+    return out
+
+
+def test_a_slice_to_review_jumps_the_axial_view_there(explained, browser, tmp_path):
+    result, summary = explained
+    browser.open(result.report)
+    assert browser.problems() == []
+    for item in summary["slices_to_review"][:2]:
+        browser.evaluate(f"document.querySelector('button[data-axial-slice=\"{item['slice']}\"]').click()")
+        # The viewer redraws on the next animation frame; the caption bar names the slice shown.
+        browser.wait_for(f"document.getElementById('caption-slice').textContent.trim() === '{item['slice']}'")
+    shot = browser.screenshot(tmp_path / "sections.png")
+    print(f"\nscreenshot of the report with the #17 sections: {shot}")
