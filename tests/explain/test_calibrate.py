@@ -156,3 +156,33 @@ def test_cli_calibrate_refuses_a_negative_mc_samples_in_one_line(run_copy):
     result = CliRunner().invoke(app, ["calibrate", "--checkpoint", str(run_copy), "--mc-samples", "-1"])
     assert result.exit_code == 2
     assert "--mc-samples" in result.output and "Traceback" not in result.output
+
+
+def test_mc_dropout_divides_every_pass_by_the_temperature(smoke_run):
+    """mc_dropout(..., temperature=T)'s mean equals the mean over the same keys of
+    sigmoid(logits / T) of the model's own dropout passes."""
+    from flax import nnx
+    from jaxseg.explain.mc_shared import mc_dropout_shared
+    from jaxseg.explain.uncertainty import mc_dropout
+    p = Predictor(smoke_run, calibrated=False)
+    names = target_for(p.cfg).channel_names
+    temperature = np.linspace(0.7, 2.0, len(names)).astype(np.float32)
+    size = p.cfg.data.image_size
+    x = jnp.asarray(np.random.default_rng(4).random((2, size, size, len(p.modalities)), np.float32))
+    key = jax.random.key(7)
+    model = nnx.merge(p.graphdef, p.params, p.batch_stats)
+    passes = [np.asarray(model(x, train=False, dropout_key=k)[0], np.float64) for k in jax.random.split(key, 3)]
+    expected = np.mean([_sigmoid(z / temperature) for z in passes], axis=0)
+    for fn in (mc_dropout, mc_dropout_shared):
+        stats = fn(p.graphdef, p.params, p.batch_stats, x, key, 3, p.cfg.data.target, temperature=temperature)
+        np.testing.assert_allclose(np.asarray(stats["mean"]), expected, atol=1e-5)
+
+
+def test_train_with_train_calibrate_writes_calibration_json(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--config", "demo", "--smoke", "--set", "train.calibrate=true",
+                                      "--workdir", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "run" / model_store.CALIBRATION_FILE).read_text())
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert stored["fitted_on"] == splits["val"] and stored["mc_samples"] == 20
+    assert all(t > 0 for t in stored["temperature"].values())
