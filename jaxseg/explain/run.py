@@ -42,7 +42,7 @@ class ExplainSettings:
     layer: str | None = None  # None: dec0, the last decoder block (sharpest tumor localisation)
     target: str = "mean"  # Grad-CAM score: mean | predicted[:REGION] | REGION (see gradcam.Target)
     mc_samples: int = 20
-    faithfulness_slices: int = 8  # the slices with the largest predicted tumor
+    faithfulness_slices: int = 0  # 0: every slice with predicted tumor; N: the N with the largest tumor
     faithfulness_steps: int = 21
     seed: int = 0
     batch_size: int = 16
@@ -109,6 +109,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--mc-samples {settings.mc_samples}: must be at least 1 (1 = no MC dropout)")
     if settings.normalise not in NORMALISATIONS:
         raise JaxsegError(f"--normalise {settings.normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
+    if settings.faithfulness_slices < 0:
+        raise JaxsegError(f"--faithfulness-slices {settings.faithfulness_slices}: must be 0 (every tumor slice) or more")
     if settings.attribution_steps < 0:
         raise JaxsegError(f"--attribution-steps {settings.attribution_steps}: must be 0 (skip) or more")
     if not path.exists():

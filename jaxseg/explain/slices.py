@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxseg.data import preprocess
-from jaxseg.explain.faithfulness import faithfulness
+from jaxseg.explain.faithfulness_slices import faithfulness_slices
 from jaxseg.explain.gradcam import gradcam_volume
 from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
@@ -98,19 +98,29 @@ class SliceSpace:
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
                      steps: int, slices: int) -> dict[str, Any] | None:
-        """Deletion/insertion on the ``slices`` brain slices with the largest predicted tumor (in
-        canonical ``probabilities``), perturbing by the canonical map ``cam`` brought back to
-        model space; None if no slice has predicted tumor."""
+        """Deletion/insertion on every brain slice with predicted tumor (``slices`` 0), or on the
+        ``slices`` with the largest predicted tumor (in canonical ``probabilities``), each slice
+        against its own random ranking
+        (:func:`~jaxseg.explain.faithfulness_slices.faithfulness_slices`): the mean curves, their
+        AUCs, and on which fraction of those slices the map beats random. Slices are ranked by
+        the map in model space (``saliency.model_map``), the one Grad-CAM computed. None if no
+        slice has predicted tumor."""
         whole_tumor = self.target.whole_tumor_probability(probabilities)
         area = (whole_tumor > 0.5).sum(axis=(0, 1))[self.positions]
-        order = np.argsort(-area, kind="stable")[:slices]
-        order = order[area[order] > 0]
+        order = np.flatnonzero(area > 0)
+        if slices > 0:
+            order = np.argsort(-area, kind="stable")[:slices]
+            order = np.sort(order[area[order] > 0])
         if not len(order):
             return None
-        cam_slices = preprocess.to_slices(cam[..., self.positions[order]], self.prepared.geometry, order=1)
         p = self.predictor
-        return faithfulness(p.graphdef, p.params, p.batch_stats, self.slices[order], cam_slices, key, steps=steps,
-                            channel="WT", target_kind=self.target.name)
+        result = faithfulness_slices(p.graphdef, p.params, p.batch_stats, self.slices[order],
+                                     saliency.model_map[order], key, steps=steps, channel="WT",
+                                     target_kind=self.target.name, batch_size=p.batch_size)
+        if not result["n"]:
+            return None
+        # The tumor slices as axial indices of the canonical grid (restore follows the prepared slices).
+        return {**result, "slices": [int(self.positions[order[i]]) for i in result["slices"]]}
 
     def segmented_message(self) -> str:
         return "segmented"

@@ -240,3 +240,24 @@ def test_a_slice_to_review_jumps_the_axial_view_there(explained, browser, tmp_pa
         browser.wait_for(f"document.getElementById('caption-slice').textContent.trim() === '{item['slice']}'")
     shot = browser.screenshot(tmp_path / "sections.png")
     print(f"\nscreenshot of the report with the #17 sections: {shot}")
+
+
+def test_faithfulness_over_every_tumor_slice_equals_the_library(smoke_run, case, space, tmp_path):
+    import jax
+    from jaxseg.explain.faithfulness_slices import faithfulness_slices
+    settings = ExplainSettings(mc_samples=1, faithfulness_slices=0, faithfulness_steps=5, attribution_steps=0,
+                               compare_layers=())
+    result = explain(case, smoke_run, tmp_path / "out", settings)
+    p = space.predictor
+    cam = space.gradcam(space.probabilities(), "dec0", "mean", "volume").model_map
+    # Every brain slice in: the library picks the tumor slices itself.
+    direct = faithfulness_slices(p.graphdef, p.params, p.batch_stats, space.slices, cam,
+                                 jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), steps=5, channel="WT",
+                                 target_kind=space.target.name, batch_size=p.batch_size)
+    got = result.summary["faithfulness_slices"]
+    assert direct["n"] > 1 and got == {"deletion_beats_random": direct["deletion_beats_random"],
+                                       "insertion_beats_random": direct["insertion_beats_random"], "n": direct["n"]}
+    # The curves of the report are the mean curves over those slices.
+    for name in ("deletion_score", "insertion_score"):
+        assert result.summary["faithfulness_auc"][f"{name}_auc"] == pytest.approx(direct[f"{name}_auc"], abs=1e-4)
+    assert 'id="faithfulness-slices-card"' in result.report.read_text()
