@@ -126,6 +126,9 @@ def train(
         loop.initialize_distributed(coordinator, num_processes, process_id)
     result = loop.train(cfg, workdir, quiet=quiet)
     _say(f"trained {result.steps} steps; best validation Dice {result.best_dice:.4f}; run in {result.workdir}")
+    if cfg.train.calibrate:  # here, not in train/: the Predictor it needs sits above train/
+        from jaxseg.explain.calibrate import calibrate_after_training
+        _say(calibrate_after_training(result.workdir, progress=lambda case: _say(f"calibrating on {case}")))
 
 
 @app.command()
@@ -135,13 +138,16 @@ def predict(
                                           "(.mat, .png, .tif files or folders)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="NAME|demo|PATH", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="seg.nii.gz for one case, or a folder"),
-    probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_prob.nii.gz"),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="also write <name>_prob.nii.gz (float32, one channel per region)"),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="apply the model's calibration.json (per-region temperatures), if any"),
     batch_size: int = typer.Option(16, help="slices per forward pass"),
     min_component_ml: float = typer.Option(0.0, min=0.0, help="remove tumor components smaller than this (mL)"),
 ) -> None:
     """Segment volumes; write labels in each input's own geometry and label convention."""
     from jaxseg.infer.predict import predict as run
-    for p in run(path, checkpoint, out, probabilities=probabilities, batch_size=batch_size,
+    for p in run(path, checkpoint, out, probabilities=probabilities, calibrated=calibration, batch_size=batch_size,
                  min_component_ml=min_component_ml,
                  progress=lambda case: _say(f"predicting {case}"), say=_say):
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in p.volumes_ml.items())
@@ -163,7 +169,9 @@ def evaluate(
     summary = evaluate_folders(pred, ref, out, figures=figures)
     Console().print(summary.render())
     _say(f"per-case results in {summary.per_case_csv}, summary in {summary.summary_csv}"
-         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else ""))
+         + (f", figures in {out / 'gallery.png'} and {out / 'panels'}" if figures and (out / "gallery.png").exists() else "")
+         + (f"; calibration of the probability maps in {out / 'calibration.json'}"
+            if any(r["metric"].startswith("ece_") for r in summary.summary) else ""))
 
 
 @app.command()
@@ -184,13 +192,16 @@ def explain(
     faithfulness_slices: int = typer.Option(
         0, help="deletion/insertion on every tumor slice (0) or on the N with the largest tumor"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="apply the model's calibration.json (per-region temperatures), if any"),
 ) -> None:
     """Segmentation, Grad-CAM, MC-dropout uncertainty, faithfulness curves and captions in one report."""
     from jaxseg.explain.run import ExplainSettings, explain as run
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
                                                         attribution_steps=attribution_steps, normalise=normalise,
                                                         compare_layers=_layer_list(compare_layers),
-                                                        faithfulness_slices=faithfulness_slices, seed=seed),
+                                                        faithfulness_slices=faithfulness_slices, seed=seed,
+                                                        calibrated=calibration),
                  say=_say)
     typer.echo(result.summary["caption"])
     typer.echo(f"report: {result.report}")
@@ -201,6 +212,33 @@ def _layer_list(text: Optional[str]) -> Optional[tuple[str, ...]]:
     if text is None:
         return None
     return () if text.strip().lower() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+@app.command()
+@_user_errors
+def calibrate(
+    checkpoint: str = typer.Option(..., "--checkpoint", metavar="NAME|demo|PATH", help=CHECKPOINT_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset folder holding the run's validation cases "
+                                                             "(default: the config's data.root)"),
+    cases: List[Path] = typer.Option([], "--cases", help="labelled case folders to fit on instead (repeatable)"),
+    mc_samples: int = typer.Option(20, "--mc-samples", help="MC-dropout passes; 0 = the plain prediction"),
+    seed: int = typer.Option(0, help="the key of MC dropout"),
+) -> None:
+    """Fit one temperature per region on labelled cases; write calibration.json into the run or model folder."""
+    from jaxseg.explain.calibrate import calibrate as run
+    from jaxseg.model_store import find_run, resolve_checkpoint
+    folder = find_run(resolve_checkpoint(checkpoint))
+    result = run(folder, data=data, cases=cases, mc_samples=mc_samples, seed=seed,
+                 progress=lambda case: _say(f"passes over {case}"))
+    for region, t in result["temperature"].items():
+        before, after = result["ece_before"][region], result["ece_after"][region]
+        typer.echo(f"{region}: T = {t:.3f}; relevant-voxel ECE {_ece(before['relevant'])} -> "
+                   f"{_ece(after['relevant'])}, all-brain {_ece(before['all_brain'])} -> {_ece(after['all_brain'])}")
+    typer.echo(f"calibration.json written into {folder} (fitted on {len(result['fitted_on'])} cases, in-sample ECE)")
+
+
+def _ece(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @app.command()

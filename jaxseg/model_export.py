@@ -19,8 +19,8 @@ from jaxseg import config as config_lib
 from jaxseg import home
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
-from jaxseg.model_store import (CARD_FILE, CONFIG_FILE, DEMO_NAME, FLOAT16_TOLERANCE, STORAGE_DTYPES,
-                                WEIGHTS_FILE, find_run, is_model_folder, write_weights)
+from jaxseg.model_store import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, DEMO_NAME, FLOAT16_TOLERANCE, STORAGE_DTYPES,
+                                WEIGHTS_FILE, find_run, is_model_folder, read_calibration, write_weights)
 from jaxseg.target import target_for
 
 # The check input when none is given: one synthetic case (jaxseg.data.phantom) of this size;
@@ -133,6 +133,13 @@ def read_card_file(path: str | Path) -> dict[str, Any]:
     return card
 
 
+def calibration_card(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``calibration`` section from a calibration.json: temperatures, what they were
+    fitted on, the in-sample ECE before and after."""
+    keys = ("temperature", "fitted_on", "mc_samples", "ece_before", "ece_after")
+    return {"file": CALIBRATION_FILE, **{k: calibration[k] for k in keys if k in calibration}}
+
+
 def card_summary(card: dict[str, Any]) -> list[str]:
     """A few lines of a model card for `jaxseg models`."""
     lines = []
@@ -156,6 +163,10 @@ def card_summary(card: dict[str, Any]) -> list[str]:
         lines.append(text)
     if card.get("parameters"):
         lines.append(f"{card['parameters']:,} parameters")
+    temperature = card.get("calibration", {}).get("temperature")
+    if temperature:
+        lines.append("calibrated: temperature " + ", ".join(f"{k} {v:.2f}" for k, v in temperature.items())
+                     + " (calibration.json; --no-calibration turns it off)")
     for key in ("limits", "license", "citation"):
         if card.get(key):
             value = card[key]
@@ -168,11 +179,13 @@ def render_models(entries: Any, console: Any) -> None:
     each model card's summary."""
     from rich.table import Table
     table = Table(title="models (--checkpoint NAME, or the path)")
-    for column in ("name", "source", "inputs", "target", "architecture", "provenance", "path"):
+    for column in ("name", "source", "inputs", "target", "architecture", "calibrated", "provenance", "path"):
         table.add_column(column, overflow="fold")
     for e in entries:
         target = f"{e.target}: {'/'.join(e.regions)}"
-        table.add_row(e.name, e.source, ", ".join(e.modalities), target, e.architecture, e.provenance, str(e.path))
+        calibrated = "yes" if (Path(e.path) / CALIBRATION_FILE).is_file() else "no"
+        table.add_row(e.name, e.source, ", ".join(e.modalities), target, e.architecture, calibrated, e.provenance,
+                      str(e.path))
     console.print(table)
     for e in entries:
         if e.card:
@@ -187,7 +200,8 @@ def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "f
                  card: dict[str, Any] | None = None, check_input: str | Path | None = None,
                  say: Callable[[str], None] = lambda m: None) -> Path:
     """Write ``run``'s model (its best checkpoint, else the newest; or another model folder) as a
-    model folder ``out``: config.toml, model.safetensors (floats as ``dtype``) and card.json.
+    model folder ``out``: config.toml, model.safetensors (floats as ``dtype``), card.json, and the
+    run's calibration.json if it has one (the card then has a ``calibration`` section).
 
     The card is filled in from the run (architecture, inputs, target, parameter count,
     provenance from config.toml, splits.json and the best validation record) and then updated
@@ -217,6 +231,9 @@ def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "f
         source = Predictor(run)
         cfg = dataclasses.replace(source.cfg, model=dataclasses.replace(source.cfg.model, pretrained=""))
         write_text(tmp / CONFIG_FILE, config_lib.dumps(cfg))
+        calibration = read_calibration(run)
+        if calibration is not None:  # before the float16 check: both sides then apply it
+            write_text(tmp / CALIBRATION_FILE, json.dumps(calibration, indent=2) + "\n")
         size = write_weights(tmp / WEIGHTS_FILE, source.params, source.batch_stats, dtype)
         difference, checked_on = None, None
         if dtype == "float16":
@@ -227,6 +244,8 @@ def export_model(run: str | Path, out: str | Path, *, name: str, dtype: str = "f
                                   f"{checked_on} (tolerance {FLOAT16_TOLERANCE:g}); export with --dtype float32")
         full = build_card(run, source, name=name, dtype=dtype, size_bytes=size, difference=difference,
                           checked_on=checked_on, overrides=card or {})
+        if calibration is not None:
+            full["calibration"] = {**calibration_card(calibration), **full.get("calibration", {})}
         write_text(tmp / CARD_FILE, json.dumps(full, indent=2) + "\n")
         _replace_folder(tmp, out)
     finally:

@@ -38,6 +38,7 @@ from jaxseg.target import target_for
 CONFIG_FILE = "config.toml"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
+CALIBRATION_FILE = "calibration.json"  # per-region temperatures (jaxseg calibrate, docs/calibration.md)
 FORMAT = "jaxseg-model-1"  # safetensors metadata "format": what wrote the file
 
 # Bundled model folders; tests point this at a temporary folder.
@@ -178,6 +179,35 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     if not isinstance(card, dict):
         raise JaxsegError(f"{path}: a model card must be a JSON object")
     return card
+
+
+def read_calibration(folder: str | Path) -> dict[str, Any] | None:
+    """A run or model folder's calibration.json (``{"temperature": {channel: T}, ...}``), or None."""
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        calibration = json.loads(path.read_text())
+        temperature = calibration["temperature"]
+        if not all(float(t) > 0 for t in temperature.values()):
+            raise ValueError("every temperature must be positive")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise JaxsegError(f"{path}: not a readable calibration file ({e})") from None
+    return calibration
+
+
+def calibration_temperatures(folder: str | Path, channel_names: Sequence[str]) -> np.ndarray | None:
+    """``(K,)`` float32 temperatures of a folder's calibration.json in ``channel_names`` order, or
+    None without one. Raises JaxsegError when it does not name every channel."""
+    calibration = read_calibration(folder)
+    if calibration is None:
+        return None
+    temperature = calibration["temperature"]
+    missing = [name for name in channel_names if name not in temperature]
+    if missing:
+        raise JaxsegError(f"{Path(folder) / CALIBRATION_FILE}: no temperature for {', '.join(missing)} "
+                          f"(the model has {', '.join(channel_names)})")
+    return np.asarray([float(temperature[name]) for name in channel_names], np.float32)
 
 
 # --- finding ---------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ class TrainConfig:
     save_every_steps: NonNegativeInt = 0  # also checkpoint every N steps; 0 = only at the end of each epoch
     keep_checkpoints: PositiveInt = 2
     val_every_epochs: PositiveInt = 1
+    # After the last epoch, fit one temperature per region on the validation cases and write
+    # <run>/calibration.json, which predict/explain/serve then apply (docs/calibration.md).
+    calibrate: Bool = False
     # Minutes of wall-clock time: epochs and the schedule are fitted to them (jaxseg/train/budget.py),
     # train.epochs is then ignored; 0 = no budget.
     budget_minutes: Annotated[Float, check(lambda m: m == 0 or (m > 0 and math.isfinite(m)),

@@ -188,6 +188,26 @@ def read_volume(path: str | Path, *, check_finite: bool = True) -> tuple[np.ndar
     return np.ascontiguousarray(arr), props
 
 
+def read_channels(path: str | Path) -> tuple[np.ndarray, VolumeProperties]:
+    """Read a map with channels (``jaxseg predict --probabilities``' ``<name>_prob.nii.gz``) in RAS order.
+
+    Returns:
+      ``(X, Y, Z, K)`` float32 (a 3D file gives K = 1), the channels trailing, and the properties
+      of its first three axes. Raises if it is not 3D or 4D or holds a NaN or Inf.
+    """
+    img, path = _load(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise file_error(path, f"unreadable voxel data ({_reason(exc, path)})") from None
+    data = data[..., None] if data.ndim == 3 else data
+    if data.ndim != 4:
+        raise file_error(path, f"is {data.ndim}D (shape {tuple(data.shape)}); expected (X, Y, Z, channels)")
+    _check_finite(data, path)
+    props = _properties(img, path, data.shape[:3])
+    return np.ascontiguousarray(to_canonical(data.astype(np.float32, copy=False), props)), props
+
+
 def read_label_volume(path: str | Path) -> tuple[np.ndarray, VolumeProperties]:
     """Read a label map in RAS order.
 

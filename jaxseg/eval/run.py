@@ -6,6 +6,11 @@ One entry, :func:`evaluate_folders`, for both kinds of prediction folder:
   (WT, TC, ET) Dice, IoU, precision, recall, HD95, BraTS 2023 lesion-wise Dice and HD95 and the
   predicted and reference volumes into ``per_case.csv``, their mean, std and median into
   ``summary.csv``; with ``figures``, ``gallery.png`` and ``panels/<case>.png`` (docs/figures.md).
+  Where ``jaxseg predict --probabilities`` left ``<name>_prob.nii.gz`` beside a label map, also
+  the calibration of the probabilities (:mod:`jaxseg.eval.calibration`): per region the ECE over
+  all brain voxels and over the relevant ones (``ece_all_brain``, ``ece_relevant`` rows in
+  ``summary.csv``), ``calibration.json`` (pooled reliability bins, per-case ECEs) and
+  ``reliability.png``.
 - **2D slices** (PNG masks of a figshare or image folder, :func:`evaluate_slices`): per slice,
   per patient and pooled over the dataset into ``per_slice.csv``, ``per_patient.csv`` and
   ``summary.csv`` (no figures).
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxseg.data import nifti
+from jaxseg.errors import JaxsegError
 from jaxseg.eval import pairs, tables, volumes
+from jaxseg.eval.calibration import CalibrationScorer, probability_path
 from jaxseg.eval.slices import SliceScorer
 
 
@@ -56,13 +64,18 @@ def evaluate_volumes(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | P
     """
     found = pairs.find_volume_pairs(pred_dir, ref_dir)
     per_case: list[dict] = []
+    calibration = CalibrationScorer()
     for case, pred_path, ref_path in found:
         pair = pairs.read_volume_pair(case, pred_path, ref_path)
         per_case += volumes.score_classes(pair.prediction, pair.reference, pair.spacing, case,
                                           dilation_iterations=dilation_iterations,
                                           min_lesion_voxels=min_lesion_voxels)
-    summary = tables.summarize_regions(per_case)
+        if (prob_path := probability_path(pred_path)) is not None:
+            _add_calibration(calibration, case, prob_path, pair, ref_path)
+    summary = tables.summarize_regions(per_case) + calibration.summary_rows()
     out_dir = Path(out_dir)
+    if calibration.per_case:
+        calibration.write(out_dir, figure=figures)
     per_case_csv = tables.write_csv(out_dir / "per_case.csv", tables.PER_CASE_COLUMNS, per_case)
     summary_csv = tables.write_csv(out_dir / "summary.csv", tables.VOLUME_SUMMARY_COLUMNS, summary)
     if figures:
@@ -77,6 +90,16 @@ def evaluate_volumes(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | P
         drawing.write_gallery()
     return tables.Summary(per_case=per_case, summary=summary, per_case_csv=per_case_csv, summary_csv=summary_csv,
                           cases=tuple(case for case, _, _ in found))
+
+
+def _add_calibration(scorer: CalibrationScorer, case: str, prob_path: Path, pair: pairs.VolumePair,
+                     ref_path: Path) -> None:
+    """Score one case's probability map; the brain is its image nonzero (every voxel without one)."""
+    probs, props = nifti.read_channels(prob_path)
+    if problem := nifti.geometry_mismatch(props, pair.properties):
+        raise JaxsegError(problem)
+    image, _ = pairs.read_background(ref_path, pair.properties)
+    scorer.add(case, probs, pair.reference, None if image is None else image != 0, prob_path)
 
 
 def evaluate_slices(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path,

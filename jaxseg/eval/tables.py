@@ -101,6 +101,11 @@ class Summary:
         for metric in METRICS:
             cells = [f"{self.stat(r, metric):.3f} ± {self.stat(r, metric, 'std'):.3f}" for r in REGIONS]
             table.add_row(metric, *cells)
+        for metric in ("ece_all_brain", "ece_relevant"):  # with probability maps (jaxseg.eval.calibration)
+            by_region = {r["region"]: r for r in self.summary if r["metric"] == metric}
+            if by_region:
+                table.add_row(metric, *(f"{by_region[r]['mean']:.3f} ± {by_region[r]['std']:.3f}" if r in by_region
+                                        else "" for r in REGIONS))
         return table
 
 

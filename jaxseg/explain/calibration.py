@@ -24,35 +24,46 @@ import numpy as np
 
 
 def reliability_bins(probs: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
-                     n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Per-bin ``count`` (int64), ``confidence`` and ``accuracy`` (float64; NaN for empty bins).
+                     n_bins: int = 15, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-bin ``count`` (int64; with ``weights`` the float64 sum of weights), ``confidence`` and
+    ``accuracy`` (float64; NaN for empty bins).
 
     Args:
       probs: predicted probabilities of one event, any shape, values in [0, 1].
       truth: the outcomes, same shape, bool or {0, 1}.
       mask: optional bool selection of the voxels to score, same shape.
       n_bins: number of equal-width bins over [0, 1].
+      weights: optional per-voxel weights, same shape (a voxel sampled at rate r weighs 1/r, so
+        a subsample gives the statistics of the whole).
     """
     probs = np.asarray(probs, np.float64)
     truth = np.asarray(truth).astype(bool)
     if probs.shape != truth.shape:
         raise ValueError(f"probabilities {probs.shape} and outcomes {truth.shape} differ in shape")
+    w = None if weights is None else np.broadcast_to(np.asarray(weights, np.float64), probs.shape)
     if mask is not None:
         probs, truth = probs[mask], truth[mask]
+        w = None if w is None else w[mask]
     probs, truth = probs.ravel(), truth.ravel()
     index = np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
-    count = np.bincount(index, minlength=n_bins)
-    total_p = np.bincount(index, weights=probs, minlength=n_bins)
-    total_y = np.bincount(index, weights=truth.astype(np.float64), minlength=n_bins)
+    if w is None:
+        count = np.bincount(index, minlength=n_bins)
+        total_p = np.bincount(index, weights=probs, minlength=n_bins)
+        total_y = np.bincount(index, weights=truth.astype(np.float64), minlength=n_bins)
+    else:
+        w = w.ravel()
+        count = np.bincount(index, weights=w, minlength=n_bins)
+        total_p = np.bincount(index, weights=probs * w, minlength=n_bins)
+        total_y = np.bincount(index, weights=truth * w, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"count": count, "confidence": total_p / count, "accuracy": total_y / count}
 
 
 def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
-                               n_bins: int = 15) -> float:
-    """The binned ECE (module docstring) of ``probs`` against ``truth`` on ``mask``; NaN when the
-    mask selects no voxel."""
-    bins = reliability_bins(probs, truth, mask, n_bins)
+                               n_bins: int = 15, weights: np.ndarray | None = None) -> float:
+    """The binned ECE (module docstring) of ``probs`` against ``truth`` on ``mask`` (``weights``
+    as :func:`reliability_bins`); NaN when the mask selects no voxel."""
+    bins = reliability_bins(probs, truth, mask, n_bins, weights)
     count = bins["count"]
     if count.sum() == 0:
         return float("nan")
@@ -94,7 +105,7 @@ def _log_mean_exp(log_values: np.ndarray, axis: int) -> np.ndarray:
 
 
 def temperature_nll(temperature: float, logits: np.ndarray, truth: np.ndarray, activation: str = "sigmoid",
-                    samples: bool = False) -> float:
+                    samples: bool = False, weights: np.ndarray | None = None) -> float:
     """Mean negative log-likelihood (nats per voxel) of ``truth`` under ``logits / temperature``.
 
     Args:
@@ -103,6 +114,7 @@ def temperature_nll(temperature: float, logits: np.ndarray, truth: np.ndarray, a
       truth: sigmoid: ``(N,)`` bool; softmax: ``(N,)`` int class labels.
       samples: the first axis of ``logits`` holds MC passes; the likelihood is that of the
         MC-mean probability ``mean_s p_s``.
+      weights: optional ``(N,)`` voxel weights (a weighted mean; see :func:`reliability_bins`).
     """
     z = np.asarray(logits, np.float64) / float(temperature)
     if activation == "sigmoid":
@@ -110,7 +122,7 @@ def temperature_nll(temperature: float, logits: np.ndarray, truth: np.ndarray, a
         log_p, log_q = _log_sigmoid(z), _log_sigmoid(-z)
         if samples:
             log_p, log_q = _log_mean_exp(log_p, 0), _log_mean_exp(log_q, 0)
-        return float(-np.where(y, log_p, log_q).mean())
+        return float(-np.average(np.where(y, log_p, log_q), weights=weights))
     if activation != "softmax":
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     labels = np.asarray(truth).astype(np.int64)
@@ -121,22 +133,31 @@ def temperature_nll(temperature: float, logits: np.ndarray, truth: np.ndarray, a
     log_true = np.take_along_axis(log_probs, index, axis=-1)[..., 0]
     if samples:
         log_true = _log_mean_exp(log_true, 0)
-    return float(-log_true.mean())
+    return float(-np.average(log_true, weights=weights))
 
 
 def fit_temperature(logits: np.ndarray, truth: np.ndarray, activation: str = "sigmoid", *,
                     samples: bool = False, bounds: tuple[float, float] = TEMPERATURE_RANGE,
-                    tolerance: float = 1e-5) -> float:
+                    tolerance: float = 1e-5, weights: np.ndarray | None = None) -> float:
     """The temperature in ``bounds`` minimising :func:`temperature_nll` (golden section on log T,
     to ``tolerance`` in log T). Arguments as :func:`temperature_nll`; voxels already selected
     (flattened). Returns 1.0 when there are no voxels."""
     if np.size(truth) == 0:
         return 1.0
+    return minimise_over_log_temperature(
+        lambda t: temperature_nll(t, logits, truth, activation, samples, weights), bounds, tolerance)
+
+
+def minimise_over_log_temperature(objective, bounds: tuple[float, float] = TEMPERATURE_RANGE,
+                                  tolerance: float = 1e-5) -> float:
+    """The T in ``bounds`` minimising ``objective(T) -> float`` (unimodal in log T, as the NLL of
+    :func:`temperature_nll`), by golden section on log T to ``tolerance``; for callers with
+    their own (e.g. jitted) NLL."""
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
 
     def f(u: float) -> float:
-        return temperature_nll(np.exp(u), logits, truth, activation, samples)
+        return float(objective(float(np.exp(u))))
 
     a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = f(a), f(b)
@@ -153,14 +174,16 @@ def fit_temperature(logits: np.ndarray, truth: np.ndarray, activation: str = "si
 
 
 def fit_region_temperatures(logits: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
-                            samples: bool = False, bounds: tuple[float, float] = TEMPERATURE_RANGE
-                            ) -> np.ndarray:
+                            samples: bool = False, bounds: tuple[float, float] = TEMPERATURE_RANGE,
+                            tolerance: float = 1e-5, weights: np.ndarray | None = None) -> np.ndarray:
     """One temperature per sigmoid channel (region), fitted independently.
 
     Args:
       logits: ``(..., K)`` float (``(S, ..., K)`` with ``samples``), e.g. a validation volume's.
       truth: ``(..., K)`` bool region masks.
       mask: ``(...)`` bool voxels to fit on (the brain, say); None = all.
+      tolerance: in log T (:func:`fit_temperature`).
+      weights: optional ``(...)`` voxel weights (:func:`reliability_bins`).
     Returns:
       ``(K,)`` float64 temperatures (for :func:`apply_temperature`).
     """
@@ -170,10 +193,12 @@ def fit_region_temperatures(logits: np.ndarray, truth: np.ndarray, mask: np.ndar
     if truth.shape != lead:
         raise ValueError(f"region masks {truth.shape} and logits {lead} differ in shape")
     select = np.ones(lead[:-1], bool) if mask is None else np.asarray(mask, bool)
+    w = None if weights is None else np.broadcast_to(np.asarray(weights, np.float64), lead[:-1])[select]
     temperatures = []
     for k in range(lead[-1]):
         z = logits[..., k][:, select] if samples else logits[..., k][select]
-        temperatures.append(fit_temperature(z, truth[..., k][select], "sigmoid", samples=samples, bounds=bounds))
+        temperatures.append(fit_temperature(z, truth[..., k][select], "sigmoid", samples=samples, bounds=bounds,
+                                            tolerance=tolerance, weights=w))
     return np.asarray(temperatures)
 
 

@@ -28,7 +28,7 @@ from jaxseg.target import TargetKind
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "target_kind", "chunk"))
-def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples, target_kind, chunk):
+def _mc_dropout_shared(graphdef, params, batch_stats, images, key, temperature=None, *, n_samples, target_kind, chunk):
     softmax = target_kind.activation == "softmax"  # one categorical variable, not K Bernoulli ones
     model = nnx.merge(graphdef, params, batch_stats)
     split = hasattr(model, "encode") and hasattr(model, "decode")
@@ -39,6 +39,8 @@ def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples,
         module = nnx.merge(graphdef, params, batch_stats)
         logits = (module.decode(features, train=False, dropout_key=k)[0] if split
                   else module(images, train=False, dropout_key=k)[0]).astype(jnp.float32)
+        if temperature is not None:  # a calibration (docs/calibration.md): logits / T, T per channel
+            logits = logits / jnp.reshape(temperature, (1,) * (logits.ndim - 1) + (-1,))
         return target_kind.probabilities(logits)
 
     keys = jax.random.split(key, n_samples)
@@ -48,7 +50,7 @@ def _mc_dropout_shared(graphdef, params, batch_stats, images, key, *, n_samples,
 
 def mc_dropout_shared(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
                       key: jax.Array, n_samples: int = 20, target_kind: str | TargetKind | None = None,
-                      chunk: int | None = None) -> dict[str, jax.Array]:
+                      chunk: int | None = None, temperature: Any = None) -> dict[str, jax.Array]:
     """Monte-Carlo dropout statistics of a batch, the encoder run once.
 
     Arguments and returns as :func:`jaxseg.explain.uncertainty.mc_dropout` (same keys, same
@@ -63,5 +65,6 @@ def mc_dropout_shared(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     images = jnp.asarray(images, jnp.float32)
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     chunk = None if chunk is None or chunk >= n_samples else int(chunk)
-    return _mc_dropout_shared(graphdef, params, batch_stats, images, key, n_samples=int(n_samples),
+    temperature = None if temperature is None else jnp.asarray(temperature, jnp.float32)
+    return _mc_dropout_shared(graphdef, params, batch_stats, images, key, temperature, n_samples=int(n_samples),
                               target_kind=kind, chunk=chunk)

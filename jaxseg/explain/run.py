@@ -50,6 +50,7 @@ class ExplainSettings:
     normalise: str = "volume"  # Grad-CAM divided by its maximum over the volume | each slice
     # Further Grad-CAM layers the report switches among; None: the bottleneck, dec1 and dec0.
     compare_layers: tuple[str, ...] | None = None
+    calibrated: bool = True  # apply the model's calibration.json (per-region temperatures), if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     # None: the bundled model whose modalities this case has; "demo", a bundled name, or a path.
     run = resolve_checkpoint(checkpoint, modalities=case.images, input_name=str(path), say=say)
     if predictor is None:
-        predictor = Predictor(run, settings.batch_size)
+        predictor = Predictor(run, settings.batch_size, calibrated=settings.calibrated)
     image, truth, props = brats.load_case(case, predictor.modalities)
     # Refuses a spacing far from 1 mm; warns (stderr, the summary, the report) if not skull-stripped.
     input_warnings = checks.check_model_input(

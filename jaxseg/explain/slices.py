@@ -93,7 +93,7 @@ class SliceSpace:
         p = self.predictor
         return map_chunks(lambda i, padded: mc_dropout(p.graphdef, p.params, p.batch_stats, padded,
                                                        jax.random.fold_in(key, i), samples, self.target.name,
-                                                       chunk=MC_SLICE_CHUNK),
+                                                       chunk=MC_SLICE_CHUNK, temperature=p.temperature),
                           self.slices, batch_size=p.batch_size, empty={})
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,

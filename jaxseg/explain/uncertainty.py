@@ -44,13 +44,16 @@ def categorical_entropy(p: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "target_kind", "chunk"))
-def _mc_dropout(graphdef, params, batch_stats, images, key, *, n_samples, target_kind, chunk):
+def _mc_dropout(graphdef, params, batch_stats, images, key, temperature=None, *, n_samples, target_kind, chunk):
     # Softmax outputs are one categorical variable; sigmoid outputs independent Bernoulli ones.
     softmax = target_kind.activation == "softmax"
 
     def sample(k):
         logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False, dropout_key=k)
-        return target_kind.probabilities(logits.astype(jnp.float32))
+        logits = logits.astype(jnp.float32)
+        if temperature is not None:  # a calibration (docs/calibration.md): logits / T, T per channel
+            logits = logits / jnp.reshape(temperature, (1,) * (logits.ndim - 1) + (-1,))
+        return target_kind.probabilities(logits)
 
     keys = jax.random.split(key, n_samples)
     # The stacked probabilities (N, B, *spatial, K) are small next to the activations of N
@@ -81,7 +84,7 @@ def sample_statistics(probs: jax.Array, softmax: bool) -> dict[str, jax.Array]:
 
 def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,
                key: jax.Array, n_samples: int = 20, target_kind: str | TargetKind | None = None,
-               chunk: int | None = None) -> dict[str, jax.Array]:
+               chunk: int | None = None, temperature: Any = None) -> dict[str, jax.Array]:
     """Monte-Carlo dropout statistics of a batch.
 
     Args:
@@ -93,6 +96,8 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
         decides); None infers it from the number of logit channels (1, 3, 4).
       chunk: run at most this many passes at once (``jax.lax.map``); None = all N in one vmap.
         The result does not depend on it beyond float rounding.
+      temperature: ``(K,)`` (or scalar) per-channel temperatures each pass divides its logits by
+        before the activation (``Predictor.temperature``, docs/calibration.md); None = 1.
     Returns:
       ``{'mean', 'variance'}`` ``(B, *spatial, K)`` float32 and ``{'entropy',
       'mutual_information'}`` ``(B, *spatial, K)`` for sigmoid targets, ``(B, *spatial)`` for
@@ -105,5 +110,6 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
     images = jnp.asarray(images, jnp.float32)
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     chunk = None if chunk is None or chunk >= n_samples else int(chunk)
-    return _mc_dropout(graphdef, params, batch_stats, images, key, n_samples=int(n_samples),
+    temperature = None if temperature is None else jnp.asarray(temperature, jnp.float32)
+    return _mc_dropout(graphdef, params, batch_stats, images, key, temperature, n_samples=int(n_samples),
                        target_kind=kind, chunk=chunk)

@@ -87,7 +87,7 @@ def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array,
     def forward(windows: np.ndarray, batch_number: int) -> jax.Array:
         stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats,
                            jax.device_put(windows, sharding), jax.random.fold_in(key, batch_number),
-                           n_samples, target.name, chunk=MC_CHUNK)
+                           n_samples, target.name, chunk=MC_CHUNK, temperature=predictor.temperature)
         per_class = [stats[k] if stats[k].ndim == 5 else stats[k][..., None]
                      for k in ("mean", "variance", "entropy", "mutual_information")]
         return jnp.concatenate(per_class, axis=-1)

@@ -26,7 +26,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.infer import chunks, predict2d, sliding_window
 from jaxseg.infer.prediction import Prediction
 from jaxseg.models import registry
-from jaxseg.model_store import resolve_checkpoint
+from jaxseg.model_store import calibration_temperatures, resolve_checkpoint
 from jaxseg import target as target_lib
 from jaxseg.target import TargetKind, target_for
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
@@ -41,9 +41,13 @@ class Predictor:
     ``precision``: the compute dtype, ``"float32"`` or ``"bfloat16"``; default the run's
     ``train.precision`` (a run trained in bfloat16 predicts in bfloat16). The checkpoint's
     parameters are float32 either way; ``self.precision`` says which one the graphdef computes in.
+    ``temperature``: ``(K,)`` float32 per-channel temperatures of the folder's calibration.json
+    (docs/calibration.md), applied as logits / T before the activation; None without one or
+    with ``calibrated=False``.
     """
 
-    def __init__(self, checkpoint: str | Path, batch_size: int = 16, precision: str | None = None):
+    def __init__(self, checkpoint: str | Path, batch_size: int = 16, precision: str | None = None,
+                 calibrated: bool = True):
         self.run = find_run(checkpoint)
         self.cfg: Config = load_run_config(self.run)
         self.target_kind: TargetKind = target_for(self.cfg)
@@ -60,6 +64,8 @@ class Predictor:
         self.volumetric = self.sampling.spatial_dims == 3
         # slices: 4 flips of (H, W); windows: 8 flips of (X, Y, Z)
         self.flip_axes = tuple(self.sampling.flip_axes) if self.cfg.infer.tta_flips else ()
+        self.temperature = (calibration_temperatures(self.run, self.target_kind.channel_names)
+                            if calibrated else None)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
@@ -69,7 +75,8 @@ class Predictor:
         the run's test-time flips; compiled once per model structure and shape (shared by every
         Predictor of the same model: :func:`probabilities`)."""
         return probabilities(self.params, self.batch_stats, x, graphdef=self.graphdef,
-                             target_kind=self.cfg.data.target, flip_axes=self.flip_axes)
+                             target_kind=self.cfg.data.target, flip_axes=self.flip_axes,
+                             temperature=self.temperature)
 
     def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """(Z, S, S, C) float32 preprocessed slices -> (Z, S, S, K) float32 probabilities."""
@@ -102,7 +109,8 @@ class Predictor:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target_kind", "flip_axes"))
 def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, graphdef: nnx.GraphDef,
-                  target_kind: str | TargetKind, flip_axes: tuple[int, ...] = ()) -> jax.Array:
+                  target_kind: str | TargetKind, flip_axes: tuple[int, ...] = (),
+                  temperature: jax.Array | None = None) -> jax.Array:
     """The model's probabilities of a batch: one jitted function for every model, keyed on its
     (static, hashable) graphdef, so two Predictors of the same model share one compilation.
 
@@ -113,13 +121,18 @@ def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, gr
       target_kind: a ``data.target`` name or :class:`~jaxseg.target.TargetKind`.
       flip_axes: test-time flips: the mean over flips of every subset of these axes of ``x``
         (training flips the same axes, ``data.augment.flip``); ``()`` none.
+      temperature: ``(K,)`` float32 (or a scalar) the logits are divided by before the
+        activation (a calibration); None = 1.
 
     Returns:
       ``(B, *spatial, K)`` float32.
     """
     def forward(batch: jax.Array) -> jax.Array:
         logits, _ = nnx.merge(graphdef, params, batch_stats)(batch, train=False)
-        return target_lib.target_kind(target_kind).probabilities(logits.astype(jnp.float32))
+        logits = logits.astype(jnp.float32)
+        if temperature is not None:  # T > 0 keeps the sign of every logit: thresholds at 0.5 do not move
+            logits = logits / jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,) * (logits.ndim - 1) + (-1,))
+        return target_lib.target_kind(target_kind).probabilities(logits)
     return sliding_window.with_flip_tta(forward, flip_axes)(x) if flip_axes else forward(x)
 
 
@@ -162,7 +175,7 @@ def relabel_small_enhancing(classes: np.ndarray, spacing: tuple[float, ...], min
 
 
 def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | None, out: str | Path, *,
-            probabilities: bool = False,
+            probabilities: bool = False, calibrated: bool = True,
             batch_size: int = 16, min_component_ml: float = 0.0,
             progress: Callable[[str], None] | None = None,
             say: Callable[[str], None] = lambda message: None) -> list[Prediction]:
@@ -180,6 +193,7 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
     ``checkpoint``: a run or model folder, a bundled model's name, ``demo``, or None for the
     bundled model whose modalities every case has (:func:`jaxseg.model_store.resolve_checkpoint`;
     ``say`` hears which). Every case is checked for the model's modalities before any is written.
+    ``calibrated``: apply the folder's calibration.json, if any (:class:`Predictor`).
     """
     paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
     out = Path(out)
@@ -193,12 +207,13 @@ def predict(path: str | Path | Sequence[str | Path], checkpoint: str | Path | No
         checkpoint = resolve_checkpoint(checkpoint)
     run_cfg = load_run_config(find_run(checkpoint))
     return _OUTPUTS[formats.prediction_output(paths, run_cfg)].write(
-        paths, checkpoint, run_cfg, out, cases, probabilities=probabilities, batch_size=batch_size,
+        paths, checkpoint, run_cfg, out, cases, probabilities=probabilities, calibrated=calibrated,
+        batch_size=batch_size,
         min_component_ml=min_component_ml, progress=progress)
 
 
 def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, out: Path,
-                     cases: list[brats.Case] | None, *, probabilities: bool, batch_size: int,
+                     cases: list[brats.Case] | None, *, probabilities: bool, calibrated: bool, batch_size: int,
                      min_component_ml: float, progress: Callable[[str], None] | None) -> list[Prediction]:
     """:func:`predict` for BraTS volumes: a NIfTI label map per case in the input's geometry."""
     cases = cases or [case for p in paths for case in _cases_at(p)]
@@ -211,7 +226,7 @@ def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, o
             raise JaxsegError(f"{case.expected_file(missing[0])}: missing: case {case.case_id} has no "
                               f"{', '.join(missing)} image; the model needs {', '.join(needed)}")
         checks.check_header_spacing(case.images[needed[0]])  # from the header: refused before any write
-    predictor = Predictor(checkpoint, batch_size)
+    predictor = Predictor(checkpoint, batch_size, calibrated=calibrated)
     results = []
     for case in cases:
         if progress is not None:
@@ -238,12 +253,12 @@ def _predict_volumes(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, o
 
 
 def _predict_slices(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, out: Path, cases: None, *,
-                    probabilities: bool, batch_size: int, min_component_ml: float,
+                    probabilities: bool, calibrated: bool, batch_size: int, min_component_ml: float,
                     progress: Callable[[str], None] | None) -> list[Prediction]:
     """:func:`predict` for 2D slices: a PNG mask per slice in its own size."""
     if min_component_ml > 0:
         raise JaxsegError("--min-component-ml needs voxel sizes in mm; 2D slices have none")
-    return predict2d.predict_slices(paths, Predictor(checkpoint, batch_size), out, probabilities=probabilities,
+    return predict2d.predict_slices(paths, Predictor(checkpoint, batch_size, calibrated=calibrated), out, probabilities=probabilities,
                                     progress=progress)
 
 

@@ -327,3 +327,36 @@ def case_panel(case: str, image: np.ndarray | None, prediction: np.ndarray, refe
               f"Slices at the {', '.join(f'{100 * (i + 0.5) / n:g}' for i in range(n))} % quantiles of the "
               "tumor (reference or prediction) along each axis; numbers index the RAS volume.", width)
     return _save(fig, path)
+
+
+RELIABILITY_PANEL_PX = (360, 380)
+
+
+def reliability_diagram(bins: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *,
+                        title: str = "reliability of the predicted probabilities") -> Path:
+    """One panel per region: observed frequency against mean predicted probability per bin, for
+    each voxel selection (e.g. ``all_brain``, ``relevant``), the diagonal = perfect calibration.
+
+    Args:
+      bins: ``{region: {selection: {"confidence", "accuracy", "count", "ece"}}}``, the arrays
+        per bin (:func:`jaxseg.explain.calibration.reliability_bins`; NaN for empty bins), ``ece``
+        a float or None.
+      path: the PNG to write.
+    """
+    regions = list(bins)
+    width, height = RELIABILITY_PANEL_PX
+    fig = _figure(width * max(1, len(regions)), height, layout="constrained")
+    axes = fig.subplots(1, max(1, len(regions)), squeeze=False)[0]
+    for ax, region in zip(axes, regions):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
+        for selection, b in bins[region].items():
+            confidence, accuracy = np.asarray(b["confidence"], float), np.asarray(b["accuracy"], float)
+            full = np.asarray(b["count"], float) > 0
+            ece = b.get("ece")
+            label = selection.replace("_", " ") + (f" (ECE {ece:.3f})" if ece is not None else "")
+            ax.plot(confidence[full], accuracy[full], marker="o", markersize=3, label=label)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed frequency",
+               title=REGION_NAMES.get(region, region), aspect="equal")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -344,7 +344,7 @@ def _finish(run: _Run, step: int, meta: dict[str, Any], history: list[dict[str, 
 # Settings a resumed run may change: they decide how long to go on and how often to save or
 # validate, not what the steps computed so far mean. (With warmup_cosine, more epochs stretch the
 # remaining schedule.)
-_RESUMABLE_CHANGES = ("epochs", "save_every_steps", "keep_checkpoints", "val_every_epochs")
+_RESUMABLE_CHANGES = ("epochs", "save_every_steps", "keep_checkpoints", "val_every_epochs", "calibrate")
 
 
 def _check_same_config(cfg: Config, workdir: Path) -> None:
