@@ -20,7 +20,7 @@ from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
 from jaxseg.explain.sections import ModalitySection
-from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.explain.mc_shared import mc_dropout_shared
 from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
 from jaxseg.target import target_for
@@ -88,12 +88,13 @@ class SliceSpace:
         return ModalitySection(attribution, ablation, steps=steps, samples=len(chosen))
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
-        """MC-dropout statistics of every brain slice: slice batch ``i`` uses ``fold_in(key, i)``,
-        the passes :data:`MC_SLICE_CHUNK` at a time."""
+        """MC-dropout statistics of every brain slice (:func:`~jaxseg.explain.mc_shared.mc_dropout_shared`):
+        slice batch ``i`` uses ``fold_in(key, i)``, the passes :data:`MC_SLICE_CHUNK` at a time."""
         p = self.predictor
-        return map_chunks(lambda i, padded: mc_dropout(p.graphdef, p.params, p.batch_stats, padded,
-                                                       jax.random.fold_in(key, i), samples, self.target.name,
-                                                       chunk=MC_SLICE_CHUNK, temperature=p.temperature),
+        # The encoder runs once per slice batch, only the decoder per pass (mc_shared).
+        return map_chunks(lambda i, padded: mc_dropout_shared(p.graphdef, p.params, p.batch_stats, padded,
+                                                              jax.random.fold_in(key, i), samples, self.target.name,
+                                                              chunk=MC_SLICE_CHUNK, temperature=p.temperature),
                           self.slices, batch_size=p.batch_size, empty={})
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,

@@ -261,3 +261,16 @@ def test_faithfulness_over_every_tumor_slice_equals_the_library(smoke_run, case,
     for name in ("deletion_score", "insertion_score"):
         assert result.summary["faithfulness_auc"][f"{name}_auc"] == pytest.approx(direct[f"{name}_auc"], abs=1e-4)
     assert 'id="faithfulness-slices-card"' in result.report.read_text()
+
+
+def test_the_summary_says_what_each_step_cost(explained):
+    result, summary = explained
+    timings = summary["timings"]
+    steps = timings["steps"]
+    assert steps[0]["step"].startswith("read Phantom_21_000") and steps[-1]["step"].startswith("report written")
+    assert all(s["seconds"] >= 0 for s in steps)
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+    # Each step's seconds are the gap since the step before (rounded to ms).
+    gaps = np.diff([0.0] + [s["at"] for s in steps])
+    np.testing.assert_allclose([s["seconds"] for s in steps], gaps, atol=2e-3)
+    assert timings["total_seconds"] == steps[-1]["at"]
