@@ -29,6 +29,11 @@ from jaxseg.target import target_for
 # slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
 # (benchmarks/explain.py, NOTES.md section 10).
 MC_SLICE_CHUNK = 5
+# Tumor slices per deletion/insertion call: each runs all (2 rankings x 21 steps) pairs in one vmap.
+# 16 slices of 128 px (672 passes at once) ran out of memory (std::bad_alloc, 23 GB machine) on a
+# real case; jax.lax.map over 7 pairs at a time fit but took 160 s for 82 slices (lax.map was ~9x
+# slower than one vmap here, as it was for integrated gradients), so fewer slices per vmap instead.
+FAITHFULNESS_SLICE_BATCH = 2
 
 
 class SliceSpace:
@@ -117,7 +122,7 @@ class SliceSpace:
         p = self.predictor
         result = faithfulness_slices(p.graphdef, p.params, p.batch_stats, self.slices[order],
                                      saliency.model_map[order], key, steps=steps, channel="WT",
-                                     target_kind=self.target.name, batch_size=p.batch_size)
+                                     target_kind=self.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
         if not result["n"]:
             return None
         # The tumor slices as axial indices of the canonical grid (restore follows the prepared slices).

@@ -11,7 +11,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions
 from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
 from jaxseg.explain.run import ExplainSettings, explain
-from jaxseg.explain.slices import SliceSpace
+from jaxseg.explain.slices import FAITHFULNESS_SLICE_BATCH, SliceSpace
 from jaxseg.infer.predict import Predictor
 
 QUICK = ExplainSettings(mc_samples=3, faithfulness_slices=2, faithfulness_steps=5, attribution_steps=4)
@@ -253,7 +253,7 @@ def test_faithfulness_over_every_tumor_slice_equals_the_library(smoke_run, case,
     # Every brain slice in: the library picks the tumor slices itself.
     direct = faithfulness_slices(p.graphdef, p.params, p.batch_stats, space.slices, cam,
                                  jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), steps=5, channel="WT",
-                                 target_kind=space.target.name, batch_size=p.batch_size)
+                                 target_kind=space.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
     got = result.summary["faithfulness_slices"]
     assert direct["n"] > 1 and got == {"deletion_beats_random": direct["deletion_beats_random"],
                                        "insertion_beats_random": direct["insertion_beats_random"], "n": direct["n"]}
