@@ -189,6 +189,8 @@ def explain(
                                   help="Grad-CAM divided by its maximum over the volume (default) or each slice"),
     compare_layers: Optional[str] = typer.Option(
         None, metavar="LAYER,LAYER|none", help="Grad-CAM layers the report also offers (default: bottleneck, dec1, dec0)"),
+    faithfulness_slices: int = typer.Option(
+        0, help="deletion/insertion on every tumor slice (0) or on the N with the largest tumor"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration",
                                      help="apply the model's calibration.json (per-region temperatures), if any"),
@@ -197,7 +199,8 @@ def explain(
     from jaxseg.explain.run import ExplainSettings, explain as run
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
                                                         attribution_steps=attribution_steps, normalise=normalise,
-                                                        compare_layers=_layer_list(compare_layers), seed=seed,
+                                                        compare_layers=_layer_list(compare_layers),
+                                                        faithfulness_slices=faithfulness_slices, seed=seed,
                                                         calibrated=calibration),
                  say=_say)
     typer.echo(result.summary["caption"])

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from jaxseg.errors import JaxsegError
-from jaxseg.explain.sections import CalibrationSection, ModalitySection, ReviewSection, calibration_section, review_section
+from jaxseg.explain.sections import (CalibrationSection, FaithfulnessSlicesSection, ModalitySection, ReviewSection,
+                                     calibration_section, review_section, split_faithfulness)
 from jaxseg.target import TargetKind
 
 
@@ -132,6 +133,7 @@ class ExplainMaps:
         ``notes['gradcam_zero_layers']``).
       review: slices to review first (with MC dropout); calibration: against the ground truth
         (when the case has one). Both summary sections.
+      faithfulness_slices: the fractions of tumor slices on which the map beats random (2D).
       model_maps: maps the model carries (``att0``..., ``rollout``), ``(X, Y, Z)`` float32 each.
       uncertainty: MC dropout, or None (no dropout in the model, or fewer than 2 passes).
       curves: the :func:`~jaxseg.explain.faithfulness.faithfulness` result, or None (no tumor).
@@ -158,6 +160,7 @@ class ExplainMaps:
     layer_maps: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     review: ReviewSection | None = None
     calibration: CalibrationSection | None = None
+    faithfulness_slices: FaithfulnessSlicesSection | None = None
 
     @property
     def whole_tumor_uncertainty(self) -> np.ndarray | None:
@@ -210,7 +213,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
       key: the PRNG key; MC dropout gets ``fold_in(key, 1)``, the curves ``fold_in(key, 2)``.
       mc_samples: MC-dropout passes; skipped unless ``with_dropout`` and ``mc_samples > 1``.
       faithfulness_steps: fractions of each deletion/insertion curve.
-      faithfulness_slices: 2D: the slices with the largest predicted tumor the curves use.
+      faithfulness_slices: 2D: 0 = the curves use every slice with predicted tumor, N = only the
+        N with the largest predicted tumor.
       modalities: the input channels' names; attribution_steps: integrated-gradient steps of the
         modality attribution (0: not computed).
       normalise: Grad-CAM divided by its maximum over the ``'volume'`` or each ``'slice'``.
@@ -275,10 +279,14 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
         step("calibration against the ground truth: ECE (relevant voxels) " + ", ".join(
             f"{r} {v['ece_relevant']:.3f}" for r, v in calibration.regions.items() if v["ece_relevant"] is not None))
 
-    curves = space.faithfulness(probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps,
-                                faithfulness_slices)
+    curves, per_slice = split_faithfulness(space.faithfulness(
+        probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps, faithfulness_slices))
+    if per_slice is not None:
+        step(f"saliency beats random on {per_slice.n} tumor slices: deletion {per_slice.deletion_beats_random:.0%}, "
+             f"insertion {per_slice.insertion_beats_random:.0%}")
     step("deletion/insertion curves" if curves else "no tumor predicted: no deletion/insertion curves")
     return ExplainMaps(target=target, probabilities=probabilities, classes=classes, brain=space.brain, layer=layer,
                        gradcam_target=gradcam_target, gradcam=cam, model_maps=model_maps, uncertainty=uncertainty,
                        curves=curves, notes={**saliency.notes, **({"gradcam_zero_layers": zero_layers} if zero_layers else {})},
-                       modality=modality, layer_maps=layer_maps, review=review, calibration=calibration)
+                       modality=modality, layer_maps=layer_maps, review=review, calibration=calibration,
+                       faithfulness_slices=per_slice)

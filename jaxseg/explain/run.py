@@ -42,7 +42,7 @@ class ExplainSettings:
     layer: str | None = None  # None: dec0, the last decoder block (sharpest tumor localisation)
     target: str = "mean"  # Grad-CAM score: mean | predicted[:REGION] | REGION (see gradcam.Target)
     mc_samples: int = 20
-    faithfulness_slices: int = 8  # the slices with the largest predicted tumor
+    faithfulness_slices: int = 0  # 0: every slice with predicted tumor; N: the N with the largest tumor
     faithfulness_steps: int = 21
     seed: int = 0
     batch_size: int = 16
@@ -97,9 +97,13 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     compiles again); None restores it here.
     """
     started = time.perf_counter()
+    timings: list[dict[str, Any]] = []  # what each step cost, for the JSON summary
 
     def step(message: str) -> None:
-        say(f"[{time.perf_counter() - started:5.1f} s] {message}")
+        now = time.perf_counter() - started
+        timings.append({"step": message, "seconds": round(now - (timings[-1]["at"] if timings else 0.0), 3),
+                        "at": round(now, 3)})
+        say(f"[{now:5.1f} s] {message}")
 
     path, out = Path(path), Path(out)
     try:
@@ -110,6 +114,8 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--mc-samples {settings.mc_samples}: must be at least 1 (1 = no MC dropout)")
     if settings.normalise not in NORMALISATIONS:
         raise JaxsegError(f"--normalise {settings.normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
+    if settings.faithfulness_slices < 0:
+        raise JaxsegError(f"--faithfulness-slices {settings.faithfulness_slices}: must be 0 (every tumor slice) or more")
     if settings.attribution_steps < 0:
         raise JaxsegError(f"--attribution-steps {settings.attribution_steps}: must be 0 (skip) or more")
     if not path.exists():
@@ -162,9 +168,13 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         files = _write_maps(out, explanation)
         files["summary"] = out / f"{case.case_id}_explain.json"
         summary["files"] = {k: str(v) for k, v in files.items()}
-        write_text(files["summary"], json.dumps(summary, indent=2))
     _write_report(report_path, explanation, summary)
     step(f"report written to {report_path}")
+    # Seconds per step (each since the one before; "at" since the start); written last so that
+    # writing the maps and the report is counted.
+    summary["timings"] = {"steps": timings, "total_seconds": timings[-1]["at"]}
+    if "summary" in files:
+        write_text(files["summary"], json.dumps(summary, indent=2))
     return ExplainResult(case.case_id, report_path, files, summary)
 
 

@@ -164,3 +164,46 @@ def calibration_section(probabilities: np.ndarray, truth_regions: np.ndarray, pr
             u = uncertainty if uncertainty.ndim == 3 else uncertainty[..., r]
             aurocs[name] = _finite_or_none(calibration.error_detection_auroc(u, predicted_regions[..., r] != y, brain))
     return CalibrationSection(regions, aurocs, source)
+
+
+@dataclasses.dataclass(frozen=True)
+class FaithfulnessSlicesSection:
+    """On how many tumor slices the saliency map beats a random ranking
+    (:func:`jaxseg.explain.faithfulness_slices.faithfulness_slices`).
+
+    Attributes:
+      deletion_beats_random, insertion_beats_random: fractions of the ``n`` tumor slices (None if 0).
+      n: tumor slices scored; slices: their indices (model-space order, see the space).
+    """
+    deletion_beats_random: float | None
+    insertion_beats_random: float | None
+    n: int
+    slices: list[int]
+    template: str = "faithfulness_slices"
+
+    def summary(self) -> dict[str, Any]:
+        return {"faithfulness_slices": {"deletion_beats_random": self.deletion_beats_random,
+                                        "insertion_beats_random": self.insertion_beats_random, "n": self.n}}
+
+    def report_context(self) -> dict[str, Any]:
+        fmt = lambda v: "–" if v is None else f"{v:.0%}"  # noqa: E731
+        return {"deletion": fmt(self.deletion_beats_random), "insertion": fmt(self.insertion_beats_random),
+                "n": self.n}
+
+
+# The per-slice entries of faithfulness_slices' result that are not curves.
+PER_SLICE_KEYS = ("deletion_beats_random", "insertion_beats_random", "n", "slices", "per_slice_auc")
+
+
+def split_faithfulness(result: Mapping[str, Any] | None
+                       ) -> tuple[dict[str, Any] | None, FaithfulnessSlicesSection | None]:
+    """The curves of a faithfulness result (the keys of
+    :func:`jaxseg.explain.faithfulness.faithfulness`) and, when it is per tumor slice, its
+    :class:`FaithfulnessSlicesSection`."""
+    if result is None:
+        return None, None
+    curves = {k: v for k, v in result.items() if k not in PER_SLICE_KEYS}
+    if "n" not in result:
+        return curves, None
+    return curves, FaithfulnessSlicesSection(result["deletion_beats_random"], result["insertion_beats_random"],
+                                             int(result["n"]), list(result["slices"]))

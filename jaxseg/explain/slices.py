@@ -13,14 +13,14 @@ import jax
 import numpy as np
 
 from jaxseg.data import preprocess
-from jaxseg.explain.faithfulness import faithfulness
+from jaxseg.explain.faithfulness_slices import faithfulness_slices
 from jaxseg.explain.gradcam import gradcam_volume
 from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
 from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
 from jaxseg.explain.sections import ModalitySection
-from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.explain.mc_shared import mc_dropout_shared
 from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
 from jaxseg.target import target_for
@@ -29,6 +29,11 @@ from jaxseg.target import target_for
 # slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
 # (benchmarks/explain.py, NOTES.md section 10).
 MC_SLICE_CHUNK = 5
+# Tumor slices per deletion/insertion call: each runs all (2 rankings x 21 steps) pairs in one vmap.
+# 16 slices of 128 px (672 passes at once) ran out of memory (std::bad_alloc, 23 GB machine) on a
+# real case; jax.lax.map over 7 pairs at a time fit but took 160 s for 82 slices (lax.map was ~9x
+# slower than one vmap here, as it was for integrated gradients), so fewer slices per vmap instead.
+FAITHFULNESS_SLICE_BATCH = 2
 
 
 class SliceSpace:
@@ -88,29 +93,40 @@ class SliceSpace:
         return ModalitySection(attribution, ablation, steps=steps, samples=len(chosen))
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
-        """MC-dropout statistics of every brain slice: slice batch ``i`` uses ``fold_in(key, i)``,
-        the passes :data:`MC_SLICE_CHUNK` at a time."""
+        """MC-dropout statistics of every brain slice (:func:`~jaxseg.explain.mc_shared.mc_dropout_shared`):
+        slice batch ``i`` uses ``fold_in(key, i)``, the passes :data:`MC_SLICE_CHUNK` at a time."""
         p = self.predictor
-        return map_chunks(lambda i, padded: mc_dropout(p.graphdef, p.params, p.batch_stats, padded,
-                                                       jax.random.fold_in(key, i), samples, self.target.name,
-                                                       chunk=MC_SLICE_CHUNK, temperature=p.temperature),
+        # The encoder runs once per slice batch, only the decoder per pass (mc_shared).
+        return map_chunks(lambda i, padded: mc_dropout_shared(p.graphdef, p.params, p.batch_stats, padded,
+                                                              jax.random.fold_in(key, i), samples, self.target.name,
+                                                              chunk=MC_SLICE_CHUNK, temperature=p.temperature),
                           self.slices, batch_size=p.batch_size, empty={})
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
                      steps: int, slices: int) -> dict[str, Any] | None:
-        """Deletion/insertion on the ``slices`` brain slices with the largest predicted tumor (in
-        canonical ``probabilities``), perturbing by the canonical map ``cam`` brought back to
-        model space; None if no slice has predicted tumor."""
+        """Deletion/insertion on every brain slice with predicted tumor (``slices`` 0), or on the
+        ``slices`` with the largest predicted tumor (in canonical ``probabilities``), each slice
+        against its own random ranking
+        (:func:`~jaxseg.explain.faithfulness_slices.faithfulness_slices`): the mean curves, their
+        AUCs, and on which fraction of those slices the map beats random. Slices are ranked by
+        the map in model space (``saliency.model_map``), the one Grad-CAM computed. None if no
+        slice has predicted tumor."""
         whole_tumor = self.target.whole_tumor_probability(probabilities)
         area = (whole_tumor > 0.5).sum(axis=(0, 1))[self.positions]
-        order = np.argsort(-area, kind="stable")[:slices]
-        order = order[area[order] > 0]
+        order = np.flatnonzero(area > 0)
+        if slices > 0:
+            order = np.argsort(-area, kind="stable")[:slices]
+            order = np.sort(order[area[order] > 0])
         if not len(order):
             return None
-        cam_slices = preprocess.to_slices(cam[..., self.positions[order]], self.prepared.geometry, order=1)
         p = self.predictor
-        return faithfulness(p.graphdef, p.params, p.batch_stats, self.slices[order], cam_slices, key, steps=steps,
-                            channel="WT", target_kind=self.target.name)
+        result = faithfulness_slices(p.graphdef, p.params, p.batch_stats, self.slices[order],
+                                     saliency.model_map[order], key, steps=steps, channel="WT",
+                                     target_kind=self.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
+        if not result["n"]:
+            return None
+        # The tumor slices as axial indices of the canonical grid (restore follows the prepared slices).
+        return {**result, "slices": [int(self.positions[order[i]]) for i in result["slices"]]}
 
     def segmented_message(self) -> str:
         return "segmented"

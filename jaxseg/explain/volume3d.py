@@ -12,7 +12,7 @@ the same canonical grid as the 2D space's maps (:mod:`jaxseg.explain.slices`):
   explains one score of one forward pass; blending per-window maps would mix maps normalised
   against different scores, so the map is 0 outside that window (the summary records where it
   is). With a 128^3 window the brain box of a BraTS case is mostly covered;
-- **MC dropout** per sliding window: :func:`~jaxseg.explain.uncertainty.mc_dropout` (the N
+- **MC dropout** per sliding window: :func:`~jaxseg.explain.mc_shared.mc_dropout_shared` (the N
   passes vmapped over keys, ``chunk`` at a time) on each window batch, with key
   ``fold_in(key, batch number)`` (the number passed by
   :func:`~jaxseg.infer.sliding_window.sliding_window_mean`); the per-window mean, variance, entropy and mutual information
@@ -36,7 +36,7 @@ from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.modality import modality_ablation, modality_attribution
 from jaxseg.explain.sections import ModalitySection
-from jaxseg.explain.uncertainty import mc_dropout
+from jaxseg.explain.mc_shared import mc_dropout_shared
 from jaxseg.infer import sliding_window
 from jaxseg.infer.predict import Predictor
 from jaxseg import target as target_lib
@@ -85,9 +85,9 @@ def mc_dropout_windows(predictor: Predictor, volume: np.ndarray, key: jax.Array,
     sharding = NamedSharding(predictor.mesh, P("data"))
 
     def forward(windows: np.ndarray, batch_number: int) -> jax.Array:
-        stats = mc_dropout(predictor.graphdef, predictor.params, predictor.batch_stats,
-                           jax.device_put(windows, sharding), jax.random.fold_in(key, batch_number),
-                           n_samples, target.name, chunk=MC_CHUNK, temperature=predictor.temperature)
+        stats = mc_dropout_shared(predictor.graphdef, predictor.params, predictor.batch_stats,
+                                  jax.device_put(windows, sharding), jax.random.fold_in(key, batch_number),
+                                  n_samples, target.name, chunk=MC_CHUNK, temperature=predictor.temperature)
         per_class = [stats[k] if stats[k].ndim == 5 else stats[k][..., None]
                      for k in ("mean", "variance", "entropy", "mutual_information")]
         return jnp.concatenate(per_class, axis=-1)

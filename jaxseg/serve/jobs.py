@@ -29,8 +29,10 @@ from typing import Callable
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
 
-# read, segmented, Grad-CAM, MC dropout (or skipped), faithfulness, captions, report written
-EXPLAIN_STEPS = 7
+# read, segmented, Grad-CAM, Grad-CAM of the compared layers, modality attribution, MC dropout
+# (or skipped), slices to review, calibration (with ground truth), curves, per-slice faithfulness,
+# captions, report written: at most 12 (fewer without MC dropout, ground truth or compared layers).
+EXPLAIN_STEPS = 12
 STATE_FILE = "job.json"
 ACTIVE_STATES = ("queued", "running")
 

@@ -11,7 +11,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions
 from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
 from jaxseg.explain.run import ExplainSettings, explain
-from jaxseg.explain.slices import SliceSpace
+from jaxseg.explain.slices import FAITHFULNESS_SLICE_BATCH, SliceSpace
 from jaxseg.infer.predict import Predictor
 
 QUICK = ExplainSettings(mc_samples=3, faithfulness_slices=2, faithfulness_steps=5, attribution_steps=4)
@@ -240,3 +240,37 @@ def test_a_slice_to_review_jumps_the_axial_view_there(explained, browser, tmp_pa
         browser.wait_for(f"document.getElementById('caption-slice').textContent.trim() === '{item['slice']}'")
     shot = browser.screenshot(tmp_path / "sections.png")
     print(f"\nscreenshot of the report with the #17 sections: {shot}")
+
+
+def test_faithfulness_over_every_tumor_slice_equals_the_library(smoke_run, case, space, tmp_path):
+    import jax
+    from jaxseg.explain.faithfulness_slices import faithfulness_slices
+    settings = ExplainSettings(mc_samples=1, faithfulness_slices=0, faithfulness_steps=5, attribution_steps=0,
+                               compare_layers=())
+    result = explain(case, smoke_run, tmp_path / "out", settings)
+    p = space.predictor
+    cam = space.gradcam(space.probabilities(), "dec0", "mean", "volume").model_map
+    # Every brain slice in: the library picks the tumor slices itself.
+    direct = faithfulness_slices(p.graphdef, p.params, p.batch_stats, space.slices, cam,
+                                 jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), steps=5, channel="WT",
+                                 target_kind=space.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
+    got = result.summary["faithfulness_slices"]
+    assert direct["n"] > 1 and got == {"deletion_beats_random": direct["deletion_beats_random"],
+                                       "insertion_beats_random": direct["insertion_beats_random"], "n": direct["n"]}
+    # The curves of the report are the mean curves over those slices.
+    for name in ("deletion_score", "insertion_score"):
+        assert result.summary["faithfulness_auc"][f"{name}_auc"] == pytest.approx(direct[f"{name}_auc"], abs=1e-4)
+    assert 'id="faithfulness-slices-card"' in result.report.read_text()
+
+
+def test_the_summary_says_what_each_step_cost(explained):
+    result, summary = explained
+    timings = summary["timings"]
+    steps = timings["steps"]
+    assert steps[0]["step"].startswith("read Phantom_21_000") and steps[-1]["step"].startswith("report written")
+    assert all(s["seconds"] >= 0 for s in steps)
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+    # Each step's seconds are the gap since the step before (rounded to ms).
+    gaps = np.diff([0.0] + [s["at"] for s in steps])
+    np.testing.assert_allclose([s["seconds"] for s in steps], gaps, atol=2e-3)
+    assert timings["total_seconds"] == steps[-1]["at"]

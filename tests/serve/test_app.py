@@ -275,7 +275,9 @@ def finished_upload_job(server, phantom_case):
 def test_job_lifecycle(finished_upload_job, phantom_case):
     user, job, _ = finished_upload_job
     assert job["state"] == "done", job["error"]
-    assert job["progress"] == 1.0 and len(job["steps"]) == 8  # loading + the seven of explain
+    from jaxseg.serve import jobs
+    # Loading + every step of explain (this case has ground truth, MC dropout and compared layers).
+    assert job["progress"] == 1.0 and len(job["steps"]) == jobs.EXPLAIN_STEPS + 1
     assert job["steps"][-1].endswith("report written to out/upload_report.html")  # no server folder
     result = job["result"]
     assert result["caption"] and set(result["volumes_ml"]) == {"predicted", "ground_truth"}
