@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.explain.gradcam import resolve_kind
-from jaxseg.explain.uncertainty import sample_statistics
+from jaxseg.explain.uncertainty import mc_arguments, sample_statistics
 from jaxseg.target import TargetKind
 
 
@@ -58,13 +57,7 @@ def mc_dropout_shared(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nn
     per channel for sigmoid targets, ``(B, *spatial)`` for softmax ones; float32). ``chunk``
     bounds the decoder passes held at once; the encoder's activations are held once.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be a positive number of samples, got {chunk}")
-    images = jnp.asarray(images, jnp.float32)
-    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
-    chunk = None if chunk is None or chunk >= n_samples else int(chunk)
-    temperature = None if temperature is None else jnp.asarray(temperature, jnp.float32)
+    images, kind, temperature, chunk = mc_arguments(graphdef, params, batch_stats, images, n_samples,
+                                                    target_kind, chunk, temperature)
     return _mc_dropout_shared(graphdef, params, batch_stats, images, key, temperature, n_samples=int(n_samples),
                               target_kind=kind, chunk=chunk)

@@ -103,6 +103,17 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
       'mutual_information'}`` ``(B, *spatial, K)`` for sigmoid targets, ``(B, *spatial)`` for
       softmax targets, float32 nats.
     """
+    images, kind, temperature, chunk = mc_arguments(graphdef, params, batch_stats, images, n_samples,
+                                                    target_kind, chunk, temperature)
+    return _mc_dropout(graphdef, params, batch_stats, images, key, temperature, n_samples=int(n_samples),
+                       target_kind=kind, chunk=chunk)
+
+
+def mc_arguments(graphdef: Any, params: Any, batch_stats: Any, images: Any, n_samples: int,
+                 target_kind: Any, chunk: int | None, temperature: Any) -> tuple[Any, Any, Any, int | None]:
+    """The checked arguments of an MC-dropout call (shared by :func:`mc_dropout` and
+    :func:`jaxseg.explain.mc_shared.mc_dropout_shared`): images as float32, the resolved
+    TargetKind, the temperature as float32 (or None) and the chunk (None = all passes at once)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     if chunk is not None and chunk < 1:
@@ -111,5 +122,4 @@ def mc_dropout(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images)
     chunk = None if chunk is None or chunk >= n_samples else int(chunk)
     temperature = None if temperature is None else jnp.asarray(temperature, jnp.float32)
-    return _mc_dropout(graphdef, params, batch_stats, images, key, temperature, n_samples=int(n_samples),
-                       target_kind=kind, chunk=chunk)
+    return images, kind, temperature, chunk
