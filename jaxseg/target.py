@@ -41,6 +41,17 @@ REGION_CLASSES: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET
 REGIONS = tuple(REGION_CLASSES)  # ("WT", "TC", "ET")
 
 
+def divide_by_temperature(logits, temperature):
+    """``logits (..., K) / temperature``, a calibration (docs/calibration.md): ``temperature`` a
+    scalar or ``(K,)`` (one per channel, broadcast over the last axis), numpy or jax (also traced);
+    None leaves the logits as they are. T > 0 keeps every logit's sign, so 0.5 thresholds stay."""
+    if temperature is None:
+        return logits
+    xp = _xp(logits)
+    t = xp.asarray(temperature, logits.dtype)
+    return logits / xp.reshape(t, (1,) * (logits.ndim - 1) + (-1,))
+
+
 def _xp(x):
     """numpy for numpy inputs (host-side evaluation), jax.numpy otherwise (jitted steps)."""
     return np if isinstance(x, (np.ndarray, np.generic)) else jnp

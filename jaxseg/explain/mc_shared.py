@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.explain.uncertainty import mc_arguments, sample_statistics
-from jaxseg.target import TargetKind
+from jaxseg.target import TargetKind, divide_by_temperature
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_samples", "target_kind", "chunk"))
@@ -38,9 +38,7 @@ def _mc_dropout_shared(graphdef, params, batch_stats, images, key, temperature=N
         module = nnx.merge(graphdef, params, batch_stats)
         logits = (module.decode(features, train=False, dropout_key=k)[0] if split
                   else module(images, train=False, dropout_key=k)[0]).astype(jnp.float32)
-        if temperature is not None:  # a calibration (docs/calibration.md): logits / T, T per channel
-            logits = logits / jnp.reshape(temperature, (1,) * (logits.ndim - 1) + (-1,))
-        return target_kind.probabilities(logits)
+        return target_kind.probabilities(divide_by_temperature(logits, temperature))
 
     keys = jax.random.split(key, n_samples)
     probs = jax.lax.map(sample, keys, batch_size=chunk) if chunk else jax.vmap(sample)(keys)

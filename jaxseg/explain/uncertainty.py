@@ -30,7 +30,7 @@ from flax import nnx
 from jax.scipy.special import xlogy
 
 from jaxseg.explain.gradcam import resolve_kind
-from jaxseg.target import TargetKind
+from jaxseg.target import TargetKind, divide_by_temperature
 
 
 def bernoulli_entropy(p: jax.Array) -> jax.Array:
@@ -51,9 +51,7 @@ def _mc_dropout(graphdef, params, batch_stats, images, key, temperature=None, *,
     def sample(k):
         logits, _ = nnx.merge(graphdef, params, batch_stats)(images, train=False, dropout_key=k)
         logits = logits.astype(jnp.float32)
-        if temperature is not None:  # a calibration (docs/calibration.md): logits / T, T per channel
-            logits = logits / jnp.reshape(temperature, (1,) * (logits.ndim - 1) + (-1,))
-        return target_kind.probabilities(logits)
+        return target_kind.probabilities(divide_by_temperature(logits, temperature))
 
     keys = jax.random.split(key, n_samples)
     # The stacked probabilities (N, B, *spatial, K) are small next to the activations of N

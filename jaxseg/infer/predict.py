@@ -28,7 +28,7 @@ from jaxseg.infer.prediction import Prediction
 from jaxseg.models import registry
 from jaxseg.model_store import calibration_temperatures, resolve_checkpoint
 from jaxseg import target as target_lib
-from jaxseg.target import TargetKind, target_for
+from jaxseg.target import TargetKind, divide_by_temperature, target_for
 from jaxseg.train.checkpoint import find_run, load_model_state, load_run_config
 from jaxseg.train.state import abstract_state, graphdef_of, make_optimizer
 
@@ -130,8 +130,7 @@ def probabilities(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, gr
     def forward(batch: jax.Array) -> jax.Array:
         logits, _ = nnx.merge(graphdef, params, batch_stats)(batch, train=False)
         logits = logits.astype(jnp.float32)
-        if temperature is not None:  # T > 0 keeps the sign of every logit: thresholds at 0.5 do not move
-            logits = logits / jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,) * (logits.ndim - 1) + (-1,))
+        logits = divide_by_temperature(logits, temperature)  # T > 0: thresholds at 0.5 do not move
         return target_lib.target_kind(target_kind).probabilities(logits)
     return sliding_window.with_flip_tta(forward, flip_axes)(x) if flip_axes else forward(x)
 
