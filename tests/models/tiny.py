@@ -2,6 +2,8 @@
 phantom batches, a short training run, and smoke-size trained runs per model (one per session)."""
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import jax
@@ -48,16 +50,22 @@ def zoo_config(model_name: str, *overrides: str) -> config_lib.Config:
 
 def train_losses(cfg: config_lib.Config, steps: int) -> list[float]:
     """Mean loss of each of ``steps`` jitted train steps on one phantom batch (one device)."""
+    return train_run(cfg, steps)[0]
+
+
+def train_run(cfg: config_lib.Config, steps: int) -> tuple[list[float], Any, list[Any]]:
+    """``train_losses`` with the final state and each step's metric sums."""
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     tx = make_optimizer(cfg, steps)
     state = create_state(cfg, tx, mesh)
     step = make_train_step(graphdef_of(cfg), tx, cfg.train.loss, cfg.data.target)
     batch = put(phantom_batch(cfg), mesh)
-    losses = []
+    losses, all_sums = [], []
     for _ in range(steps):
         state, sums = step(state, batch)
         losses.append(float(sums["loss_sum"] / sums["count"]))
-    return losses
+        all_sums.append(sums)
+    return losses, state, all_sums
 
 
 def smoke_run_of(model_name: str, tmp_path_factory):

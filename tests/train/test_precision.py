@@ -10,9 +10,8 @@ from flax import nnx
 from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
 from jaxseg.models import registry
-from jaxseg.train.state import create_state, graphdef_of, make_optimizer
-from jaxseg.train.step import make_train_step
-from tests.train.test_step import mesh_of, phantom_batch, put, tiny_config
+from tests.models.tiny import train_run
+from tests.train.test_step import tiny_config
 
 
 def test_precision_defaults_to_float32_and_takes_bfloat16():
@@ -60,16 +59,8 @@ def test_the_model_computes_in_the_configured_precision():
 
 def _losses_and_state(precision: str, steps: int):
     cfg = tiny_config(f"train.precision={precision}", "model.features=[8, 16]", "train.learning_rate=0.003")
-    mesh = mesh_of(1)
-    tx = make_optimizer(cfg, steps)
-    state = create_state(cfg, tx, mesh)
-    step = make_train_step(graphdef_of(cfg), tx, cfg.train.loss, cfg.data.target)
-    batch = put(phantom_batch(cfg), mesh)
-    losses = []
-    for _ in range(steps):
-        state, sums = step(state, batch)
-        assert sums["loss_sum"].dtype == jnp.float32
-        losses.append(float(sums["loss_sum"] / sums["count"]))
+    losses, state, sums = train_run(cfg, steps)
+    assert all(s["loss_sum"].dtype == jnp.float32 for s in sums)
     return np.array(losses), state
 
 
