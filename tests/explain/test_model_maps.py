@@ -17,7 +17,9 @@ from jaxseg.models.transunet import TransUNet
 from jaxseg.models.unet import UNet
 from tests.models.tiny import numpy_init, smoke_run_of
 
-QUICK = ExplainSettings(mc_samples=3, faithfulness_slices=1, faithfulness_steps=3)
+# Only the model maps are checked here: no modality attribution, no further Grad-CAM layers.
+QUICK = ExplainSettings(mc_samples=3, faithfulness_slices=1, faithfulness_steps=3, attribution_steps=0,
+                        compare_layers=())
 
 
 def to_token_0(tokens: int) -> np.ndarray:
