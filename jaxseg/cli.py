@@ -177,7 +177,8 @@ def evaluate(
 @app.command()
 @_user_errors
 def explain(
-    path: Path = typer.Argument(..., help="a NIfTI volume or a case folder"),
+    path: Path = typer.Argument(..., help="a NIfTI volume or a case folder; or one 2D slice (.mat, .png, .tif) "
+                                          "with the --checkpoint of a run trained on 2D slices"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="NAME|demo|PATH", help=CHECKPOINT_HELP),
     out: Path = typer.Option(Path("report.html"), "--out", "-o",
                              help="report.html, or a folder for every map, the JSON summary and the report"),

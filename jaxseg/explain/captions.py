@@ -54,6 +54,8 @@ from jaxseg.data.brats import REGIONS
 SMALL_ML, LARGE_ML = 10.0, 50.0  # whole-tumor volume thresholds
 SMALL_MM2, LARGE_MM2 = 100.0, 1000.0  # whole-tumor slice-area thresholds
 CENTRAL_FRACTION = 0.05  # of the brain's extent along an axis: "midline" / "central" zone
+# A 2D image: a tumor centre in the middle third of the image's nonzero extent is "central" on that axis.
+IMAGE_CENTRAL_FRACTION = 1 / 6
 CROSSING_SHARE = 0.10  # of the tumor on each side beyond the midline zone: "crossing the midline"
 INSIDE_MOSTLY, INSIDE_PARTLY = 0.5, 0.2  # saliency mass share on the predicted tumor
 CONCENTRATED, DIFFUSE = 0.10, 0.25  # brain fraction holding half the saliency mass
@@ -215,6 +217,52 @@ def describe_slices(classes: np.ndarray, affine: np.ndarray, brain: np.ndarray,
     return captions
 
 
+def describe_image(classes: np.ndarray, brain: np.ndarray, saliency: np.ndarray | None = None,
+                   uncertainty: np.ndarray | None = None, regions: tuple[str, ...] = ("WT",), *,
+                   uncertainty_threshold: float = UNCERTAIN_NATS) -> VolumeCaption:
+    """The caption of a 2D image (a one-slice ``(H, W, 1)`` map; rows along the first axis).
+
+    A 2D file (``.mat``, PNG, TIFF) carries no orientation and no pixel size, so the tumor is
+    placed in the *image* (upper / lower, left / right of its centre, as the image is displayed)
+    and measured in pixels and as a share of the nonzero image area; saliency and uncertainty are
+    described by the rules of :func:`describe_slices`. ``side``, ``anteroposterior`` and
+    ``superoinferior`` are None: no patient direction is known.
+    """
+    classes, _, brain, subregions = _check(classes, np.eye(4), brain, saliency, uncertainty, regions)
+    if classes.shape[2] != 1:
+        raise ValueError(f"an image is one slice (H, W, 1), got shape {classes.shape}")
+    wt = classes > 0
+    n_tumor, n_brain = int(wt.sum()), int(brain.sum())
+    uncertainty_note = None
+    if uncertainty is not None:
+        uncertainty_note = _uncertainty_notes(uncertainty, uncertainty_threshold, wt, True, [n_tumor], [n_brain],
+                                              1.0, "{:.0f}", "pixels")[0]
+    saliency_note = None
+    if saliency is not None:
+        inside, half = _saliency_stats(saliency, wt, per_slice=True)
+        saliency_note = _saliency_phrase(inside, half / max(n_brain, 1), "image area")[0]
+    if n_tumor == 0:
+        text = " ".join(p for p in ("No tumor predicted in this image.", uncertainty_note) if p)
+        return VolumeCaption(text, None, None, None, False, None, {}, saliency_note, uncertainty_note)
+    rows, cols = np.nonzero(wt[:, :, 0])
+    ref = brain[:, :, 0] if n_brain else np.ones(wt.shape[:2], bool)
+    ref_rows, ref_cols = np.nonzero(ref)
+    where = []
+    for value, lo, hi, words in ((rows.mean(), ref_rows.min(), ref_rows.max(), ("upper", "lower")),
+                                 (cols.mean(), ref_cols.min(), ref_cols.max(), ("left", "right"))):
+        centre, margin = (lo + hi) / 2, IMAGE_CENTRAL_FRACTION * (hi - lo)
+        if abs(value - centre) > margin:
+            where.append(words[int(value > centre)])
+    place = f"in the {' '.join(where)} part of the image" if where else "near the centre of the image"
+    share = n_tumor / max(n_brain, 1)
+    parts = [f"Tumor predicted: {n_tumor} pixels ({share:.1%} of the image's nonzero area), {place}."]
+    if subregions:
+        counts = np.bincount(classes.ravel(), minlength=4)
+        parts.append(_subregion_list({key: float(counts[c]) for key, c, _ in _SUBREGIONS}, "pixels") + ".")
+    parts += [p for p in (saliency_note, uncertainty_note) if p]
+    return VolumeCaption(" ".join(parts), None, None, None, False, None, {}, saliency_note, uncertainty_note)
+
+
 # ---------------------------------------------------------------------------------------------
 # Geometry
 
@@ -307,12 +355,13 @@ def _saliency_stats(saliency: np.ndarray, wt: np.ndarray, per_slice: bool) -> tu
 
 
 def _uncertainty_notes(uncertainty: np.ndarray, threshold: float, wt: np.ndarray, per_slice: bool,
-                       n_tumor, n_brain, unit_size: float, unit_fmt: str) -> list[str]:
+                       n_tumor, n_brain, unit_size: float, unit_fmt: str, element: str = "voxels") -> list[str]:
     """One uncertainty note per group (the volume, or each slice with an in-plane border band).
 
     Args:
       uncertainty: ``(X, Y, Z)`` float; wt: ``(X, Y, Z)`` bool; n_tumor, n_brain: G voxel counts;
-      unit_size: mL or mm² per voxel, formatted with ``unit_fmt``.
+      unit_size: mL or mm² per voxel, formatted with ``unit_fmt``; element: what a voxel is
+        called ("pixels" in a 2D image).
     """
     uncertain = np.asarray(uncertainty) >= threshold
     structure = ndimage.generate_binary_structure(3, 1)
@@ -325,7 +374,7 @@ def _uncertainty_notes(uncertainty: np.ndarray, threshold: float, wt: np.ndarray
         at_border = np.atleast_1d((uncertain & band).sum(axis=axes)) / n
         inside = np.atleast_1d((uncertain & interior).sum(axis=axes)) / n
     return [_uncertainty_phrase(int(n[g]), (at_border[g], inside[g], 1 - at_border[g] - inside[g]),
-                                int(n_tumor[g]), int(n_brain[g]), unit_fmt.format(n[g] * unit_size))
+                                int(n_tumor[g]), int(n_brain[g]), unit_fmt.format(n[g] * unit_size), element)
             for g in range(n.size)]
 
 
@@ -376,17 +425,18 @@ def _saliency_phrase(inside: np.ndarray, focus: np.ndarray, brain_extent: str) -
     return notes
 
 
-def _uncertainty_phrase(n: int, shares: tuple[float, float, float], n_tumor: int, n_brain: int, amount: str
-                        ) -> str:
+def _uncertainty_phrase(n: int, shares: tuple[float, float, float], n_tumor: int, n_brain: int, amount: str,
+                        element: str = "voxels") -> str:
     """'Uncertain mainly at the tumor border (3.1 mL of uncertain voxels, 85% within 2 voxels ...)'."""
     allowed = LOW_UNCERTAIN_SHARE * n_tumor if n_tumor else LOW_UNCERTAIN_SHARE_NO_TUMOR * n_brain
     if n == 0 or n <= allowed:
         return "Low uncertainty."
     border, interior, elsewhere = shares
-    detail = f"{amount} of uncertain voxels"
+    # "3.1 mL of uncertain voxels"; a bare count (a 2D image has no pixel size): "412 uncertain pixels"
+    detail = f"{amount} uncertain {element}" if amount[-1:].isdigit() else f"{amount} of uncertain {element}"
     if border >= BORDER_MAJORITY:
         return (f"Uncertain mainly at the tumor border ({detail}, {100 * border:.0f}% within "
-                f"{BORDER_VOXELS} voxels of the predicted boundary).")
+                f"{BORDER_VOXELS} {element} of the predicted boundary).")
     if interior >= OTHER_MAJORITY:
         return f"Uncertain inside the tumor, away from its border ({detail}, {100 * interior:.0f}% there)."
     if elsewhere >= OTHER_MAJORITY:
@@ -417,7 +467,7 @@ def _check(classes, affine, brain, saliency, uncertainty, regions):
     return classes.astype(np.uint8, copy=False), affine, brain, regions == REGIONS
 
 
-__all__ = ["VolumeCaption", "describe_volume", "describe_slices", "spacing_from_affine"]
+__all__ = ["VolumeCaption", "describe_volume", "describe_slices", "describe_image", "spacing_from_affine"]
 
 
 # How a caption names a sequence (canonical modality names, jaxseg.data.brats.MODALITIES) and a region.

@@ -264,7 +264,7 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
         step("MC dropout skipped: the model has no dropout (model.dropout = 0)")
 
     review = None
-    if uncertainty is not None:
+    if uncertainty is not None and classes.shape[2] > 1:  # a one-slice image (2D source) has nothing to rank
         review = review_section(uncertainty.whole_tumor_entropy, classes > 0)
         step(f"slices to review first: {', '.join(str(s['slice']) for s in review.slices[:5]) or 'none'}")
     calibration = None

@@ -27,8 +27,10 @@ from jaxseg.explain.gradcam import parse_target
 from jaxseg.explain.layer_quality import NORMALISATIONS
 from jaxseg.explain.maps import ExplainMaps, ModelSpace, compute_maps
 from jaxseg.explain.slices import SliceSpace
+from jaxseg.explain.source2d import SliceCase, areas_px, is_slice_input, read_slice, write_outputs
 from jaxseg.explain.volume3d import WindowSpace
 from jaxseg.files import write_text
+from jaxseg.infer import predict2d
 from jaxseg.infer.predict import Predictor
 from jaxseg.model_store import resolve_checkpoint
 from jaxseg.target import target_for
@@ -60,12 +62,15 @@ class Explanation:
     Attributes:
       case: the case's files; props: its geometry; image: canonical ``(X, Y, Z, C)`` float32 in
         ``modalities`` order; truth: ``(X, Y, Z)`` uint8 internal classes or None.
+        A 2D source (:mod:`jaxseg.explain.source2d`): ``case`` is a
+        :class:`~jaxseg.explain.source2d.SliceCase`, ``props`` None, and every array a one-slice
+        ``(H, W, 1[, ...])`` volume on the input's pixel grid (``is_slice``).
       maps: every map (:class:`~jaxseg.explain.maps.ExplainMaps`).
       volume_caption, slice_captions: :mod:`jaxseg.explain.captions` (one per axial slice).
       warnings: about the input (:func:`jaxseg.data.checks.check_model_input`).
     """
-    case: brats.Case
-    props: nifti.VolumeProperties
+    case: brats.Case | SliceCase
+    props: nifti.VolumeProperties | None
     image: np.ndarray
     modalities: tuple[str, ...]
     truth: np.ndarray | None
@@ -73,6 +78,16 @@ class Explanation:
     volume_caption: captions_lib.VolumeCaption
     slice_captions: list[str]
     warnings: list[str]
+
+    @property
+    def is_slice(self) -> bool:
+        """A 2D source: one slice, no geometry (no pixel size, no orientation)."""
+        return self.props is None
+
+    @property
+    def file_stem(self) -> str:
+        """The prefix of the files written for this case."""
+        return self.case.file_stem if isinstance(self.case, SliceCase) else self.case.case_id
 
 
 @dataclasses.dataclass
@@ -87,12 +102,15 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
             settings: ExplainSettings = ExplainSettings(),
             say: Callable[[str], None] = lambda message: None,
             predictor: Predictor | None = None) -> ExplainResult:
-    """Explain one case (a NIfTI file or a case folder).
+    """Explain one case (a NIfTI file or a case folder), or one 2D slice (a figshare ``.mat``,
+    PNG or TIFF file; :mod:`jaxseg.explain.source2d`) with a run trained on 2D slices.
 
     ``out`` ending in ``.html`` writes only the report there; any other ``out`` is a folder that
     receives every file: ``<case>_seg.nii.gz``, ``_prob``, ``_gradcam``, ``_mc_mean``,
     ``_mc_variance``, ``_mc_entropy``, ``_mc_mutual_information`` (NIfTI, the input's geometry),
-    ``<case>_explain.json`` and ``<case>_report.html``. ``predictor``: an already restored model of
+    ``<case>_explain.json`` and ``<case>_report.html``; a 2D slice writes ``<case>_seg.png`` and
+    the maps as ``<case>_<map>.npy`` (float32, the input's pixel grid) instead of NIfTI.
+    ``predictor``: an already restored model of
     ``checkpoint`` (the web app keeps one per checkpoint, so a second job neither restores nor
     compiles again); None restores it here.
     """
@@ -120,18 +138,15 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--attribution-steps {settings.attribution_steps}: must be 0 (skip) or more")
     if not path.exists():
         raise JaxsegError(f"{path}: no such file or folder")
-    case = brats.case_from_path(path)
-    # None: the bundled model whose modalities this case has; "demo", a bundled name, or a path.
-    run = resolve_checkpoint(checkpoint, modalities=case.images, input_name=str(path), say=say)
-    if predictor is None:
-        predictor = Predictor(run, settings.batch_size, calibrated=settings.calibrated)
-    image, truth, props = brats.load_case(case, predictor.modalities)
-    # Refuses a spacing far from 1 mm; warns (stderr, the summary, the report) if not skull-stripped.
-    input_warnings = checks.check_model_input(
-        image, [case.images[m] for m in predictor.modalities], props.spacing)
-    step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
-         f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
-         f"{', with ground truth' if truth is not None else ''}")
+    case, image, truth, props, input_warnings, run, predictor = _read(path, checkpoint, settings, predictor, say)
+    if props is None:
+        step(f"read {case.case_id}: a 2D slice of {image.shape[0]}x{image.shape[1]} pixels, "
+             f"{len(predictor.modalities)} channel{'' if len(predictor.modalities) == 1 else 's'}"
+             f"{', with a reference mask' if truth is not None else ''}")
+    else:
+        step(f"read {case.case_id}: {'x'.join(map(str, props.shape))} voxels, "
+             f"{len(predictor.modalities)} modalit{'y' if len(predictor.modalities) == 1 else 'ies'}"
+             f"{', with ground truth' if truth is not None else ''}")
 
     layer = settings.layer or _default_layer(predictor)
     names = predictor.model().activation_names
@@ -151,22 +166,28 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
                         step=step)
 
     regions = maps.target.region_names
-    caption_args = (maps.classes, props.canonical_affine, maps.brain, maps.gradcam, maps.whole_tumor_uncertainty, regions)
-    volume_caption = captions_lib.describe_volume(*caption_args)
+    if props is None:  # one 2D slice: the image's own words and pixels
+        volume_caption = captions_lib.describe_image(maps.classes, maps.brain, maps.gradcam,
+                                                     maps.whole_tumor_uncertainty, regions)
+    else:
+        caption_args = (maps.classes, props.canonical_affine, maps.brain, maps.gradcam,
+                        maps.whole_tumor_uncertainty, regions)
+        volume_caption = captions_lib.describe_volume(*caption_args)
     if maps.modality is not None:  # "enhancing tumor: mainly T1ce (64%)"
-        volume_caption = dataclasses.replace(
-            volume_caption, text=f"{volume_caption.text} {'; '.join(maps.modality.captions())}.")
+        said = "; ".join(maps.modality.captions())
+        volume_caption = dataclasses.replace(volume_caption, text=f"{volume_caption.text} {said[:1].upper()}{said[1:]}.")
+    slice_captions = ([volume_caption.text] if props is None else captions_lib.describe_slices(*caption_args))
     explanation = Explanation(case=case, props=props, image=image, modalities=tuple(predictor.modalities), truth=truth,
-                              maps=maps, volume_caption=volume_caption,
-                              slice_captions=captions_lib.describe_slices(*caption_args), warnings=input_warnings)
+                              maps=maps, volume_caption=volume_caption, slice_captions=slice_captions,
+                              warnings=input_warnings)
     step("captions")
 
     summary = _summary(explanation, run, predictor, settings)
     files: dict[str, Path] = {}
-    report_path = out if out.name.endswith(".html") else out / f"{case.case_id}_report.html"
+    report_path = out if out.name.endswith(".html") else out / f"{explanation.file_stem}_report.html"
     if not out.name.endswith(".html"):
         files = _write_maps(out, explanation)
-        files["summary"] = out / f"{case.case_id}_explain.json"
+        files["summary"] = out / f"{explanation.file_stem}_explain.json"
         summary["files"] = {k: str(v) for k, v in files.items()}
     _write_report(report_path, explanation, summary)
     step(f"report written to {report_path}")
@@ -176,6 +197,37 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     if "summary" in files:
         write_text(files["summary"], json.dumps(summary, indent=2))
     return ExplainResult(case.case_id, report_path, files, summary)
+
+
+def _read(path: Path, checkpoint: str | Path | None, settings: ExplainSettings, predictor: Predictor | None,
+          say: Callable[[str], None]):
+    """The case and its model: ``(case, image, truth, props, warnings, run, predictor)``.
+
+    A NIfTI file or case folder: canonical arrays and its geometry; the checks of prediction
+    (refuses a spacing far from 1 mm; warns on stderr, in the summary and the report if not
+    skull-stripped). A 2D slice (:mod:`jaxseg.explain.source2d`), or any input of a run trained on
+    2D slices: a one-slice volume and ``props`` None (2D slices are not skull-stripped by nature:
+    no border warning).
+    """
+    slice_input = is_slice_input(path)
+    case = None
+    if slice_input:
+        if checkpoint is None:
+            raise predict2d.no_bundled_model(path)
+        run = resolve_checkpoint(checkpoint)
+    else:
+        case = brats.case_from_path(path)
+        # None: the bundled model whose modalities this case has; "demo", a bundled name, or a path.
+        run = resolve_checkpoint(checkpoint, modalities=case.images, input_name=str(path), say=say)
+    if predictor is None:
+        predictor = Predictor(run, settings.batch_size, calibrated=settings.calibrated)
+    if slice_input or is_slice_input(path, predictor.cfg):
+        slice_case, image, truth = read_slice(path, predictor)
+        return slice_case, image, truth, None, [], run, predictor
+    image, truth, props = brats.load_case(case, predictor.modalities)
+    input_warnings = checks.check_model_input(
+        image, [case.images[m] for m in predictor.modalities], props.spacing)
+    return case, image, truth, props, input_warnings, run, predictor
 
 
 def _default_layer(predictor: Predictor) -> str:
@@ -196,17 +248,23 @@ def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, se
              ) -> dict[str, Any]:
     """The JSON summary (``<case>_explain.json``, the web app's job result), without ``files``."""
     e, maps, cfg = explanation, explanation.maps, predictor.cfg
-    volumes = {"predicted": brats.tumor_volumes_ml(maps.classes, e.props.spacing)}
-    if e.truth is not None:
-        volumes["ground_truth"] = brats.tumor_volumes_ml(e.truth, e.props.spacing)
+    if e.is_slice:  # a 2D file has no pixel size: areas in pixels
+        sizes = {"areas_px": {"predicted": areas_px(maps.classes),
+                              **({"ground_truth": areas_px(e.truth)} if e.truth is not None else {})}}
+    else:
+        volumes = {"predicted": brats.tumor_volumes_ml(maps.classes, e.props.spacing)}
+        if e.truth is not None:
+            volumes["ground_truth"] = brats.tumor_volumes_ml(e.truth, e.props.spacing)
+        sizes = {"volumes_ml": volumes}
     aucs = {k: round(float(v), 4) for k, v in (maps.curves or {}).items() if k.endswith("_auc")}
     return {
-        "case": e.case.case_id, "input": str(e.case.folder), "checkpoint": str(Path(run).absolute()),
+        "case": e.case.case_id, "input": str(e.case.image if e.is_slice else e.case.folder),
+        "input_kind": "slice" if e.is_slice else "volume", "checkpoint": str(Path(run).absolute()),
         "model": {"name": cfg.model.name, "features": list(cfg.model.features), "target": cfg.data.target,
                   "modalities": list(e.modalities), "dropout": cfg.model.dropout},
         "settings": {**dataclasses.asdict(settings), "layer": maps.layer, "mc_dropout": maps.uncertainty is not None,
                      "compare_layers": list(maps.layer_maps)},
-        "volumes_ml": volumes, "caption": e.volume_caption.text, "side": e.volume_caption.side,
+        **sizes, "caption": e.volume_caption.text, "side": e.volume_caption.side,
         "slice_captions": e.slice_captions, "faithfulness_auc": aucs,
         "warnings": e.warnings, **maps.notes,
         **{key: value for section in maps.sections() for key, value in section.summary().items()},
@@ -217,6 +275,8 @@ def _write_maps(out: Path, explanation: Explanation) -> dict[str, Path]:
     """The segmentation (labels in the input's convention) and every map as NIfTI in the input's
     geometry; returns file key -> path."""
     case, props, maps = explanation.case, explanation.props, explanation.maps
+    if explanation.is_slice:  # a PNG mask and .npy maps in the input's pixel grid
+        return write_outputs(out, case, maps.classes, maps.nifti_volumes())
     # A whole-tumor model writes 0/1 masks; the others the labels of the input's naming.
     labels = maps.classes if maps.target.whole_tumor_only else brats.from_internal(maps.classes, case.naming)
     files = {"segmentation": out / f"{case.case_id}_seg.nii.gz"}
@@ -234,7 +294,8 @@ def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, An
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(
         case_id=e.case.case_id, image=e.image, channel_names=list(e.modalities),
-        spacing=tuple(float(s) for s in e.props.spacing), segmentation=maps.classes.astype(np.uint8),
+        spacing=(1.0, 1.0, 1.0) if e.is_slice else tuple(float(s) for s in e.props.spacing),
+        image_2d=e.is_slice, regions=tuple(maps.target.region_names), segmentation=maps.classes.astype(np.uint8),
         ground_truth=e.truth, maps=maps.overlays(e.truth), slice_captions=e.slice_captions,
         volume_caption=e.volume_caption.text, curves=curves_from_faithfulness(maps.curves) if maps.curves else {},
         settings=settings, warnings=list(e.warnings),

@@ -262,7 +262,7 @@ def _predict_slices(paths: Sequence[Path], checkpoint: Path, run_cfg: Config, ou
 
 
 def _default_slice_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> tuple[Path, None]:
-    return resolve_checkpoint(None, modalities=(), input_name=str(paths[0]))  # raises: no 2D bundled model
+    raise predict2d.no_bundled_model(paths[0])
 
 
 def _default_checkpoint(paths: Sequence[Path], say: Callable[[str], None]) -> tuple[Path, list[brats.Case]]:

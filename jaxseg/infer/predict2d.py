@@ -26,6 +26,13 @@ def records_at(path: Path, mask_suffix: str) -> list[records.Record]:
     return data_format.input_records(path, mask_suffix)
 
 
+def no_bundled_model(path: Path) -> JaxsegError:
+    """The error for a 2D slice given without ``--checkpoint``: no bundled model reads slices."""
+    return JaxsegError(f"{path}: a 2D slice, and no --checkpoint given; the bundled models read BraTS NIfTI "
+                       "volumes, none reads 2D slices. Pass --checkpoint RUN_FOLDER of a run trained on a 2D "
+                       "format (e.g. `jaxseg train --config figshare_resunet34` or `--config lgg_folder`)")
+
+
 def _target_path(out: Path, record: records.Record, single: bool) -> Path:
     if single and out.suffix and not out.is_dir():
         return out if out.suffix.lower() == ".png" else out.with_name(_stem(out) + ".png")

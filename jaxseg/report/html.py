@@ -48,6 +48,8 @@ COLORMAPS = ("turbo", "inferno", "magma", "viridis", "plasma", "hot", "gray")
 CLASSES = ((1, "NCR", "necrotic / non-enhancing core", "#ff4136"),
            (2, "ED", "peritumoral edema", "#2ecc40"),
            (3, "ET", "enhancing tumor", "#ffdc00"))
+# A whole-tumor model's labels (ReportData.regions == ("WT",)): 1 is the tumor, not NCR.
+WT_CLASSES = ((1, "tumor", "whole tumor", "#ff4136"),)
 MESH_STYLE = {"Brain": ("#e8e2d8", 0.22), "ED": ("#2ecc40", 0.4), "NCR": ("#ff4136", 1.0),
               "ET": ("#ffdc00", 1.0), "WT": ("#2ecc40", 0.4), "TC": ("#ff851b", 0.7)}
 _FALLBACK_MESH_COLORS = ("#7fdbff", "#b10dc9", "#01ff70", "#f012be")
@@ -90,6 +92,11 @@ class ReportData:
         :mod:`jaxseg.report.mesh`; None = compute the default ones, ``{}`` = no 3D view.
       warnings: one line each about the input (e.g. not skull-stripped), shown in a banner.
       sections: extra summary cards (:class:`Section`), shown in order after the built-in ones.
+      image_2d: a 2D image (a ``.mat``/PNG/TIFF slice) instead of a volume: every array is a
+        one-slice ``(H, W, 1[, C])`` volume in the image's own order (rows first), with no
+        orientation and no pixel size. The page shows one view of the image as stored (first row
+        at the top), no 3D view, no patient directions or scale bar, and areas in pixels.
+      regions: the rows of the size table (a whole-tumor model: ``('WT',)``).
     """
 
     case_id: str
@@ -109,6 +116,8 @@ class ReportData:
     meshes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     warnings: list[str] = field(default_factory=list)  # about the input, shown above everything
     sections: list[Section] = field(default_factory=list)
+    image_2d: bool = False
+    regions: tuple[str, ...] = ("WT", "TC", "ET")
 
 
 def render_report(data: ReportData) -> str:
@@ -117,6 +126,8 @@ def render_report(data: ReportData) -> str:
     if "fractions" in data.curves:  # the flat dict of jaxseg.explain.faithfulness
         data = replace(data, curves=curves_from_faithfulness(data.curves))
     _validate(data)
+    if data.image_2d:
+        data = _image_as_axial(data)
     payload = _payload(data)
     text = json.dumps(_finite(payload), separators=(",", ":"), ensure_ascii=False)
     text = text.replace("</", "<\\/")  # a caption holding "</script>" must not end the block
@@ -198,6 +209,21 @@ def _validate(data: ReportData) -> None:
 
 
 # ----------------------------------------------------------------------------------- payload
+def _classes(data: ReportData) -> tuple[tuple[int, str, str, str], ...]:
+    """The prediction legend: the BraTS sub-regions, or one "tumor" class for a whole-tumor model."""
+    return WT_CLASSES if tuple(data.regions) == ("WT",) else CLASSES
+
+
+def _image_as_axial(data: ReportData) -> ReportData:
+    """A 2D image's arrays in the axial view's order, which shows ``[x, y]`` at screen column
+    ``X-1-x`` and row ``Y-1-y`` (radiological): ``[x, y] = image[H-1-y, W-1-x]``, so the image
+    appears as stored. No 3D view."""
+    def turn(a):
+        return None if a is None else np.swapaxes(np.asarray(a)[::-1, ::-1], 0, 1)
+    return replace(data, image=turn(data.image), segmentation=turn(data.segmentation),
+                   ground_truth=turn(data.ground_truth), maps={k: turn(v) for k, v in data.maps.items()}, meshes={})
+
+
 def _pack(array: np.ndarray) -> str:
     """C-order bytes, deflated (zlib), base64: inflated in the page by DecompressionStream('deflate')."""
     return base64.b64encode(zlib.compress(np.ascontiguousarray(array).tobytes(), 6)).decode("ascii")
@@ -334,13 +360,15 @@ def _payload(data: ReportData) -> dict[str, Any]:
         "ground_truth": None if data.ground_truth is None
         else _pack(np.asarray(data.ground_truth).astype(np.uint8)[crop][sub]),
         "maps": maps,
-        "classes": [{"value": v, "name": n, "long": long, "color": c} for v, n, long, c in CLASSES],
+        "classes": [{"value": v, "name": n, "long": long, "color": c} for v, n, long, c in _classes(data)],
         "slice_captions": list(data.slice_captions),
         "volume_caption": data.volume_caption,
         "curves": {k: _curve(v) for k, v in data.curves.items() if k in ("deletion", "insertion")},
         "score_label": data.curves.get("score"),
         "meshes": mesh_items,
         "focus": np.clip(focus, 0, shape - 1).tolist(),
+        "image_2d": bool(data.image_2d),
+        "views": ["axial"] if data.image_2d else list(VIEWS),
     }
 
 
@@ -404,16 +432,22 @@ def _tick(value: float, span: float) -> str:
 
 def _volume_rows(data: ReportData) -> list[dict[str, str]]:
     """One row per region of the volume table, every number formatted."""
-    volumes = dict(data.volumes_ml) or {"predicted": region_volumes_ml(data.segmentation, data.spacing)}
+    # A 2D image has no pixel size: its sizes are pixel counts (a volume of 1000 "mm^3" per mL).
+    size = region_volumes_ml if not data.image_2d else (lambda labels, _: {
+        k: v * 1000.0 for k, v in region_volumes_ml(labels, (1.0, 1.0, 1.0)).items()})
+    unit, digits = ("px", 0) if data.image_2d else ("ml", 1)
+    volumes = dict(data.volumes_ml) or {"predicted": size(data.segmentation, data.spacing)}
     if not data.volumes_ml and data.ground_truth is not None:
-        volumes["ground_truth"] = region_volumes_ml(data.ground_truth, data.spacing)
+        volumes["ground_truth"] = size(data.ground_truth, data.spacing)
     pred, truth = volumes.get("predicted", {}), volumes.get("ground_truth") or {}
     dice = _dice(np.asarray(data.segmentation), np.asarray(data.ground_truth)) if data.ground_truth is not None else {}
     rows = []
     for region, long in (("WT", "whole tumor"), ("TC", "tumor core"), ("ET", "enhancing tumor")):
+        if region not in data.regions:
+            continue
         p, t = pred.get(region), truth.get(region)
-        diff = "–" if p is None or t is None else f"{p - t:+.1f} ml" + (f" ({(p - t) / t:+.0%})" if t else "")
-        rows.append({"region": region, "long": long, "predicted": _fmt(p), "truth": _fmt(t),
+        diff = ("–" if p is None or t is None else f"{p - t:+.{digits}f} {unit}" + (f" ({(p - t) / t:+.0%})" if t else ""))
+        rows.append({"region": region, "long": long, "predicted": _fmt(p, digits), "truth": _fmt(t, digits),
                      "difference": diff, "dice": _fmt(dice.get(region), 3)})
     return rows
 
@@ -450,11 +484,15 @@ def _page(data: ReportData, payload: Mapping[str, Any], payload_json: str) -> st
         css=markupsafe.Markup(_asset("viewer.css")), js=markupsafe.Markup(_asset("viewer.js")),
         payload_json=markupsafe.Markup(payload_json),
         case_id=data.case_id, model=str(model), warnings=data.warnings,
-        shape=list(np.shape(data.segmentation)), spacing=[f"{float(v):g}" for v in data.spacing],
-        channel_names=data.channel_names, views=VIEWS,
+        # a 2D image is held turned (_image_as_axial): its rows x columns are shape[1] x shape[0]
+        shape=[np.shape(data.segmentation)[1], np.shape(data.segmentation)[0]] if data.image_2d
+        else list(np.shape(data.segmentation)), spacing=[f"{float(v):g}" for v in data.spacing],
+        channel_names=data.channel_names,
+        views=[("axial", "Image")] if data.image_2d else [(view, view.capitalize()) for view in VIEWS],
+        image_2d=data.image_2d, size_unit="px" if data.image_2d else "ml",
         meshes=payload["meshes"], triangles=f'{sum(m["faces_count"] for m in payload["meshes"]):,}',
         first_caption=first, volume_caption=data.volume_caption,
-        class_chips=[(color, name) for _, name, _, color in CLASSES], compare_chips=COMPARE_CHIPS,
+        class_chips=[(color, name) for _, name, _, color in _classes(data)], compare_chips=COMPARE_CHIPS,
         with_truth=data.ground_truth is not None, maps=maps,
         curve_cards=_curve_cards(payload), volume_rows=_volume_rows(data), settings=_flatten(data.settings),
         sections=data.sections)

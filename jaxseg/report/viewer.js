@@ -84,6 +84,9 @@
       screen: (p) => [Y - 1 - p[1], Z - 1 - p[2]], voxel: (u, v, p) => [p[0], Y - 1 - u, Z - 1 - v] },
   };
   const AXIS_NAMES = ['sagittal', 'coronal', 'axial'];
+  // The views on the page: all three, or (a 2D image, DATA.image_2d) the axial one showing the
+  // image as stored, without patient directions or a scale bar (a 2D file has neither).
+  const SHOWN = DATA.views || Object.keys(VIEWS);
 
   // ------------------------------------------------------------------------------- slice views
   function greyTable() {
@@ -175,12 +178,14 @@
     ctx.fillStyle = '#ffd27f';
     ctx.shadowColor = '#000'; ctx.shadowBlur = 3 * dpr;
     const [left, right, top, bottom] = view.labels, m = 8 * dpr;
-    ctx.textBaseline = 'middle';
-    ctx.textAlign = 'left'; ctx.fillText(left, m, canvas.height / 2);
-    ctx.textAlign = 'right'; ctx.fillText(right, canvas.width - m, canvas.height / 2);
-    ctx.textAlign = 'center';
-    ctx.textBaseline = 'top'; ctx.fillText(top, canvas.width / 2, m);
-    ctx.textBaseline = 'bottom'; ctx.fillText(bottom, canvas.width / 2, canvas.height - m);
+    if (!DATA.image_2d) {
+      ctx.textBaseline = 'middle';
+      ctx.textAlign = 'left'; ctx.fillText(left, m, canvas.height / 2);
+      ctx.textAlign = 'right'; ctx.fillText(right, canvas.width - m, canvas.height / 2);
+      ctx.textAlign = 'center';
+      ctx.textBaseline = 'top'; ctx.fillText(top, canvas.width / 2, m);
+      ctx.textBaseline = 'bottom'; ctx.fillText(bottom, canvas.width / 2, canvas.height - m);
+    }
     // background modality and a scale bar
     ctx.font = `${11 * dpr}px ui-monospace, monospace`;
     ctx.fillStyle = '#c9d1db';
@@ -188,7 +193,7 @@
     const axis = view.axis, k = original(axis, state.pos[axis]);
     ctx.fillText(DATA.channels[state.channel].name, m, m);
     // the longest of 1, 2, 5, 10 cm that takes at most a quarter of the width (clear of the 'P' / 'I')
-    const cm = [10, 5, 2, 1].find((c) => c * 10 * L.scale <= canvas.width / 4);
+    const cm = DATA.image_2d ? null : [10, 5, 2, 1].find((c) => c * 10 * L.scale <= canvas.width / 4);
     if (cm) {
       const bar = cm * 10 * L.scale, bx = canvas.width - m - bar, by = canvas.height - m - 4 * dpr;
       ctx.fillRect(bx, by, bar, 2 * dpr);
@@ -196,17 +201,21 @@
       ctx.fillText(`${cm} cm`, bx + bar / 2, by - 2 * dpr);
     }
     ctx.shadowBlur = 0;
-    $('index-' + name).textContent = `${'xyz'[axis]} ${k} / ${DATA.full_shape[axis] - 1}`;
+    $('index-' + name).textContent = DATA.image_2d ? `${DATA.full_shape[1]} × ${DATA.full_shape[0]} pixels`
+      : `${'xyz'[axis]} ${k} / ${DATA.full_shape[axis] - 1}`;
   }
 
   function updateText() {
     const k = original(2, state.pos[2]);
-    $('caption-slice').textContent = String(k);
+    if (!DATA.image_2d) $('caption-slice').textContent = String(k);
     if (DATA.slice_captions.length) $('caption').textContent = DATA.slice_captions[k] || '';
-    for (const name in VIEWS) { const s = $('slider-' + name); s.value = String(state.pos[VIEWS[name].axis]); }
+    for (const name of SHOWN) { const s = $('slider-' + name); s.value = String(state.pos[VIEWS[name].axis]); }
     const n = idx(state.pos[0], state.pos[1], state.pos[2]);
-    const rows = [['Voxel (RAS index)', state.pos.map((v, a) => original(a, v)).join(', ')],
-      ['mm from voxel 0', state.pos.map((v, a) => (original(a, v) * SP[a] / DATA.stride).toFixed(1)).join(', ')]];
+    // a 2D image is held turned for the axial view ([x, y] = image[H-1-y, W-1-x]): back to (row, column)
+    const rows = DATA.image_2d
+      ? [['Pixel (row, column)', `${DATA.full_shape[1] - 1 - original(1, state.pos[1])}, ${DATA.full_shape[0] - 1 - original(0, state.pos[0])}`]]
+      : [['Voxel (RAS index)', state.pos.map((v, a) => original(a, v)).join(', ')],
+        ['mm from voxel 0', state.pos.map((v, a) => (original(a, v) * SP[a] / DATA.stride).toFixed(1)).join(', ')]];
     DATA.channels.forEach((c, i) => {
       const q = volumes.channels[i][n]; // quantised: the value is approximate
       rows.push([c.name + ' (≈)', formatValue(c.lo + (q / 255) * (c.hi - c.lo), c.hi - c.lo)]);
@@ -237,7 +246,7 @@
     if (pending) return;
     pending = requestAnimationFrame(() => {
       pending = null;
-      for (const name in VIEWS) drawView(name);
+      for (const name of SHOWN) drawView(name);
       updateText();
     });
   }
@@ -532,7 +541,7 @@
     const maps = DATA.maps.map((m, i) => ({ slug: m.slug, kind: 'map', name: m.name, lo: m.lo, hi: m.hi, lut: colormap(m.colormap), data: mapData[i] }));
     state.overlays.unshift(...maps); // maps first, so labels and outlines draw on top of them
     bindControls();
-    for (const name in VIEWS) bindView(name);
+    for (const name of SHOWN) bindView(name);
     for (const kind in DATA.curves) plotCurve(kind, DATA.curves[kind]);
     if (DATA.meshes.length) {
       const meshes = DATA.meshes.map((m, i) => {
@@ -542,7 +551,7 @@
       const redraw3d = bind3d(new Scene($('view3d'), meshes));
       new ResizeObserver(redraw3d).observe($('view3d'));
     }
-    for (const name in VIEWS) new ResizeObserver(render).observe($('view-' + name));
+    for (const name of SHOWN) new ResizeObserver(render).observe($('view-' + name));
     render();
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
     $('loading').classList.add('done');
