@@ -182,8 +182,9 @@ def print_table(title: str, results: list[Result], reference: str, unit: str = "
             print(f"{r.name:<22}  not measured: {r.error}")
             continue
         peak, base = r.info.get("peak_mb", 0.0), r.info.get("base_mb", 0.0)
+        speed = f"{ref / r.median:>21.2f}x" if ref == ref else f"{'-':>22}"  # "-": the reference was not run
         print(f"{r.name:<22}{r.median:>11.3f}{min(r.times):>9.3f}{max(r.times):>9.3f}"
-              f"{ref / r.median:>21.2f}x{peak:>10.0f}{base:>9.0f}{peak - base:>11.0f}"
+              f"{speed}{peak:>10.0f}{base:>9.0f}{peak - base:>11.0f}"
               f"{r.info.get('first_s', float('nan')):>14.2f}"
               + "".join(f"{str(r.info.get(e, '')):>14}" for e in extra))
     for r in results:

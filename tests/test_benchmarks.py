@@ -28,7 +28,8 @@ QUICK_RUNS = {
     "inference_2d_compile": (["inference.py", "--only-2d", "--only", "jax,torch.compile"],
                              ["jax", "torch.compile"]),
 }
-ROW = re.compile(r"^(?P<name>\S.*?)\s+(?P<median>\d+\.\d{3})\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d+x")
+# A row: name, median, min, max, then the speed against the reference ("-" when it was not run).
+ROW = re.compile(r"^(?P<name>\S.*?)\s+(?P<median>\d+\.\d{3})\s+\d+\.\d{3}\s+\d+\.\d{3}\s+(\d+\.\d+x|-)\s")
 SUMMARY = re.compile(r"^  (?P<name>\S.*?)\s+(?P<ratio>\d+\.\d{2})x faster")
 
 
