@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxseg.errors import JaxsegError
+from jaxseg.explain.captions import MODALITY_NAMES
 from jaxseg.explain.sections import (CalibrationSection, FaithfulnessSlicesSection, ModalitySection, ReviewSection,
                                      calibration_section, review_section, split_faithfulness)
 from jaxseg.target import TargetKind
@@ -179,6 +180,8 @@ class ExplainMaps:
         if self.uncertainty is not None:
             out.update({f"mc_{name}": volume for name, volume in self.uncertainty.volumes().items()})
         out.update(self.model_maps)  # att0.., rollout
+        if self.modality is not None:  # the whole tumor's attribution in each sequence
+            out.update({f"ig_{name}": volume for name, volume in self.modality.maps.items()})
         return out
 
     def overlays(self, truth: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -193,6 +196,9 @@ class ExplainMaps:
         if self.uncertainty is not None:
             out["MC variance"] = self.uncertainty.whole_tumor_variance
             out["Entropy"] = self.uncertainty.whole_tumor_entropy
+        if self.modality is not None:  # which sequence drove the whole tumor, where
+            for name, volume in self.modality.maps.items():
+                out[f"WT attribution: {MODALITY_NAMES.get(name, name)}"] = volume
         regions = self.target.region_probabilities(self.probabilities)
         for i, region in enumerate(self.target.region_names):
             out[f"P({region})"] = regions[..., i]

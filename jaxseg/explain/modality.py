@@ -74,24 +74,35 @@ def _predicted(graphdef, params, batch_stats, images, *, target_kind):
 
 
 def _region_attributions(graphdef, params, batch_stats, images, regions, sign, steps, baseline, target_kind,
-                         batch_size, chunk):
-    """Yield ``(start, region number, attribution (n, *spatial, C) float64 after the sign
-    convention, predicted (n, *spatial) bool)`` per chunk of ``batch_size`` samples and region."""
+                         batch_size, chunk, only_predicted=True):
+    """Yield ``(rows, region number, attribution (n, *spatial, C) float64 after the sign
+    convention, predicted (n, *spatial) bool)`` per chunk of at most ``batch_size`` samples and
+    region; ``rows`` are the chunk's sample indices.
+
+    ``only_predicted``: attribute each region only on the samples where it is predicted
+    somewhere. A region's mass sums over its predicted pixels, so the others add exactly 0 to it
+    (per-sample scores: inference batch norm); on a volume's tumor slices the enhancing tumor is
+    often on far fewer slices than the whole tumor, and this skips their forward and backward
+    passes. False: every sample, for maps at every pixel (:func:`modality_maps`)."""
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     specs = _regions(regions, target_kind)
     indices = [target_kind.table_index(r) for r in specs]
-    for start in range(0, len(images), batch_size):
-        rows = images[start:start + batch_size]
-        predicted = chunks.call_padded(
-            lambda x: _predicted(graphdef, params, batch_stats, x, target_kind=target_kind)[1], batch_size, rows)
-        for r, (spec, index) in enumerate(zip(specs, indices)):
+    predicted = np.concatenate([chunks.call_padded(
+        lambda x: _predicted(graphdef, params, batch_stats, x, target_kind=target_kind)[1], batch_size,
+        images[start:start + batch_size]) for start in range(0, len(images), batch_size)]) if len(images) else None
+    for r, (spec, index) in enumerate(zip(specs, indices)):
+        region = predicted[..., index] if predicted is not None else np.zeros((0,), bool)
+        rows_of_region = (np.flatnonzero(region.reshape(len(region), -1).any(axis=1)) if only_predicted
+                          else np.arange(len(images)))
+        for start in range(0, len(rows_of_region), batch_size):
+            rows = rows_of_region[start:start + batch_size]
             # The target's channel is traced: every region reuses one compiled program.
             ig = chunks.call_padded(
                 lambda x: integrated_gradients(graphdef, params, batch_stats, x, Target("predicted", spec),
                                                steps=steps, baseline=baseline, target_kind=target_kind,
-                                               chunk=chunk), batch_size, rows).astype(np.float64)
-            yield start, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), predicted[..., index]
+                                               chunk=chunk), batch_size, images[rows]).astype(np.float64)
+            yield rows, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), region[rows]
 
 
 def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
@@ -132,9 +143,9 @@ def modality_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.St
     kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
     names = [str(r) for r in _regions(regions, kind)]
     maps = {name: np.zeros(images.shape, np.float32) for name in names}
-    for start, r, attribution, _ in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
-                                                         steps, baseline, kind, batch_size, chunk):
-        maps[names[r]][start:start + len(attribution)] = attribution
+    for rows, r, attribution, _ in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                        steps, baseline, kind, batch_size, chunk, only_predicted=False):
+        maps[names[r]][rows] = attribution
     return maps
 
 
@@ -147,6 +158,30 @@ def shares_from_mass(mass: np.ndarray, region_names: Sequence[str], modalities: 
         total = row.sum()
         out[name] = None if total <= 0 else {m: float(v / total) for m, v in zip(modalities, row)}
     return out
+
+
+def modality_attribution_maps(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
+                              modalities: Sequence[str] | None = None, regions: Sequence[int | str] | None = None,
+                              sign: str = "abs", steps: int = 16, baseline: float = 0.0,
+                              target_kind: str | TargetKind | None = None, batch_size: int = 16,
+                              chunk: int | None = None) -> tuple[dict[str, dict[str, float] | None], np.ndarray]:
+    """:func:`modality_attribution` and, from the same integrated gradients (no second pass), the
+    per-modality map of the *first* region (WT for every target kind): ``(B, *spatial, C)``
+    float32, each channel's attribution after the ``sign`` convention at every pixel of the
+    samples where that region is predicted (0 on the others, which add nothing to its shares;
+    not normalised; :func:`modality_maps` for any region on every sample).
+    Arguments as :func:`modality_attribution`."""
+    images = np.asarray(images, np.float32)
+    kind = resolve_kind(target_kind, graphdef, params, batch_stats, images[:1])
+    names = [str(r) for r in _regions(regions, kind)]
+    mass = np.zeros((len(names), images.shape[-1]), np.float64)
+    first = np.zeros(images.shape, np.float32)
+    for rows, r, attribution, predicted in _region_attributions(graphdef, params, batch_stats, images, regions, sign,
+                                                                steps, baseline, kind, batch_size, chunk):
+        mass[r] += (attribution * predicted[..., None]).reshape(-1, attribution.shape[-1]).sum(axis=0)
+        if r == 0:
+            first[rows] = attribution
+    return shares_from_mass(mass, names, _modality_names(modalities, images.shape[-1])), first
 
 
 def modality_attribution(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,

@@ -291,12 +291,15 @@ def _write_maps(out: Path, explanation: Explanation) -> dict[str, Path]:
 def _write_report(path: Path, explanation: Explanation, summary: Mapping[str, Any]) -> None:
     from jaxseg.report.html import ReportData, Section, curves_from_faithfulness, write_report
     e, maps = explanation, explanation.maps
+    overlays = maps.overlays(e.truth)
     settings = {"checkpoint": summary["checkpoint"], "model": summary["model"], "explain": summary["settings"]}
     write_report(ReportData(
         case_id=e.case.case_id, image=e.image, channel_names=list(e.modalities),
         spacing=(1.0, 1.0, 1.0) if e.is_slice else tuple(float(s) for s in e.props.spacing),
         image_2d=e.is_slice, regions=tuple(maps.target.region_names), segmentation=maps.classes.astype(np.uint8),
-        ground_truth=e.truth, maps=maps.overlays(e.truth), slice_captions=e.slice_captions,
+        ground_truth=e.truth, maps=overlays, slice_captions=e.slice_captions,
+        # the sequences' attribution maps share one scale (ModalitySection.maps)
+        map_ranges={name: (0.0, 1.0) for name in overlays if name.startswith("WT attribution")},
         volume_caption=e.volume_caption.text, curves=curves_from_faithfulness(maps.curves) if maps.curves else {},
         settings=settings, warnings=list(e.warnings),
         sections=[Section(section.template, section.report_context()) for section in maps.sections()]), path)

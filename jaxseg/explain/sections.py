@@ -27,12 +27,17 @@ class ModalitySection:
       ablation: :func:`jaxseg.explain.modality.modality_ablation` (score and Dice drop when a
         sequence is replaced by its brain mean).
       steps: integrated-gradient steps; slices: how many slices (2D) or windows (3D) were attributed.
+      maps: ``{modality: (X, Y, Z) float32}`` canonical, the whole tumor's attribution in each
+        sequence (:func:`jaxseg.explain.modality.modality_attribution_maps`), on one scale for
+        all sequences (so their brightness compares; :func:`modality_map_volumes`); 0 where nothing was
+        attributed (slices without predicted tumor, outside the 3D window). Shown in the viewer.
     """
     attribution: Mapping[str, Mapping[str, float] | None]
     ablation: Mapping[str, Any]
     steps: int
     samples: int
     template: str = "modality"
+    maps: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def captions(self) -> list[str]:
         """One line per region, ``'enhancing tumor: mainly T1ce (64%)'``."""
@@ -53,6 +58,22 @@ class ModalitySection:
             rows.append({"region": region, "long": captions.REGION_NAMES.get(region, region), "caption": caption,
                          "bars": bars})
         return {"regions": rows, "steps": self.steps, "samples": self.samples}
+
+
+# Attribution maps are spiky (a few voxels hold the largest values): they are shown divided by
+# this percentile of the attributed voxels of all sequences, clipped to 1, so the rest is visible.
+MODALITY_MAP_PERCENTILE = 99.5
+
+
+def modality_map_volumes(volume: np.ndarray, modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """``(X, Y, Z, C)`` canonical attribution -> ``{modality: (X, Y, Z) float32}`` in [0, 1], all
+    divided by one scale, the :data:`MODALITY_MAP_PERCENTILE` th percentile of the nonzero values
+    of every sequence, and clipped to 1 (:attr:`ModalitySection.maps`)."""
+    volume = np.asarray(volume, np.float32)
+    attributed = volume[volume > 0]
+    scale = float(np.percentile(attributed, MODALITY_MAP_PERCENTILE)) if attributed.size else 0.0
+    scaled = np.minimum(volume / scale, np.float32(1)) if scale > 0 else volume
+    return {m: np.ascontiguousarray(scaled[..., c]) for c, m in enumerate(modalities)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,8 @@ from jaxseg.explain.gradcam import gradcam_volume
 from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
 from jaxseg.explain.model_maps import model_maps_volume
-from jaxseg.explain.modality import modality_ablation, modality_attribution, region_slices
-from jaxseg.explain.sections import ModalitySection
+from jaxseg.explain.modality import modality_ablation, modality_attribution_maps, region_slices
+from jaxseg.explain.sections import ModalitySection, modality_map_volumes
 from jaxseg.explain.mc_shared import mc_dropout_shared
 from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
@@ -86,11 +86,15 @@ class SliceSpace:
         p, kind, regions = self.predictor, self.target.name, list(self.target.region_names)
         model = (p.graphdef, p.params, p.batch_stats)
         chosen = region_slices(*model, self.slices, regions=regions, target_kind=kind, batch_size=p.batch_size)
-        attribution = modality_attribution(*model, self.slices[chosen], modalities=modalities, regions=regions,
-                                           steps=steps, target_kind=kind, batch_size=p.batch_size)
+        attribution, first = modality_attribution_maps(*model, self.slices[chosen], modalities=modalities,
+                                                       regions=regions, steps=steps, target_kind=kind,
+                                                       batch_size=p.batch_size)
         ablation = modality_ablation(*model, self.slices, modalities=modalities, regions=regions, target_kind=kind,
                                      batch_size=p.batch_size)
-        return ModalitySection(attribution, ablation, steps=steps, samples=len(chosen))
+        per_slice = np.zeros(self.slices.shape, np.float32)  # the attributed slices' maps; 0 on the others
+        per_slice[chosen] = first
+        return ModalitySection(attribution, ablation, steps=steps, samples=len(chosen),
+                               maps=modality_map_volumes(self.to_volume(per_slice), modalities))
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """MC-dropout statistics of every brain slice (:func:`~jaxseg.explain.mc_shared.mc_dropout_shared`):

@@ -34,8 +34,8 @@ from jaxseg.explain.faithfulness import faithfulness
 from jaxseg.explain.gradcam import gradcam
 from jaxseg.explain.layer_quality import normalise_map
 from jaxseg.explain.maps import Saliency
-from jaxseg.explain.modality import modality_ablation, modality_attribution
-from jaxseg.explain.sections import ModalitySection
+from jaxseg.explain.modality import modality_ablation, modality_attribution_maps
+from jaxseg.explain.sections import ModalitySection, modality_map_volumes
 from jaxseg.explain.mc_shared import mc_dropout_shared
 from jaxseg.infer import sliding_window
 from jaxseg.infer.predict import Predictor
@@ -157,11 +157,16 @@ class WindowSpace:
         backward passes each, the whole box by windows would cost that per window."""
         p, kind, regions = self.predictor, self.target.name, list(self.target.region_names)
         model = (p.graphdef, p.params, p.batch_stats)
-        attribution = modality_attribution(*model, saliency.images, modalities=modalities, regions=regions,
-                                           steps=steps, target_kind=kind, batch_size=1, chunk=FAITHFULNESS_CHUNK)
+        attribution, first = modality_attribution_maps(*model, saliency.images, modalities=modalities,
+                                                       regions=regions, steps=steps, target_kind=kind, batch_size=1,
+                                                       chunk=FAITHFULNESS_CHUNK)
         ablation = modality_ablation(*model, saliency.images, modalities=modalities, regions=regions,
                                      target_kind=kind, batch_size=1)
-        return ModalitySection(attribution, ablation, steps=steps, samples=1)
+        # The window's maps at its place in the box (0 elsewhere), then on the canonical grid.
+        origin = np.asarray(saliency.notes["gradcam_window"]["start"]) - np.asarray(self.prepared.box.start)
+        box = paste_window(first[0], origin, (*self.prepared.box.shape, first.shape[-1]))
+        return ModalitySection(attribution, ablation, steps=steps, samples=1,
+                               maps=modality_map_volumes(self.to_volume(box), modalities))
 
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]:
         """:func:`mc_dropout_windows` of the box."""

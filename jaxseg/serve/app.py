@@ -113,9 +113,8 @@ class App:
             status["result"] = {
                 "case": s.get("case"), "caption": s.get("caption"), "volumes_ml": s.get("volumes_ml"),
                 "faithfulness_auc": s.get("faithfulness_auc"), "report_url": f"/api/jobs/{job.id}/report",
-                "files": [{"key": k, "label": label, "name": job.files[k].name,
-                           "url": f"/api/jobs/{job.id}/files/{k}"} for k, label in jobs.FILE_LABELS.items()
-                          if k in job.files]}
+                "files": [{"key": k, "label": jobs.file_label(k), "name": job.files[k].name,
+                           "url": f"/api/jobs/{job.id}/files/{k}"} for k in jobs.file_keys(job.files)]}
         return status
 
     # ----------------------------------------------------------------------------- jobs

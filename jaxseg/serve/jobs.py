@@ -45,6 +45,26 @@ FILE_LABELS = {
 }
 
 
+def file_keys(files) -> list[str]:
+    """The download keys of a job's files: those of :data:`FILE_LABELS` in its order, then the
+    rest (the per-sequence attribution maps ``ig_<modality>``, attention maps) by name."""
+    return [k for k in FILE_LABELS if k in files] + sorted(k for k in files if k not in FILE_LABELS)
+
+
+def file_label(key: str) -> str:
+    """What the page calls a file of ``explain``."""
+    from jaxseg.explain.captions import MODALITY_NAMES
+    if key in FILE_LABELS:
+        return FILE_LABELS[key]
+    if key.startswith("ig_"):
+        return f"Whole-tumor attribution, {MODALITY_NAMES.get(key[3:], key[3:])} (NIfTI)"
+    if key == "rollout":
+        return "Attention rollout (NIfTI)"
+    if key.startswith("att"):
+        return f"Attention gate {key[3:]} (NIfTI)"
+    return f"{key} (NIfTI)"
+
+
 class QueueFull(Exception):
     """The runner already holds ``max_waiting`` jobs that have not started."""
 

@@ -79,8 +79,9 @@ def test_explain_with_a_3d_run_writes_every_map_in_the_input_geometry(smoke_run_
     case = data / "Phantom_21_000"
     result = explain(case, smoke_run_3d, tmp_path / "out", ExplainSettings(mc_samples=2, faithfulness_steps=3))
     flair = nib.load(case / "Phantom_21_000_flair.nii.gz")
+    # ig_<modality>: the whole tumor's attribution in each sequence, from the Grad-CAM window.
     assert {"segmentation", "probabilities", "gradcam", "mc_mean", "mc_variance", "mc_entropy",
-            "mc_mutual_information", "summary"} == set(result.files)
+            "mc_mutual_information", "summary", "ig_flair", "ig_t1", "ig_t1ce", "ig_t2"} == set(result.files)
     for name, path in result.files.items():
         if name != "summary":
             img = nib.load(path)

@@ -62,6 +62,40 @@ def test_modality_attribution_in_the_json_equals_the_library_on_every_slice(expl
     assert summary["modality_ablation"] == json.loads(json.dumps(ablation))
 
 
+def test_the_per_modality_maps_are_the_attribution_behind_the_whole_tumor_shares(explained, space):
+    """modality_attribution_maps: the shares of modality_attribution, and the first region's map,
+    whose sum over that region's predicted pixels gives its shares; in the report and the files."""
+    import nibabel as nib
+    from jaxseg.explain.modality import modality_attribution_maps, modality_maps
+    result, summary = explained
+    p = space.predictor
+    model = (p.graphdef, p.params, p.batch_stats)
+    kind, regions = space.target.name, list(space.target.region_names)
+    shares, first = modality_attribution_maps(*model, space.slices, modalities=p.modalities, regions=regions, steps=4,
+                                              target_kind=kind, batch_size=p.batch_size)
+    assert shares == modality_attribution(*model, space.slices, modalities=p.modalities, regions=regions, steps=4,
+                                          target_kind=kind, batch_size=p.batch_size)
+    predicted_wt = space.target.region_probabilities(space.probabilities())[..., 0] > 0.5
+    # The first region's maps on the slices where it is predicted (every slice's: modality_maps), 0 elsewhere.
+    every = modality_maps(*model, space.slices, regions=regions, steps=4, target_kind=kind,
+                          batch_size=p.batch_size)[regions[0]]
+    wt_slices = predicted_wt.reshape(len(predicted_wt), -1).any(axis=1)
+    assert wt_slices.any()
+    np.testing.assert_allclose(first[wt_slices], every[wt_slices], rtol=1e-5, atol=1e-7)
+    assert not first[~wt_slices].any()
+    mass = (first * predicted_wt[..., None]).reshape(-1, first.shape[-1]).sum(axis=0, dtype=np.float64)
+    if shares["WT"] is not None:
+        for c, m in enumerate(p.modalities):
+            assert shares["WT"][m] == pytest.approx(mass[c] / mass.sum(), rel=1e-4, abs=1e-6)
+    # In the explanation: one map per sequence on the canonical grid, all on one scale, clipped to [0, 1].
+    maps = {m: np.asarray(nib.load(result.files[f"ig_{m}"]).dataobj) for m in p.modalities}
+    assert max(float(v.max()) for v in maps.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(v.min() >= 0 for v in maps.values())
+    page = result.report.read_text()
+    for m in p.modalities:
+        assert f"WT attribution: {captions.MODALITY_NAMES.get(m, m)}" in page
+
+
 def test_tumor_slices_are_where_some_region_is_predicted(space):
     p = space.predictor
     probs = space.probabilities()

@@ -159,3 +159,27 @@ def test_modality_maps_are_the_absolute_integrated_gradients():
     predicted = model.logits_np(images)[..., 1] > 0
     np.testing.assert_allclose((maps["TC"] * predicted[..., None]).sum(axis=(0, 1, 2)),
                                ig_mass_closed_form(model, images, 1, 9), rtol=1e-4)
+
+
+def test_a_region_is_attributed_only_on_the_samples_that_predict_it(monkeypatch):
+    """Samples without a region's pixels add exactly 0 to its mass: they are skipped (one IG
+    call per sample and region that predicts it here) and the mass is still the closed form."""
+    model = LinearPixelModel([[6.0, 1.0, 0.0], [2.0, -3.0, 0.0], [0.0, 4.0, 5.0]], [-4.0, -1.0, -2.0])
+    images = images_with_background(3, 8, 3)
+    images[1:, ..., 2] *= 0.3  # ET's logit 5 * flair - 2 < 0: ET on the first sample only
+    predicted = model.logits_np(images) > 0  # (B, H, W, 3)
+    per_region = predicted.reshape(3, -1, 3).any(axis=1).sum(axis=0)  # samples predicting each region
+    assert per_region[2] == 1 and per_region[0] == 3
+    calls = []
+    real = MA.integrated_gradients
+    monkeypatch.setattr(MA, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shares, first = MA.modality_attribution_maps(*split(model), images, steps=9, target_kind="regions", batch_size=1)
+    assert len(calls) == per_region.sum() < 9
+    masses = [ig_mass_closed_form(model, images, r, 9) for r in range(3)]
+    for region, mass in zip(("WT", "TC", "ET"), masses):
+        for c, m in enumerate(("channel0", "channel1", "channel2")):
+            assert shares[region][m] == pytest.approx(mass[c] / mass.sum(), rel=1e-4)
+    # The first region's (WT's) map: the absolute IG on its samples (all three here).
+    from jaxseg.explain.attribution import integrated_gradients
+    direct = np.asarray(integrated_gradients(*split(model), images, "predicted:WT", steps=9, target_kind="regions"))
+    np.testing.assert_allclose(first, np.abs(direct), atol=1e-7)

@@ -27,7 +27,7 @@ def test_explain_writes_every_map_in_the_input_geometry(smoke_run, case, tmp_pat
     result = explain(case, smoke_run, tmp_path / "out", QUICK)
     flair = nib.load(case / "Phantom_21_000_flair.nii.gz")
     expected = {"segmentation", "probabilities", "gradcam", "mc_mean", "mc_variance", "mc_entropy",
-                "mc_mutual_information", "summary"}
+                "mc_mutual_information", "summary", "ig_flair", "ig_t1", "ig_t1ce", "ig_t2"}
     assert set(result.files) == expected
     for name, path in result.files.items():
         if name == "summary":
