@@ -19,10 +19,12 @@ import harness  # noqa: E402
 # (script and arguments, the variants its table must hold). torch.compile runs in one of them
 # only (tens of seconds of compiling a tiny model; the train step's takes minutes on 2 cores).
 QUICK_RUNS = {
-    "train_step_2d": (["train_step.py", "--bf16"], ["jax xla-conv", "jax", "jax bf16", "torch eager", "torch eager CL"]),
+    # bf16 is exercised in inference_2d (and by tests/train/test_precision.py), xla-conv here.
+    "train_step_2d": (["train_step.py", "--only", "jax xla-conv,jax,torch eager,torch eager CL"],
+                      ["jax xla-conv", "jax", "torch eager", "torch eager CL"]),
     "train_step_3d": (["train_step.py", "--3d"], ["jax", "torch eager", "torch eager CL"]),
-    "inference_2d": (["inference.py", "--only-2d", "--bf16"],
-                     ["jax", "jax xla-conv", "jax bf16", "torch eager", "torch eager CL"]),
+    "inference_2d": (["inference.py", "--only-2d", "--bf16", "--only", "jax,jax bf16,torch eager,torch eager CL"],
+                     ["jax", "jax bf16", "torch eager", "torch eager CL"]),
     "inference_3d": (["inference.py", "--only-3d"], ["jax", "torch eager", "torch eager CL"]),
     # torch eager ran in inference_2d already: here only what torch.compile adds.
     "inference_2d_compile": (["inference.py", "--only-2d", "--only", "jax,torch.compile"],

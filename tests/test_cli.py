@@ -81,8 +81,9 @@ def test_console_script_prints_no_traceback(tmp_path):
     bad = tmp_path / "Broken_1"
     bad.mkdir()
     (bad / "Broken_1_flair.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    # A wide table (Rich reads COLUMNS): the long temporary file name must not wrap mid-name.
     proc = subprocess.run([exe, "data", "inspect", str(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "400"}, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "Broken_1_flair.nii.gz" in proc.stdout + proc.stderr
