@@ -23,8 +23,11 @@ install: $(BIN)/jaxseg
 demo: install
 	$(BIN)/jaxseg demo
 
+# Two worker processes, each test file on one of them (its module fixtures built once): on 2 cores
+# the suite spends part of its time in subprocesses, browsers and file I/O, which the other
+# worker's computation fills.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo_output
