@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,20 +74,22 @@ def test_inspect_real_brats2018(real_data):
     assert result.exit_code == 0 and "2023" in result.output
 
 
-def test_console_script_prints_no_traceback(tmp_path):
+def test_console_script_prints_no_traceback():
     """The installed `jaxseg` entry point, in a real process."""
     exe = shutil.which("jaxseg", path=str(Path(sys.executable).parent)) or shutil.which("jaxseg")
     if exe is None:
         pytest.skip("the jaxseg console script is not installed")
-    bad = tmp_path / "Broken_1"
-    bad.mkdir()
-    (bad / "Broken_1_flair.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    # A wide table (Rich reads COLUMNS): the long temporary file name must not wrap mid-name.
-    proc = subprocess.run([exe, "data", "inspect", str(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "400"}, timeout=120)
+    # A short folder: the table's problem column wraps long paths (pytest-xdist's tmp_path is
+    # longer), and the file name must be found whole.
+    with tempfile.TemporaryDirectory(prefix="jx") as short:
+        bad = Path(short) / "Broken_1"
+        bad.mkdir()
+        (bad / "Broken_1_flair.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+        proc = subprocess.run([exe, "data", "inspect", short], capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert "Broken_1_flair.nii.gz" in proc.stdout + proc.stderr
+    assert "Broken_1_flair.nii.gz" in proc.stdout + proc.stderr, proc.stdout
 
 
 def test_an_unwritable_output_is_one_line(tmp_path):
