@@ -95,8 +95,9 @@ def _with_mask(record: records.Record, mask_suffix: str) -> records.Record:
 def write_outputs(out: Path, case: SliceCase, classes: np.ndarray, maps: dict[str, np.ndarray]
                   ) -> dict[str, Path]:
     """``<out>/<case>_seg.png`` (0/255) and each map as ``<out>/<case>_<key>.npy`` float32
-    ``(H, W)`` (``(H, W, K)`` for K > 1 channels) in the input's pixel grid; each written under a temporary name and renamed.
-    ``classes``, ``maps``: ``(H, W, 1[, K])`` one-slice volumes. Returns file key -> path."""
+    ``(H, W)`` (``(H, W, K)`` for K > 1 channels) in the input's pixel grid, each written under a
+    temporary name and renamed. ``classes``, ``maps``: ``(H, W, 1[, K])`` one-slice volumes.
+    Returns file key -> path."""
     files = {"segmentation": out / f"{case.file_stem}_seg.png"}
     predict2d.write_mask_png(classes[:, :, 0] > 0, files["segmentation"])
     suffixes = {"probabilities": "prob"}

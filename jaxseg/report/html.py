@@ -290,11 +290,16 @@ def _focus(labels: np.ndarray) -> list[int]:
     return [int(round(i.mean())), int(round(j.mean())), z]
 
 
+def region_counts(labels: np.ndarray) -> dict[str, int]:
+    """``{'WT': voxels, 'TC': ..., 'ET': ...}`` of an internal-class map."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=4)
+    return {region: int(counts[list(classes)].sum()) for region, classes in REGION_CLASSES.items()}
+
+
 def region_volumes_ml(labels: np.ndarray, spacing) -> dict[str, float]:
     """``{'WT': ml, 'TC': ml, 'ET': ml}`` of an ``(X, Y, Z)`` internal-class map."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=4)
-    return {region: float(counts[list(classes)].sum()) * voxel_ml for region, classes in REGION_CLASSES.items()}
+    return {region: float(n) * voxel_ml for region, n in region_counts(labels).items()}
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -432,9 +437,8 @@ def _tick(value: float, span: float) -> str:
 
 def _volume_rows(data: ReportData) -> list[dict[str, str]]:
     """One row per region of the volume table, every number formatted."""
-    # A 2D image has no pixel size: its sizes are pixel counts (a volume of 1000 "mm^3" per mL).
-    size = region_volumes_ml if not data.image_2d else (lambda labels, _: {
-        k: v * 1000.0 for k, v in region_volumes_ml(labels, (1.0, 1.0, 1.0)).items()})
+    # A 2D image has no pixel size: its sizes are pixel counts.
+    size = (lambda labels, _: region_counts(labels)) if data.image_2d else region_volumes_ml
     unit, digits = ("px", 0) if data.image_2d else ("ml", 1)
     volumes = dict(data.volumes_ml) or {"predicted": size(data.segmentation, data.spacing)}
     if not data.volumes_ml and data.ground_truth is not None:
