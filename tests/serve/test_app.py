@@ -283,6 +283,9 @@ def test_job_lifecycle(finished_upload_job, phantom_case):
     assert result["caption"] and set(result["volumes_ml"]) == {"predicted", "ground_truth"}
     keys = [f["key"] for f in result["files"]]
     assert keys[:2] == ["segmentation", "report"] and "gradcam" in keys and "mc_variance" in keys
+    # Every file explain wrote is offered, the per-sequence attribution maps named for their sequence.
+    assert {"ig_flair", "ig_t1", "ig_t1ce", "ig_t2"} <= set(keys)
+    assert {f["key"]: f["label"] for f in result["files"]}["ig_t1ce"] == "Whole-tumor attribution, T1ce (NIfTI)"
     status, seg, headers = user.request("GET", f"/api/jobs/{job['id']}/files/segmentation")
     assert status == 200 and headers["content-disposition"] == 'attachment; filename="upload_seg.nii.gz"'
     labels = nib.Nifti1Image.from_bytes(gzip.decompress(seg))
