@@ -189,7 +189,7 @@ def explain(
     normalise: str = typer.Option("volume", metavar="volume|slice",
                                   help="Grad-CAM divided by its maximum over the volume (default) or each slice"),
     compare_layers: Optional[str] = typer.Option(
-        None, metavar="LAYER,LAYER|none", help="Grad-CAM layers the report also offers (default: bottleneck, dec1, dec0)"),
+        None, metavar="LAYER,LAYER|none", help="Grad-CAM layers the report also offers (default: bottleneck, dec2, dec0)"),
     faithfulness_slices: int = typer.Option(
         0, help="deletion/insertion on every tumor slice (0) or on the N with the largest tumor"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),

@@ -50,7 +50,7 @@ class ExplainSettings:
     batch_size: int = 16
     attribution_steps: int = 8  # integrated-gradient steps of the modality attribution (0: skip it)
     normalise: str = "volume"  # Grad-CAM divided by its maximum over the volume | each slice
-    # Further Grad-CAM layers the report switches among; None: the bottleneck, dec1 and dec0.
+    # Further Grad-CAM layers the report switches among; None: the bottleneck, dec2 and dec0.
     compare_layers: tuple[str, ...] | None = None
     calibrated: bool = True  # apply the model's calibration.json (per-region temperatures), if any
 
@@ -239,9 +239,11 @@ def _default_layer(predictor: Predictor) -> str:
 
 def _compare_layers(names: tuple[str, ...]) -> tuple[str, ...]:
     """The layers the report offers besides ``--layer``: the bottleneck (the deepest encoder
-    level: coarse, context), dec1 and dec0 (fine, near the output), those the model has."""
+    level: coarse, context), dec2 and dec0 (fine, near the output), those the model has. dec2, not
+    dec1: on a real validation case (docs/explain.md) dec2's map beat the random ranking on 71 % /
+    87 % of the tumor slices (deletion / insertion), dec1's on 2 % / 69 %."""
     bottleneck = [name for name in names if name.startswith("enc")][-1:]
-    return tuple(dict.fromkeys(bottleneck + [name for name in ("dec1", "dec0") if name in names]))
+    return tuple(dict.fromkeys(bottleneck + [name for name in ("dec2", "dec0") if name in names]))
 
 
 def _summary(explanation: Explanation, run: str | Path, predictor: Predictor, settings: ExplainSettings

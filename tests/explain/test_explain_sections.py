@@ -160,10 +160,10 @@ def test_gradcam_is_normalised_per_volume_by_default_and_per_slice_on_request(ex
     want = np.where(peaks[:, None, None] > 0, raw / np.where(peaks > 0, peaks, 1)[:, None, None], 0)
     np.testing.assert_allclose(per_slice, want, atol=1e-6)
     assert summary["settings"]["normalise"] == "volume"
-    # The report switches among the bottleneck, dec1 and the main layer dec0.
+    # The report switches among the bottleneck, dec2 and the main layer dec0 (those the model has).
     depth = len(p.cfg.model.features) - 1
     names = p.model().activation_names
-    expected_layers = [name for name in (f"enc{depth}", "dec1") if name in names]
+    expected_layers = [name for name in (f"enc{depth}", "dec2") if name in names]
     assert expected_layers and summary["settings"]["compare_layers"] == expected_layers
     html = result.report.read_text()
     assert all(f"Grad-CAM {name}" in html for name in expected_layers)
