@@ -79,6 +79,7 @@ def test_the_report_shows_the_image_as_stored_in_one_view(explained_mat):
     assert "Tumor area" in page and "(px)" in page and "64 × 48 pixels" in page
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</"))
     assert data["image_2d"] and data["views"] == ["axial"] and data["meshes"] == []
+    assert [c["name"] for c in data["classes"]] == ["tumor"]  # a whole-tumor model: no NCR/ED/ET legend
     # The axial view draws [x, y] at screen column X-1-x, row Y-1-y (viewer.js): undo it on the
     # embedded labels and the input's mask must come out, in its own rows and columns.
     X, Y, Z = data["shape"]
