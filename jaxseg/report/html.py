@@ -437,8 +437,7 @@ def _tick(value: float, span: float) -> str:
 
 def _volume_rows(data: ReportData) -> list[dict[str, str]]:
     """One row per region of the volume table, every number formatted."""
-    # A 2D image has no pixel size: its sizes are pixel counts.
-    size = (lambda labels, _: region_counts(labels)) if data.image_2d else region_volumes_ml
+    size = (lambda labels, _: region_counts(labels)) if data.image_2d else region_volumes_ml  # 2D: pixels
     unit, digits = ("px", 0) if data.image_2d else ("ml", 1)
     volumes = dict(data.volumes_ml) or {"predicted": size(data.segmentation, data.spacing)}
     if not data.volumes_ml and data.ground_truth is not None:
@@ -488,9 +487,8 @@ def _page(data: ReportData, payload: Mapping[str, Any], payload_json: str) -> st
         css=markupsafe.Markup(_asset("viewer.css")), js=markupsafe.Markup(_asset("viewer.js")),
         payload_json=markupsafe.Markup(payload_json),
         case_id=data.case_id, model=str(model), warnings=data.warnings,
-        # a 2D image is held turned (_image_as_axial): its rows x columns are shape[1] x shape[0]
-        shape=[np.shape(data.segmentation)[1], np.shape(data.segmentation)[0]] if data.image_2d
-        else list(np.shape(data.segmentation)), spacing=[f"{float(v):g}" for v in data.spacing],
+        shape=list(np.shape(data.segmentation)[1::-1] if data.image_2d  # held turned: rows x columns
+                   else np.shape(data.segmentation)), spacing=[f"{float(v):g}" for v in data.spacing],
         channel_names=data.channel_names,
         views=[("axial", "Image")] if data.image_2d else [(view, view.capitalize()) for view in VIEWS],
         image_2d=data.image_2d, size_unit="px" if data.image_2d else "ml",
