@@ -28,11 +28,10 @@ class SliceCase:
 
     Attributes:
       case_id: the slice's id (an image folder's keeps its patient folder, ``patient/slice``).
-      folder: the folder holding the file; image: the file read; mask: its reference mask, or None.
+      image: the file read; mask: its reference mask, or None.
       format: the ``data.format`` that read it.
     """
     case_id: str
-    folder: Path
     image: Path
     mask: Path | None
     format: str
@@ -76,7 +75,7 @@ def read_slice(path: Path, predictor) -> tuple[SliceCase, np.ndarray, np.ndarray
     if not np.all(np.isfinite(volume)):
         raise file_error(record.image, "holds NaN or infinite values")
     checks.check_content(volume, [record.image] * volume.shape[-1])
-    case = SliceCase(record.case_id, record.image.parent, record.image, record.mask, record.format)
+    case = SliceCase(record.case_id, record.image, record.mask, record.format)
     return case, volume, None if truth is None else (truth > 0).astype(np.uint8)
 
 
