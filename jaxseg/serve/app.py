@@ -6,6 +6,7 @@ answered 400); both carry one line for the page to show.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jaxseg.errors import JaxsegError
-from jaxseg.serve import catalog, jobs, predictors, sessions
+from jaxseg.serve import catalog, jobs, predictors, sessions, slices
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_MC_SAMPLES = 50
@@ -103,6 +104,7 @@ class App:
                 "data_root": str(self.settings.data) if self.settings.data else None,
                 "max_upload_bytes": self.max_upload_bytes, "slots": list(sessions.SLOTS),
                 "uploads": {slot: u.describe() for slot, u in uploads.items()},
+                "slice_slots": list(slices.SLICE_SLOTS),
                 "jobs": [self.job_status(j) for j in sorted(session_jobs, key=lambda j: j.created)]}
 
     def job_status(self, job: jobs.Job) -> dict[str, Any]:
@@ -112,8 +114,9 @@ class App:
             s = job.summary
             status["result"] = {
                 "case": s.get("case"), "caption": s.get("caption"), "volumes_ml": s.get("volumes_ml"),
+                "areas_px": s.get("areas_px"),
                 "faithfulness_auc": s.get("faithfulness_auc"), "report_url": f"/api/jobs/{job.id}/report",
-                "files": [{"key": k, "label": jobs.file_label(k), "name": job.files[k].name,
+                "files": [{"key": k, "label": jobs.file_label(k, job.files[k]), "name": job.files[k].name,
                            "url": f"/api/jobs/{job.id}/files/{k}"} for k in jobs.file_keys(job.files)]}
         return status
 
@@ -137,6 +140,8 @@ class App:
         if target not in targets:
             raise JaxsegError(f"Grad-CAM target must be one of {', '.join(targets)}")
         settings = ExplainSettings(mc_samples=mc_samples, target=target)
+        if checkpoint.input == "slice":
+            return (checkpoint, settings, *self._slice_source(session, checkpoint, request))
         if request.get("source") == "case":
             case = self.cases.get(str(request.get("case")))
             if case is None:
@@ -156,6 +161,23 @@ class App:
             prepare = lambda session, job: sessions.case_folder(session, checkpoint.modalities, job.folder / "input")
             description = "uploaded " + ", ".join(names)
         return checkpoint, settings, prepare, description
+
+    def _slice_source(self, session: sessions.Session | None, checkpoint: catalog.Checkpoint,
+                      request: dict[str, Any]) -> tuple[Callable[[sessions.Session, jobs.Job], Path], str]:
+        """(prepare, description) of a job of a model that reads one 2D slice: the session's
+        ``slice`` upload (and its ``slice_mask``)."""
+        if request.get("source") == "case":
+            raise JaxsegError(f"{checkpoint.run.name} reads one 2D slice (.mat, PNG or TIFF); the dataset's cases "
+                              "are volumes: upload a slice instead")
+        with session.lock if session is not None else contextlib.nullcontext():
+            uploads = dict(session.uploads) if session is not None else {}
+        if "slice" not in uploads:
+            raise JaxsegError("this model reads one 2D slice (.mat, PNG or TIFF); upload it first")
+        names = [uploads[s].name for s in slices.SLICE_SLOTS
+                 if s in uploads and not (s == "slice_mask" and uploads["slice"].has_mask)]
+        return ((lambda session, job: slices.slice_folder(dict(session.uploads), checkpoint.mask_suffix,
+                                                          job.folder / "input")),
+                "uploaded slice " + ", ".join(names))
 
     def start_job(self, session: sessions.Session, checked) -> jobs.Job:
         """Queue a checked request (:meth:`check_job_request`) for ``session``. Raises Refused 429

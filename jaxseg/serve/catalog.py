@@ -14,7 +14,7 @@ from typing import Sequence
 
 from jaxseg import config as config_lib
 from jaxseg import home
-from jaxseg.data import brats
+from jaxseg.data import brats, formats
 from jaxseg.errors import JaxsegError
 from jaxseg.model_store import find_run
 from jaxseg.target import target_kind
@@ -29,11 +29,13 @@ class Checkpoint:
     target: str  # a data.target name (jaxseg.target.TARGET_KINDS)
     modalities: tuple[str, ...]  # canonical names, in the model's channel order
     dropout: float
+    input: str = "volume"  # what it explains: "volume" (NIfTI cases) or "slice" (one 2D .mat/PNG/TIFF)
+    mask_suffix: str = "_mask"  # a slice model's data.mask_suffix: the name its reference mask takes
 
     def describe(self) -> dict:
         return {"id": self.id, "label": self.label, "model": self.model, "target": self.target,
                 "modalities": list(self.modalities), "regions": list(target_kind(self.target).region_names),
-                "dropout": self.dropout, "path": str(self.run)}
+                "dropout": self.dropout, "path": str(self.run), "input": self.input}
 
 
 def _runs_below(folder: Path, depth: int = 2) -> list[Path]:
@@ -92,9 +94,11 @@ def find_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
         seen.add(run.resolve())
         cfg = config_lib.load(run / "config.toml")
         modalities = config_lib.canonical_modalities(cfg)
-        label = f"{name}: {cfg.model.name}, {cfg.data.target}, {' + '.join(modalities)}"
+        reads = "slice" if formats.of_config(cfg).output == "png" else "volume"
+        label = f"{name}: {cfg.model.name}, {cfg.data.target}, {' + '.join(modalities)}" + (
+            ", 2D slices" if reads == "slice" else "")
         checkpoints.append(Checkpoint(str(len(checkpoints)), run, label, cfg.model.name, cfg.data.target,
-                                      modalities, float(cfg.model.dropout)))
+                                      modalities, float(cfg.model.dropout), reads, cfg.data.mask_suffix))
     return checkpoints
 
 

@@ -51,18 +51,32 @@ def file_keys(files) -> list[str]:
     return [k for k in FILE_LABELS if k in files] + sorted(k for k in files if k not in FILE_LABELS)
 
 
-def file_label(key: str) -> str:
-    """What the page calls a file of ``explain``."""
+def file_label(key: str, path: Path | None = None) -> str:
+    """What the page calls a file of ``explain``; ``path`` (its name) gives the file kind: NIfTI
+    for a volume's maps, PNG and NumPy (``.npy``) for a 2D slice's."""
     from jaxseg.explain.captions import MODALITY_NAMES
     if key in FILE_LABELS:
-        return FILE_LABELS[key]
-    if key.startswith("ig_"):
-        return f"Whole-tumor attribution, {MODALITY_NAMES.get(key[3:], key[3:])} (NIfTI)"
-    if key == "rollout":
-        return "Attention rollout (NIfTI)"
-    if key.startswith("att"):
-        return f"Attention gate {key[3:]} (NIfTI)"
-    return f"{key} (NIfTI)"
+        label = FILE_LABELS[key]
+    elif key.startswith("ig_"):
+        label = f"Whole-tumor attribution, {MODALITY_NAMES.get(key[3:], key[3:])} (NIfTI)"
+    elif key == "rollout":
+        label = "Attention rollout (NIfTI)"
+    elif key.startswith("att"):
+        label = f"Attention gate {key[3:]} (NIfTI)"
+    else:
+        label = f"{key} (NIfTI)"
+    kind = FILE_KINDS.get(path.suffix.lower(), ("", "NIfTI"))[1] if path is not None else "NIfTI"
+    return label.replace("(NIfTI)", f"({kind})")
+
+
+# A download's media type and what the page calls its kind, by the file's ending (.nii.gz: .gz).
+FILE_KINDS = {".gz": ("application/gzip", "NIfTI"), ".nii": ("application/octet-stream", "NIfTI"),
+              ".png": ("image/png", "PNG"), ".npy": ("application/octet-stream", "NumPy"),
+              ".html": ("text/html", "HTML"), ".json": ("application/json", "JSON")}
+
+
+def media_type(path: Path) -> str:
+    return FILE_KINDS.get(path.suffix.lower(), ("application/octet-stream", ""))[0]
 
 
 class QueueFull(Exception):

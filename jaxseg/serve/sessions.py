@@ -4,8 +4,9 @@ A session is keyed by a random token kept in a cookie; its files live in a folde
 unrelated random name, so nothing a client sends (token, file name, slot) is ever joined to a
 path. Uploads are streamed to a temporary file, checked with the data layer's NIfTI readers and
 only then renamed to ``<slot>.nii`` or ``<slot>.nii.gz`` (by the gzip magic, which nibabel needs
-in the name). The client's file name is kept for display only. The route streams the body into
-:func:`part_file` under the size cap; :func:`accept_upload` checks it and puts it in place.
+in the name); the 2D slots (a ``.mat``, PNG or TIFF slice and its mask, :mod:`jaxseg.serve.slices`)
+the same way, by their own magic numbers. The client's file name is kept for display only. The
+route streams the body into :func:`part_file` under the size cap; :func:`accept_upload` checks it and puts it in place.
 Sessions are capped and expire (:class:`SessionStore`).
 """
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 from jaxseg.data import brats, nifti
 from jaxseg.errors import JaxsegError
 from jaxseg.files import write_text
+from jaxseg.serve import slices
 
 IMAGE_SLOTS = brats.MODALITIES  # flair, t1, t1ce, t2
-SLOTS = (*IMAGE_SLOTS, "seg")
+SLOTS = (*IMAGE_SLOTS, "seg", *slices.SLICE_SLOTS)  # a volume model's case, or a 2D model's slice
 # A BraTS volume is 240 x 240 x 155 = 8.9 M voxels; this leaves room for 1 mm brains of any
 # usual size and stops a small gzip that unpacks to gigabytes before its voxels are read.
 MAX_VOXELS = 64_000_000
@@ -39,20 +41,27 @@ SESSION_FILE = "session.json"
 
 @dataclasses.dataclass
 class Upload:
-    """One checked upload. ``name`` is the client's file name, for display only."""
+    """One checked upload. ``name`` is the client's file name, for display only. A 2D slice
+    (slots ``slice``, ``slice_mask``) has a ``(rows, columns)`` shape and no spacing or geometry."""
 
     slot: str
     name: str
     path: Path
     size: int
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    props: nifti.VolumeProperties
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float] | None
+    props: nifti.VolumeProperties | None
     naming: str | None = None  # a seg's label convention: brats2021 (0,1,2,4) or brats2023 (0,1,2,3)
+    channels: int | None = None  # a slice image's channels (1 grayscale, 3 RGB)
+    has_mask: bool = False  # a slice that carries its own mask (a figshare .mat)
 
     def describe(self) -> dict:
-        return {"slot": self.slot, "name": self.name, "bytes": self.size, "shape": list(self.shape),
-                "spacing": [round(s, 3) for s in self.spacing], "labels": self.naming}
+        described = {"slot": self.slot, "name": self.name, "bytes": self.size, "shape": list(self.shape),
+                     "spacing": None if self.spacing is None else [round(s, 3) for s in self.spacing],
+                     "labels": self.naming}
+        if self.slot in slices.SLICE_SLOTS:
+            described.update(kind=self.path.suffix.lstrip("."), channels=self.channels, has_mask=self.has_mask)
+        return described
 
 
 @dataclasses.dataclass
@@ -204,7 +213,9 @@ def accept_upload(session: Session, slot: str, part: Path, name: str) -> Upload:
 
     Raises JaxsegError with one line naming the client's file (never the server's path) if the
     file is not a readable 3D NIfTI volume, is too large once unpacked, has NaN voxels, is a seg
-    with labels of neither BraTS convention, or is not on the grid of the case's other uploads.
+    with labels of neither BraTS convention, or is not on the grid of the case's other uploads;
+    for the slice slots, if it is not a readable ``.mat``/PNG/TIFF slice (a PNG/TIFF mask), is too
+    large, or a mask whose size is not its slice's.
     The previous upload of the slot is kept until the new one has passed every check.
     """
     if slot not in SLOTS:
@@ -213,20 +224,24 @@ def accept_upload(session: Session, slot: str, part: Path, name: str) -> Upload:
         size = part.stat().st_size
         with part.open("rb") as f:
             head = f.read(NIFTI_HEADER)
-        suffix = ".nii.gz" if head[:2] == b"\x1f\x8b" else ".nii"
-        if suffix == ".nii" and not _nifti_magic(head):
-            raise JaxsegError(f"{name}: not a NIfTI file (neither a .nii volume nor a gzip-compressed .nii.gz)")
+        if slot in slices.SLICE_SLOTS:
+            suffix = slices.suffix_of(head, slot, name)
+        else:
+            suffix = ".nii.gz" if head[:2] == b"\x1f\x8b" else ".nii"
+            if suffix == ".nii" and not _nifti_magic(head):
+                raise JaxsegError(f"{name}: not a NIfTI file (neither a .nii volume nor a gzip-compressed .nii.gz)")
         checked = part.with_name(part.name + suffix)
         part.rename(checked)
         part = checked
-        upload = _check(session, slot, part, name, size)
+        upload = (_check_slice if slot in slices.SLICE_SLOTS else _check)(session, slot, part, name, size)
         final = part.parent / f"{slot}{suffix}"
         with session.lock:
-            for old in part.parent.glob(f"{slot}.nii*"):
+            for old in part.parent.glob(f"{slot}.*"):
                 old.unlink()
             part.rename(final)
             upload.path = final
-            upload.props = dataclasses.replace(upload.props, path=str(final))
+            if upload.props is not None:
+                upload.props = dataclasses.replace(upload.props, path=str(final))
             session.uploads[slot] = upload
         return upload
     finally:
@@ -245,9 +260,17 @@ def remove_upload(session: Session, slot: str) -> None:
             upload.path.unlink()
 
 
+def _check_slice(session: Session, slot: str, path: Path, name: str, size: int) -> Upload:
+    with session.lock:
+        other = session.uploads.get("slice_mask" if slot == "slice" else "slice")
+    other_shape = None if other is None or other.path.suffix == ".mat" else other.shape
+    shape, channels, has_mask = slices.check(slot, path, name, other_shape if path.suffix != ".mat" else None)
+    return Upload(slot, name, path, size, shape, None, None, channels=channels, has_mask=has_mask)
+
+
 def _check(session: Session, slot: str, path: Path, name: str, size: int) -> Upload:
     with session.lock:  # another upload of this session may be adding its slot meanwhile
-        others = list(session.uploads.values())
+        others = [u for u in session.uploads.values() if u.props is not None]
 
     def named(error: JaxsegError) -> JaxsegError:
         # Messages of the data layer name the file: put the client's name where our path was.

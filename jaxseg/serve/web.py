@@ -5,7 +5,8 @@ Routes (every ``/api`` answer is JSON; errors are ``{"error": "<one line>"}`` wi
   GET    /                          the page (templates/index.html, rendered once; static/app.js, app.css)
   GET    /api/info                  checkpoints, whether a dataset is listed, limits, this session's uploads and jobs
   GET    /api/cases                 the cases of ``--data`` (id, modalities, seg present)
-  POST   /api/upload/<slot>         raw body = one NIfTI file (slot flair|t1|t1ce|t2|seg); header X-Filename
+  POST   /api/upload/<slot>         raw body = one file; header X-Filename. Slots flair|t1|t1ce|t2|seg take
+                                    NIfTI; slice (.mat, PNG, TIFF) and slice_mask (PNG, TIFF) one 2D slice
   DELETE /api/upload/<slot>         forget an upload
   POST   /api/jobs                  {"checkpoint", "source": "upload"|"case", "case", "mc_samples", "target"}
   GET    /api/jobs/<id>             state, place in the queue, steps, progress, error, results
@@ -37,7 +38,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from jaxseg.errors import JaxsegError
-from jaxseg.serve import catalog, sessions
+from jaxseg.serve import catalog, jobs, sessions
 from jaxseg.serve.app import DEFAULT_MC_SAMPLES, MAX_MC_SAMPLES, App, Refused
 
 STATIC = Path(__file__).parent / "static"
@@ -270,8 +271,7 @@ def build(app: App) -> Starlette:
     async def download(request: Request) -> Response:
         key = request.path_params["key"]
         path = finished_file(request, key)
-        kind = {"report": "text/html", "summary": "application/json"}.get(key, "application/gzip")
-        return FileResponse(path, media_type=kind, filename=path.name, headers={"Cache-Control": "no-store"})
+        return FileResponse(path, media_type=jobs.media_type(path), filename=path.name, headers={"Cache-Control": "no-store"})
 
     async def refused(request: Request, exc: Refused) -> Response:
         return error(exc.status, exc.message)

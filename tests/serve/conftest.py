@@ -1,10 +1,17 @@
 """Fixtures of the web-app tests: a small phantom dataset and an in-process client with its own cookies."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -69,3 +76,29 @@ def wait_for_job(client: Client, job_id: str, timeout: float = 600) -> dict:
             return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s: {job['steps']}")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def serve_process(*args: str) -> Iterator[str]:
+    """`python cli.py serve ARGS --port 0` as a process on 127.0.0.1; yields its URL. Stopped
+    with Ctrl-C (SIGINT) at the end, which must end it cleanly."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation")}
+    process = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "serve", *args, "--port", "0"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not (url := next((m[1] for line in lines if (m := re.search(r"jaxseg serve: (http://\S+)", line))), None)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"jaxseg serve did not start: {''.join(lines)}")
+        time.sleep(0.1)
+    yield url
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0, "".join(lines)
+    reader.join(10)
+    assert lines[-1].strip() == "stopped", "".join(lines)

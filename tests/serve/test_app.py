@@ -187,7 +187,7 @@ def test_client_names_never_become_paths(server, client, phantom_case):
     assert status == 200 and answer["name"] == "escaped.nii.gz"  # shown, never used as a path
     root = app.workdir.parent
     assert not list(root.rglob("escaped*")) and not list(Path("/tmp").glob("escaped*"))
-    # a slot that is not one of the five is no route at all, whatever it spells
+    # a slot that is not one of the known ones is no route at all, whatever it spells
     assert client.request("POST", "/api/upload/..%2F..%2Fevil", flair, HEADERS)[0] == 404
     assert not list(root.rglob("evil*"))
 

@@ -12,11 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -24,36 +19,17 @@ import numpy as np
 import pytest
 
 from tests.browser import Browser
-from tests.serve.conftest import SHAPE
+from tests.serve.conftest import SHAPE, serve_process
 
-REPO = Path(__file__).resolve().parents[2]
 SLOTS = ("flair", "t1", "t1ce", "t2", "seg")
 REPORT = "document.getElementById('report').contentDocument"
 
 
 @pytest.fixture(scope="module")
 def app_url(smoke_run, phantom_root, tmp_path_factory):
-    """`python cli.py serve` on 127.0.0.1 and a free port; stopped with Ctrl-C (SIGINT) at the end,
-    which must end it cleanly."""
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation")}
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "cli.py"), "serve", "--checkpoint", str(smoke_run), "--data", str(phantom_root),
-         "--port", "0", "--workdir", str(tmp_path_factory.mktemp("serve_browser_work"))],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while not (url := next((m[1] for line in lines if (m := re.search(r"jaxseg serve: (http://\S+)", line))), None)):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"jaxseg serve did not start: {''.join(lines)}")
-        time.sleep(0.1)
-    yield url
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 0, "".join(lines)
-    reader.join(10)
-    assert lines[-1].strip() == "stopped", "".join(lines)
+    with serve_process("--checkpoint", str(smoke_run), "--data", str(phantom_root),
+                       "--workdir", str(tmp_path_factory.mktemp("serve_browser_work"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

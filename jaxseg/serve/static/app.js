@@ -3,7 +3,9 @@
 (function () {
   'use strict';
   const $ = (id) => document.getElementById(id);
-  const SLOT_NAMES = { flair: 'FLAIR', t1: 'T1', t1ce: 'T1ce (contrast)', t2: 'T2', seg: 'Segmentation' };
+  const SLOT_NAMES = { flair: 'FLAIR', t1: 'T1', t1ce: 'T1ce (contrast)', t2: 'T2', seg: 'Segmentation',
+    slice: 'Slice (.mat, PNG or TIFF)', slice_mask: 'Mask of the slice (PNG or TIFF)' };
+  const ACCEPT = { slice: '.mat,.png,.tif,.tiff', slice_mask: '.png,.tif,.tiff' };
   let info = null;
   let cases = [];
   let pollTimer = null;
@@ -35,6 +37,9 @@
   }
 
   const checkpoint = () => info.checkpoints.find((c) => c.id === $('checkpoint').value);
+  // A model trained on 2D slices explains one uploaded slice; the others a case of NIfTI volumes.
+  const readsSlices = (c) => Boolean(c) && c.input === 'slice';
+  const slotsOf = (c) => info.slots.filter((s) => info.slice_slots.includes(s) === readsSlices(c));
   const source = () => (document.querySelector('input[name=source]:checked') || {}).value || 'upload';
 
   // ----------------------------------------------------------------------------- model
@@ -48,13 +53,22 @@
       return;
     }
     $('model-info').textContent = `${c.model} · target ${c.target} (${c.regions.join(', ')}) · needs ` +
-      `${c.modalities.map((m) => SLOT_NAMES[m]).join(' + ')} · ` +
+      (readsSlices(c) ? `one 2D slice (${c.modalities.join(' + ')}) · `
+        : `${c.modalities.map((m) => SLOT_NAMES[m]).join(' + ')} · `) +
       (c.dropout > 0 ? `dropout ${c.dropout} (MC-dropout uncertainty available)` : 'no dropout (no MC-dropout uncertainty)') +
       ` · ${c.path}`;
     $('mc-samples').disabled = !(c.dropout > 0);  // without dropout there is nothing to sample
     const target = $('target');
     const old = target.value;
     target.replaceChildren();
+    // The dataset's cases are volumes: a slice model explains uploads only.
+    const caseRadio = $('source-case');
+    caseRadio.disabled = !info.data || readsSlices(c);
+    caseRadio.parentElement.classList.toggle('disabled', caseRadio.disabled);
+    caseRadio.parentElement.title = !info.data ? 'start the server with --data DIR to list the cases of a dataset'
+      : readsSlices(c) ? 'this model reads one uploaded 2D slice; the dataset lists volumes' : '';
+    if (caseRadio.disabled && caseRadio.checked) { $('source-upload').checked = true; showSource(); }
+    $('file-many').parentElement.parentElement.hidden = readsSlices(c);
     const options = [['mean', 'mean tumor probability'], ['predicted', 'predicted tumor']]
       .concat(c.regions.map((r) => [r, `mean ${r} probability`]));
     for (const [value, text] of options) target.append(el('option', { value }, text));
@@ -67,14 +81,18 @@
     const c = checkpoint();
     const box = $('slots');
     box.replaceChildren();
-    for (const slot of info.slots) {
-      const needed = c.modalities.includes(slot);
-      const badge = slot === 'seg' ? 'optional: shows Dice and truth overlays' : needed ? 'needed' : 'not used by this model';
+    const slice = info.uploads.slice;
+    for (const slot of slotsOf(c)) {
+      const needed = readsSlices(c) ? slot === 'slice' : c.modalities.includes(slot);
+      const badge = slot === 'seg' ? 'optional: shows Dice and truth overlays'
+        : slot === 'slice_mask' ? (slice && slice.has_mask ? 'not used: the .mat holds its own mask'
+          : 'optional: shows Dice and the truth outline')
+          : needed ? 'needed' : 'not used by this model';
       const row = el('div', { class: 'slot' + (needed ? ' needed' : ''), id: `slot-${slot}` });
       const head = el('div', { class: 'slot-head' });
       head.append(el('span', { class: 'slot-name' }, SLOT_NAMES[slot]), el('span', { class: 'badge' }, badge));
       const u = info.uploads[slot];
-      const input = el('input', { type: 'file', id: `file-${slot}`, accept: '.nii,.nii.gz,.gz', class: 'file-input' });
+      const input = el('input', { type: 'file', id: `file-${slot}`, accept: ACCEPT[slot] || '.nii,.nii.gz,.gz', class: 'file-input' });
       input.addEventListener('change', () => { if (input.files.length) upload(slot, input.files[0]); });
       const picker = el('label', { class: 'file-button' }, u ? 'Replace file…' : 'Choose file…');
       picker.append(input);
@@ -86,7 +104,12 @@
         input.value = '';
         renderSlots();
       });
-      if (u) {
+      if (u && u.spacing === null) {  // a 2D slice: pixels, no geometry
+        status.textContent = `✓ ${u.name} · ${u.shape.join('×')} pixels · ${u.kind.toUpperCase()}` +
+          (u.slot === 'slice' ? ` · ${u.channels === 1 ? 'grayscale' : `${u.channels} channels`}` : '') +
+          (u.slot === 'slice' && u.has_mask ? ' · with its mask' : '') + ` · ${mb(u.bytes)}`;
+        status.classList.add('ok');
+      } else if (u) {
         status.textContent = `✓ ${u.name} · ${u.shape.join('×')} voxels · ${u.spacing.join('×')} mm · ${mb(u.bytes)}` +
           (u.labels ? ` · ${u.labels === 'brats2023' ? 'labels 0,1,2,3' : 'labels 0,1,2,4'}` : '');
         status.classList.add('ok');
@@ -95,7 +118,9 @@
       row.append(head, picker, status, remove);
       box.append(row);
     }
-    $('upload-limit').textContent = `NIfTI files (.nii or .nii.gz) of one case, up to ${mb(info.max_upload_bytes)} each.`;
+    $('upload-limit').textContent = readsSlices(c)
+      ? `One 2D slice (.mat, PNG or TIFF) and, for an image, its mask; up to ${mb(info.max_upload_bytes)} each.`
+      : `NIfTI files (.nii or .nii.gz) of one case, up to ${mb(info.max_upload_bytes)} each.`;
     updateReadiness();
   }
 
@@ -185,6 +210,8 @@
     const c = checkpoint();
     if (!c) {
       problem = 'No model is available on this server yet (see 1 · Model).';
+    } else if (readsSlices(c)) {
+      if (!info.uploads.slice) problem = 'This model reads one 2D slice: upload a .mat, PNG or TIFF file.';
     } else if (source() === 'upload') {
       const missing = c.modalities.filter((m) => !info.uploads[m]);
       if (missing.length) {
@@ -274,14 +301,16 @@
     $('result-caption').textContent = r.caption;
     const table = $('result-volumes');
     table.replaceChildren();
-    const volumes = r.volumes_ml || {};
+    const pixels = !r.volumes_ml && r.areas_px;  // a 2D slice: areas in pixels, not volumes
+    const volumes = (pixels ? r.areas_px : r.volumes_ml) || {};
     const regions = Object.keys(volumes.predicted || {});
     const head = el('tr');
-    head.append(el('th', {}, 'mL'), ...regions.map((k) => el('th', { class: 'num' }, k)));
+    head.append(el('th', {}, pixels ? 'pixels' : 'mL'), ...regions.map((k) => el('th', { class: 'num' }, k)));
     table.append(head);
     for (const [which, values] of Object.entries(volumes)) {
       const row = el('tr');
-      row.append(el('td', {}, which.replace('_', ' ')), ...regions.map((k) => el('td', { class: 'num' }, values[k].toFixed(2))));
+      row.append(el('td', {}, which.replace('_', ' ')),
+        ...regions.map((k) => el('td', { class: 'num' }, pixels ? String(values[k]) : values[k].toFixed(2))));
       table.append(row);
     }
     const list = $('downloads');
@@ -310,6 +339,12 @@
     fit();
   }
 
+  function showSource() {
+    $('upload-panel').hidden = source() !== 'upload';
+    $('case-panel').hidden = source() !== 'case';
+    updateReadiness();
+  }
+
   // ----------------------------------------------------------------------------- start
   async function start() {
     info = await api('GET', '/api/info');
@@ -325,13 +360,7 @@
       $('source-case').parentElement.title = 'start the server with --data DIR to list the cases of a dataset';
       $('source-case').parentElement.classList.add('disabled');
     }
-    for (const radio of document.querySelectorAll('input[name=source]')) {
-      radio.addEventListener('change', () => {
-        $('upload-panel').hidden = source() !== 'upload';
-        $('case-panel').hidden = source() !== 'case';
-        updateReadiness();
-      });
-    }
+    for (const radio of document.querySelectorAll('input[name=source]')) radio.addEventListener('change', showSource);
     $('case').addEventListener('change', () => updateReadiness());
     $('run').addEventListener('click', run);
     $('file-many').addEventListener('change', (e) => {
