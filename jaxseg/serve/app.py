@@ -6,7 +6,6 @@ answered 400); both carry one line for the page to show.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -169,13 +168,8 @@ class App:
         if request.get("source") == "case":
             raise JaxsegError(f"{checkpoint.run.name} reads one 2D slice (.mat, PNG or TIFF); the dataset's cases "
                               "are volumes: upload a slice instead")
-        with session.lock if session is not None else contextlib.nullcontext():
-            uploads = dict(session.uploads) if session is not None else {}
-        if "slice" not in uploads:
-            raise JaxsegError("this model reads one 2D slice (.mat, PNG or TIFF); upload it first")
-        names = [uploads[s].name for s in slices.SLICE_SLOTS
-                 if s in uploads and not (s == "slice_mask" and uploads["slice"].has_mask)]
-        return ((lambda session, job: slices.slice_folder(dict(session.uploads), checkpoint.mask_suffix,
+        names = [u.name for u in slices.used_uploads(sessions.uploads_of(session))]
+        return ((lambda session, job: slices.slice_folder(sessions.uploads_of(session), checkpoint.mask_suffix,
                                                           job.folder / "input")),
                 "uploaded slice " + ", ".join(names))
 

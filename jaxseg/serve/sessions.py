@@ -261,10 +261,10 @@ def remove_upload(session: Session, slot: str) -> None:
 
 
 def _check_slice(session: Session, slot: str, path: Path, name: str, size: int) -> Upload:
-    with session.lock:
-        other = session.uploads.get("slice_mask" if slot == "slice" else "slice")
-    other_shape = None if other is None or other.path.suffix == ".mat" else other.shape
-    shape, channels, has_mask = slices.check(slot, path, name, other_shape if path.suffix != ".mat" else None)
+    # A mask must match its slice, unless the slice (this one or the other) is a .mat with its own.
+    other = uploads_of(session).get("slice_mask" if slot == "slice" else "slice")
+    compare = other is not None and ".mat" not in (path.suffix, other.path.suffix)
+    shape, channels, has_mask = slices.check(slot, path, name, other.shape if compare else None)
     return Upload(slot, name, path, size, shape, None, None, channels=channels, has_mask=has_mask)
 
 
@@ -309,10 +309,17 @@ def seg_naming(labels: np.ndarray, path: Path) -> str:
                       "nor BraTS 2023 labels (0, 1, 2, 3)")
 
 
+def uploads_of(session: Session | None) -> dict[str, Upload]:
+    """A copy of the session's uploads by slot ({} without a session)."""
+    if session is None:
+        return {}
+    with session.lock:  # another request of this session may be adding an upload
+        return dict(session.uploads)
+
+
 def require(session: Session, modalities: tuple[str, ...]) -> dict[str, Upload]:
     """The session's uploads; JaxsegError listing the modalities the model needs that are missing."""
-    with session.lock:
-        uploads = dict(session.uploads)
+    uploads = uploads_of(session)
     missing = [m for m in modalities if m not in uploads]
     if missing:
         raise JaxsegError(f"this model needs {', '.join(modalities)}; missing: {', '.join(missing)}")

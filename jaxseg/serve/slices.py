@@ -93,19 +93,23 @@ def _check_mat_size(path: Path) -> None:
     _too_large(path, tuple(shape))
 
 
-def slice_folder(uploads: dict, mask_suffix: str, target: Path) -> Path:
-    """Copy the ``slice`` upload (and ``slice_mask``, for a PNG/TIFF slice) into ``target`` as
-    ``upload.<ext>`` and ``upload<mask_suffix>.<ext>``; return the slice's copy.
-
-    Raises JaxsegError when there is no slice upload.
-    """
+def used_uploads(uploads: dict) -> list:
+    """The uploads a slice job reads: the ``slice``, and its ``slice_mask`` unless the slice holds
+    its own (a figshare ``.mat``). Raises JaxsegError when there is no slice upload."""
     image = uploads.get("slice")
     if image is None:
         raise JaxsegError("this model reads one 2D slice (.mat, PNG or TIFF); upload it first")
+    mask = uploads.get("slice_mask")
+    return [image] + ([mask] if mask is not None and not image.has_mask else [])
+
+
+def slice_folder(uploads: dict, mask_suffix: str, target: Path) -> Path:
+    """Copy :func:`used_uploads` into ``target`` as ``upload.<ext>`` and
+    ``upload<mask_suffix>.<ext>``; return the slice's copy."""
+    image, *mask = used_uploads(uploads)
     target.mkdir(parents=True, exist_ok=True)
     dest = target / f"upload{image.path.suffix}"
     shutil.copyfile(image.path, dest)
-    mask = uploads.get("slice_mask")
-    if mask is not None and image.path.suffix != ".mat":  # a .mat holds its own mask
-        shutil.copyfile(mask.path, target / f"upload{mask_suffix}{mask.path.suffix}")
+    for m in mask:
+        shutil.copyfile(m.path, target / f"upload{mask_suffix}{m.path.suffix}")
     return dest

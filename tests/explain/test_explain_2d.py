@@ -10,13 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from jaxseg import cli
-from jaxseg import config as config_lib
 from jaxseg.errors import JaxsegError
 from jaxseg.explain.captions import describe_image
 from jaxseg.explain.run import ExplainSettings, explain
-from jaxseg.train import loop
 from tests.data.formats2d import tumor_slice, write_image_pair
-from tests.train.test_loop_2d import TINY, figshare_set
+from tests.train.test_loop_2d import tiny_figshare_run
 
 QUICK = ExplainSettings(mc_samples=3, faithfulness_steps=5, attribution_steps=2, compare_layers=())
 
@@ -24,10 +22,7 @@ QUICK = ExplainSettings(mc_samples=3, faithfulness_steps=5, attribution_steps=2,
 @pytest.fixture(scope="module")
 def fig_run(tmp_path_factory):
     """A tiny whole-tumor U-Net with dropout, trained on figshare-like .mat slices."""
-    root = tmp_path_factory.mktemp("figshare")
-    figshare_set(root)
-    cfg = config_lib.load("figshare_resunet34", [*TINY, "model.name=unet", "model.dropout=0.2", f"data.root={root}"])
-    return root, loop.train(cfg, tmp_path_factory.mktemp("fig_run"), quiet=True).workdir
+    return tiny_figshare_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from jaxseg import config as config_lib
 from jaxseg.data import figshare
 from jaxseg.serve import slices
 from jaxseg.serve.app import ServeSettings
-from jaxseg.train import loop
 from tests.data.formats2d import tumor_slice, write_image_pair
 from tests.serve.conftest import Client, serve_process, wait_for_job
 from tests.serve.test_app import served
-from tests.train.test_loop_2d import TINY, figshare_set
+from tests.train.test_loop_2d import tiny_figshare_run
 
 JOB = {"checkpoint": "0", "source": "upload", "mc_samples": 3}
 
@@ -29,10 +27,7 @@ JOB = {"checkpoint": "0", "source": "upload", "mc_samples": 3}
 @pytest.fixture(scope="module")
 def fig_run(tmp_path_factory):
     """A tiny whole-tumor U-Net with dropout, trained on figshare-like .mat slices (and its data)."""
-    root = tmp_path_factory.mktemp("figshare")
-    figshare_set(root)
-    cfg = config_lib.load("figshare_resunet34", [*TINY, "model.name=unet", "model.dropout=0.2", f"data.root={root}"])
-    return root, loop.train(cfg, tmp_path_factory.mktemp("fig_run"), quiet=True).workdir
+    return tiny_figshare_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,15 @@ def figshare_set(root):
     return pids
 
 
+def tiny_figshare_run(tmp_path_factory):
+    """(data root, run folder): a tiny whole-tumor U-Net with dropout, trained on :func:`figshare_set`
+    (the explain and serve tests of 2D slices)."""
+    root = tmp_path_factory.mktemp("figshare")
+    figshare_set(root)
+    cfg = config_lib.load("figshare_resunet34", [*TINY, "model.name=unet", "model.dropout=0.2", f"data.root={root}"])
+    return root, loop.train(cfg, tmp_path_factory.mktemp("fig_run"), quiet=True).workdir
+
+
 def lgg_set(root):
     """4 patient folders of 3 RGB TIFF slices each; a third of the masks are empty."""
     for p in range(4):
