@@ -147,7 +147,10 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXSEG_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen([sys.executable, "-m", "jaxseg.cli", "phantom", "--out", str(out), "--cases", "500",
                              "--shape", "64", "64", "48"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            # A shell ignores SIGINT in its background jobs and children inherit that
+                            # (pytest run with `&`, nohup): give this one the default, as in a terminal.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120  # a bound on waiting for the first case, not a speed check
     while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
