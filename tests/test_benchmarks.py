@@ -17,18 +17,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import harness  # noqa: E402
 
 # (script and arguments, the variants its table must hold). torch.compile runs in one of them
-# only (tens of seconds of compiling a tiny model; the train step's takes minutes on 2 cores).
+# only, 2D inference (tens of seconds of compiling a tiny model; the train step's takes minutes
+# on 2 cores).
 QUICK_RUNS = {
     # bf16 is exercised in inference_2d (and by tests/train/test_precision.py), xla-conv here.
     "train_step_2d": (["train_step.py", "--only", "jax xla-conv,jax,torch eager,torch eager CL"],
                       ["jax xla-conv", "jax", "torch eager", "torch eager CL"]),
     "train_step_3d": (["train_step.py", "--3d"], ["jax", "torch eager", "torch eager CL"]),
-    "inference_2d": (["inference.py", "--only-2d", "--bf16", "--only", "jax,jax bf16,torch eager,torch eager CL"],
-                     ["jax", "jax bf16", "torch eager", "torch eager CL"]),
+    "inference_2d": (["inference.py", "--only-2d", "--bf16", "--only",
+                      "jax,jax bf16,torch eager,torch eager CL,torch.compile"],
+                     ["jax", "jax bf16", "torch eager", "torch eager CL", "torch.compile"]),
     "inference_3d": (["inference.py", "--only-3d"], ["jax", "torch eager", "torch eager CL"]),
-    # torch eager ran in inference_2d already: here only what torch.compile adds.
-    "inference_2d_compile": (["inference.py", "--only-2d", "--only", "jax,torch.compile"],
-                             ["jax", "torch.compile"]),
 }
 # A row: name, median, min, max, then the speed against the reference ("-" when it was not run).
 ROW = re.compile(r"^(?P<name>\S.*?)\s+(?P<median>\d+\.\d{3})\s+\d+\.\d{3}\s+\d+\.\d{3}\s+(\d+\.\d+x|-)\s")

@@ -100,7 +100,7 @@ def test_conv_transpose_matmul_matches_xla(nd):
         ct = jax.random.normal(jax.random.key(1), (2,) + (6,) * nd + (4,))
         loss = lambda m, x: (m(x) * ct).sum()
         y = layer(x)
-        gm, gx = nnx.grad(loss, argnums=(0, 1))(layer, x)
+        gm, gx = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(layer, x)
         outs[mode] = (y, gx, gm["kernel"][...], gm["bias"][...])
     assert outs["fast"][0].shape == (2,) + (6,) * nd + (4,)
     for a, b in zip(outs["fast"], outs["xla"]):
@@ -121,7 +121,8 @@ def test_unet_gradients_same_on_both_paths():
     for mode in ("fast", "xla"):
         model = C.set_mode(UNet(2, 1, (4, 8, 16), dropout=0.0, rngs=nnx.Rngs(0)), mode)
         loss = lambda m: (m(x, train=True)[0] ** 2).mean()
-        grads[mode] = jax.tree.map(np.asarray, nnx.state(nnx.grad(loss)(model), nnx.Param))
+        # Jitted: the same gradients, computed in one program instead of op by op.
+        grads[mode] = jax.tree.map(np.asarray, nnx.state(nnx.jit(nnx.grad(loss))(model), nnx.Param))
     flat_f, flat_x = jax.tree.leaves(grads["fast"]), jax.tree.leaves(grads["xla"])
     assert len(flat_f) == len(flat_x) > 10
     for a, b in zip(flat_f, flat_x):
