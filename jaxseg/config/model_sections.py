@@ -17,7 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import model_validator
 
-from jaxseg.config.fields import Float, IntList, PositiveInt, SettingError, Str, check, interval, section
+from jaxseg.config.fields import (Float, IntList, NonNegativeInt, PositiveInt, SettingError, Str, check, interval,
+                                  section)
 
 # check_data receives the [data] section (sections.DataConfig), typed Any here: sections.py
 # imports this module, and this module does not import it back.
@@ -59,9 +60,28 @@ class _UNetFamilyConfig(ModelConfig):
                                f"(the U-Net halves it {halvings} times); got {data.image_size}")
 
 
+def _check_deep_supervision(levels: int, features: tuple[int, ...]) -> None:
+    """Auxiliary heads fit on decoder levels 1 .. depth - 1 (level 0 is the main head's)."""
+    depth = len(features) - 1
+    if levels > depth - 1:
+        raise SettingError("deep_supervision", f"must be at most {depth - 1} (decoder levels 1 .. {depth - 1} "
+                           f"of features {list(features)}); got {levels}")
+
+
 @section
 class UNetConfig(_UNetFamilyConfig):
     name: Literal["unet"] = "unet"
+    # Deep supervision: 1x1 heads on decoder levels 1 .. N add their losses (at 1/2 .. 1/2**N of
+    # the size, weights 1/2**level, normalised) in training only; 0 = off. docs/models.md.
+    deep_supervision: NonNegativeInt = 0
+
+    # The smoke size has one decoder level below the top, none for an auxiliary head.
+    smoke_overrides: ClassVar[tuple[str, ...]] = ("model.deep_supervision=0",)
+
+    @model_validator(mode="after")
+    def _deep_supervision_fits(self) -> UNetConfig:
+        _check_deep_supervision(self.deep_supervision, self.features)
+        return self
 
 
 @section
@@ -119,10 +139,16 @@ class ResUNet34Config(ModelConfig):
 @section
 class UNet3DConfig(ModelConfig):
     name: Literal["unet3d"] = "unet3d"
+    deep_supervision: NonNegativeInt = 0  # as the 2D U-Net's
+
+    @model_validator(mode="after")
+    def _deep_supervision_fits(self) -> UNet3DConfig:
+        _check_deep_supervision(self.deep_supervision, self.features)
+        return self
 
     spatial_dims: ClassVar[int] = 3
     smoke_overrides: ClassVar[tuple[str, ...]] = (
-        "data.patch_size=16", "data.samples_per_case=1", "train.batch_size=2")
+        "data.patch_size=16", "data.samples_per_case=1", "train.batch_size=2", "model.deep_supervision=0")
 
     def check_data(self, data: DataSection) -> None:
         if data.format != "brats":

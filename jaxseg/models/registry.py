@@ -11,6 +11,8 @@ which model they hold:
 - dropout only with an explicit ``dropout_key`` (Monte-Carlo dropout at inference).
 - optional ``model.explanation_maps``: names of activations that are maps in their own right
   (attention-gate coefficients, attention rollout), shown beside Grad-CAM.
+- optional ``model.auxiliary_logits(activations)``: deep-supervision logits at coarser levels
+  (``unet``, ``unet3d`` with ``model.deep_supervision``); only the train step uses them.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ TINY_FEATURES = (4, 8)
 
 def _unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
     return UNet(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
-                dtype=dtype, rngs=rngs)
+                dtype=dtype, deep_supervision=cfg.model.deep_supervision, rngs=rngs)
 
 
 def _attention_unet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
@@ -60,7 +62,7 @@ def _transunet(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
 
 def _unet3d(cfg: Config, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
     return UNet3D(cfg.in_channels, cfg.out_channels, tuple(cfg.model.features), cfg.model.dropout,
-                  dtype=dtype, rngs=rngs)
+                  dtype=dtype, deep_supervision=cfg.model.deep_supervision, rngs=rngs)
 
 
 # name -> builder(cfg, compute dtype, rngs); a new model adds its entry here and its config section

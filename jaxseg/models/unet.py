@@ -18,6 +18,11 @@ The forward pass returns the named activations Grad-CAM needs (CONTRIBUTING.md, 
 
 ``spatial_dims=3`` gives the same network on volumes (every layer its 3D counterpart); the 3D
 U-Net (:mod:`jaxseg.models.unet3d`) is exactly that.
+
+Deep supervision (``deep_supervision=k``, nnU-Net's): 1x1 heads on ``dec1 .. dec{k}`` give
+logits at 1/2 .. 1/2**k of the input size (:meth:`UNet.auxiliary_logits`). Only the train step
+calls them (:func:`jaxseg.train.losses.deep_supervision_loss`); the forward pass, and so
+prediction and every explanation, is the same network without them.
 """
 from __future__ import annotations
 
@@ -43,12 +48,16 @@ class UNet(nnx.Module):
       spatial_dims: 2 (slices) or 3 (volumes).
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters, batch statistics
         and the returned logits are float32 whatever it is.
+      deep_supervision: auxiliary 1x1 heads on decoder levels ``1 .. deep_supervision`` (0 = none;
+        at most ``depth - 1``). They are created after every other layer, so the rest of the
+        network draws the same initial values with or without them.
       rngs: parameter initialisation keys.
     """
 
     def __init__(self, in_channels: int, out_channels: int,
                  features: tuple[int, ...] = (32, 64, 128, 256, 512), dropout: float = 0.0, *,
-                 spatial_dims: int = 2, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 spatial_dims: int = 2, dtype: jnp.dtype = jnp.float32, deep_supervision: int = 0,
+                 rngs: nnx.Rngs):
         features = tuple(int(f) for f in features)
         if len(features) < 2 or min(features) < 1:
             raise ValueError(f"features must list at least two positive channel counts, got {features}")
@@ -79,6 +88,13 @@ class UNet(nnx.Module):
                       spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
             for i in range(d)])
         self.head = Conv(features[0], out_channels, (1,) * spatial_dims, dtype=dtype, rngs=rngs)
+        if not 0 <= deep_supervision <= d - 1:
+            raise ValueError(f"deep_supervision must be in [0, {d - 1}] for depth {d}, got {deep_supervision}")
+        self.deep_supervision = int(deep_supervision)
+        if deep_supervision:  # absent otherwise: a run without it keeps its parameter tree
+            self.auxiliary_heads = nnx.List([
+                Conv(features[i], out_channels, (1,) * spatial_dims, dtype=dtype, rngs=rngs)
+                for i in range(1, deep_supervision + 1)])
 
     @property
     def activation_names(self) -> tuple[str, ...]:
@@ -144,3 +160,12 @@ class UNet(nnx.Module):
             activations[f"dec{i}"] = x
         logits = self.head(x).astype(jnp.float32)
         return logits, activations
+
+    def auxiliary_logits(self, activations: dict[str, jax.Array]) -> list[jax.Array]:
+        """The deep-supervision logits ``[dec1 head, .., dec{k} head]`` float32 from a forward
+        pass's ``activations``: level ``i`` has ``(B, *spatial / 2**i, out_channels)``. Empty
+        without deep supervision."""
+        if not self.deep_supervision:
+            return []
+        return [head(activations[f"dec{i}"]).astype(jnp.float32)
+                for i, head in enumerate(self.auxiliary_heads, start=1)]

@@ -28,5 +28,6 @@ class UNet3D(UNet):
 
     def __init__(self, in_channels: int, out_channels: int,
                  features: tuple[int, ...] = (16, 32, 64, 128, 256), dropout: float = 0.0, *,
-                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        super().__init__(in_channels, out_channels, features, dropout, spatial_dims=3, dtype=dtype, rngs=rngs)
+                 dtype: jnp.dtype = jnp.float32, deep_supervision: int = 0, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, features, dropout, spatial_dims=3, dtype=dtype,
+                         deep_supervision=deep_supervision, rngs=rngs)

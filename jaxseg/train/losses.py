@@ -15,6 +15,11 @@ and float targets of the same shape, and return one float32 scalar:
 ``valid`` is an optional ``(B,)`` bool: samples with False (batch padding) contribute nothing to
 any term; with no valid sample the loss is 0. Pixel-mean terms average over valid samples, so
 ``loss * valid.sum()`` is the sum a data-parallel reduction needs.
+
+Deep supervision (:func:`deep_supervision_loss`, ``model.deep_supervision``): the same loss on
+each auxiliary output against the target average-pooled to its size (soft targets: the share of
+each region or class in the pooled block), weighted ``1 / 2**level`` with the main output's
+weight 1, divided by the weights' sum (nnU-Net's scheme).
 """
 from __future__ import annotations
 
@@ -90,6 +95,36 @@ def ce_dice(logits: jax.Array, target: jax.Array, valid: jax.Array | None = None
     # softmax_cross_entropy sums over K, so the mean is per pixel (not per pixel and channel).
     ce = optax.softmax_cross_entropy(logits, target)[..., None]
     return _masked_pixel_mean(ce, weights) + soft_dice_loss(jax.nn.softmax(logits, axis=-1), target, weights)
+
+
+def pool_target(target: jax.Array, factor: int) -> jax.Array:
+    """``(B, *spatial, K)`` averaged over ``factor``-wide blocks of every spatial axis (each size
+    divisible by ``factor``): ``(B, *spatial / factor, K)``."""
+    if factor == 1:
+        return target
+    batch, *spatial, channels = target.shape
+    blocked = target.reshape(batch, *[n for size in spatial for n in (size // factor, factor)], channels)
+    return blocked.mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+
+
+def deep_supervision_loss(loss: Loss, logits: jax.Array, auxiliary: list[jax.Array], target: jax.Array,
+                          valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``(objective, main)``: ``main = loss(logits, target)``; the objective adds ``loss`` of
+    ``auxiliary[i - 1]`` (level ``i``, ``1 / 2**i`` of the size) against the target pooled to it,
+    weights ``1 / 2**i`` (1 for the main output), divided by their sum. No auxiliary outputs:
+    the objective is ``main``."""
+    main = loss(logits, target, valid)
+    if not auxiliary:
+        return main, main
+    weights = [2.0 ** -level for level in range(len(auxiliary) + 1)]
+    total = main * weights[0]
+    for level, aux in enumerate(auxiliary, start=1):
+        factor = target.shape[1] // aux.shape[1]
+        if factor != 2 ** level:
+            raise ValueError(f"auxiliary output {level} has shape {aux.shape}; the target {target.shape} "
+                             f"needs 1/{2 ** level} of its size")
+        total = total + weights[level] * loss(aux, pool_target(target.astype(jnp.float32), factor), valid)
+    return total / sum(weights), main
 
 
 LOSSES: dict[str, Loss] = {"bce": bce, "dice": dice, "bce_dice": bce_dice, "dice_focal": dice_focal,

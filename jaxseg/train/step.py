@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxseg import overlap
 from jaxseg.target import TargetKind, target_kind as kind_of
-from jaxseg.train.losses import loss_fn
+from jaxseg.train.losses import deep_supervision_loss, loss_fn
 from jaxseg.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -31,7 +31,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     ``fold_in(state.key, s)``, so a resumed run draws the same masks as an uninterrupted one.
     Returned metrics are sums (loss sum, sample count, confusion sums per region), see
     :func:`eval_sums`. ``target_kind`` (a name or a :class:`~jaxseg.target.TargetKind`) decides
-    the regions scored.
+    the regions scored. A model with deep supervision (``model.auxiliary_logits``) is trained on
+    :func:`~jaxseg.train.losses.deep_supervision_loss`; the reported loss is the main output's,
+    the one the eval step reports.
     """
     loss, kind = loss_fn(loss_name), kind_of(target_kind)
 
@@ -41,11 +43,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         valid = batch.get("valid")
 
         def objective(model):
-            logits, _ = model(batch["image"], train=True, dropout_key=dropout_key)
+            logits, activations = model(batch["image"], train=True, dropout_key=dropout_key)
             logits = logits.astype(jnp.float32)
-            return loss(logits, batch["target"], valid), logits
+            auxiliary = model.auxiliary_logits(activations) if getattr(model, "deep_supervision", 0) else []
+            total, main = deep_supervision_loss(loss, logits, auxiliary, batch["target"], valid)
+            return total, (main, logits)
 
-        (value, logits), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+        (_, (value, logits)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
         new_state = state.replace(
