@@ -37,8 +37,9 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 # What a card says beyond the measurements (docs/model_card.md is the long form).
 CARD_FIELDS = {
-    "description": "2D U-Net (16..256 features, dropout 0.2 in the decoder) on axial slices of the four "
-                   "BraTS sequences, predicting the overlapping BraTS regions WT, TC and ET",
+    "description": "2D U-Net (16..256 features, dropout 0.2 in the decoder, trained with deep supervision on "
+                   "two decoder levels) on axial slices of the four BraTS sequences, predicting the overlapping "
+                   "BraTS regions WT, TC and ET",
     "license": "weights: Apache-2.0 like jaxseg; trained on BraTS 2018 data, which is for research use only",
     "citation": "Menze et al., IEEE TMI 2015 (doi:10.1109/TMI.2014.2377694); Bakas et al., Scientific Data "
                 "2017 (doi:10.1038/sdata.2017.117); Bakas et al., arXiv:1811.02629",
