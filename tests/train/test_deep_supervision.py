@@ -7,12 +7,9 @@ import pytest
 from flax import nnx
 
 from jaxseg import config as config_lib
-from jaxseg.data import phantom
 from jaxseg.errors import JaxsegError
-from jaxseg.infer.predict import Predictor, predict
 from jaxseg.models.unet import UNet
 from jaxseg.models.unet3d import UNet3D
-from jaxseg.train import loop
 from jaxseg.train.losses import bce, deep_supervision_loss, dice, pool_target
 from jaxseg.train.state import create_state, graphdef_of, make_optimizer
 from jaxseg.train.step import make_train_step
@@ -91,13 +88,7 @@ def test_a_train_step_trains_the_heads_and_reports_the_main_loss():
     assert np.any(np.asarray(state.params["auxiliary_heads"][0]["kernel"]) != head)
 
 
-def test_a_run_with_deep_supervision_trains_restores_and_predicts(tmp_path):
-    cfg = config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, "model.features=[4, 8, 8]",
-                                   "model.deep_supervision=1"])
-    run = loop.train(cfg, tmp_path / "run", quiet=True).workdir
-    assert Predictor(run).model().deep_supervision == 1
-    phantom.write_phantoms(tmp_path / "data", 1, seed=5, shape=(32, 32, 20))
-    [result] = predict(tmp_path / "data" / "Phantom_5_000", run, tmp_path / "seg.nii.gz")
-    assert result.segmentation.exists()
+def test_the_config_refuses_more_levels_than_the_decoder_has():
+    """(Restoring and predicting with heads: tests/test_bundled_model.py, whose bundled model has them.)"""
     with pytest.raises(JaxsegError, match="model.deep_supervision: must be at most 1"):
         config_lib.load("demo", [*config_lib.SMOKE_OVERRIDES, "model.features=[4, 8, 8]", "model.deep_supervision=2"])
