@@ -36,8 +36,43 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, index: int) -> jax
     """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, index), 1.0 - rate, x.shape)
+    keep = keep_mask(jax.random.fold_in(key, index), 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def _lowbias32(x: jax.Array) -> jax.Array:
+    """C. Wellons' ``lowbias32`` integer hash (a bijection of uint32 with full avalanche; "Hash
+    Prospector", 2018): xor-shift, odd multiply, xor-shift, odd multiply, xor-shift."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keep_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.Array:
+    """A ``shape`` bool array, each element True with probability ``keep`` (to 2^-32),
+    independently, as a pure function of ``key``: the dropout mask of :func:`dropout`.
+
+    Counter-based: two 32-bit seeds come from ``key`` by threefry (``jax.random.bits``), then
+    element ``i`` (its row-major index) is kept iff ``h(h(i ^ s0) + s1) < keep * 2^32`` with ``h``
+    :func:`_lowbias32`. This is what ``jax.random.bernoulli`` does with threefry bits per element,
+    at a fraction of the cost: a few vectorised integer operations per element, fused with the
+    select, instead of threefry's 20 rounds, which XLA's CPU backend does not vectorise. On the
+    2-core benchmark CPU a 16 x 128 x 128 x 16 mask took 44 ms with ``bernoulli`` and 1.1 ms with
+    this (vmapped over 5 keys: 297 vs 5 ms); the masks were most of the cost of a Monte-Carlo
+    dropout pass (docs/speed.md). Each seed pair gives a bijection of the counters, so one mask
+    holds no repeated draw.
+    """
+    size = 1
+    for n in shape:
+        size *= int(n)
+    if size >= 2**32:
+        raise ValueError(f"a dropout mask of {size} elements needs more than 32-bit counters; shape {shape}")
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    bits = _lowbias32(_lowbias32(counter ^ seed[0]) + seed[1])
+    return bits < jnp.uint32(min(round(float(keep) * 2.0**32), 2**32 - 1))
 
 
 def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
