@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseg.explain.attribution import integrated_gradients
-from jaxseg.explain.gradcam import Target, resolve_kind
+from jaxseg.explain.attribution import integrated_gradients_regions
+from jaxseg.explain.gradcam import resolve_kind
 from jaxseg.infer import chunks
 from jaxseg.overlap import dice_from_counts
 from jaxseg.target import TargetKind
@@ -79,30 +79,40 @@ def _region_attributions(graphdef, params, batch_stats, images, regions, sign, s
     convention, predicted (n, *spatial) bool)`` per chunk of at most ``batch_size`` samples and
     region; ``rows`` are the chunk's sample indices.
 
-    ``only_predicted``: attribute each region only on the samples where it is predicted
-    somewhere. A region's mass sums over its predicted pixels, so the others add exactly 0 to it
-    (per-sample scores: inference batch norm); on a volume's tumor slices the enhancing tumor is
-    often on far fewer slices than the whole tumor, and this skips their forward and backward
-    passes. False: every sample, for maps at every pixel (:func:`modality_maps`)."""
+    Every region of a chunk comes from one call of
+    :func:`~jaxseg.explain.attribution.integrated_gradients_regions` (one forward pass per step,
+    one backward pass per region), equal to attributing each region on its own.
+
+    ``only_predicted``: attribute only the samples where some region is predicted, and yield
+    each region only on the samples where it is predicted. A region's mass sums over its
+    predicted pixels, so the others add exactly 0 to it (per-sample scores: inference batch
+    norm); on a volume the tumor is on a fraction of the slices, and this skips the rest.
+    False: every sample and region, for maps at every pixel (:func:`modality_maps`)."""
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     specs = _regions(regions, target_kind)
     indices = [target_kind.table_index(r) for r in specs]
+    if not len(images):
+        return
     predicted = np.concatenate([chunks.call_padded(
         lambda x: _predicted(graphdef, params, batch_stats, x, target_kind=target_kind)[1], batch_size,
-        images[start:start + batch_size]) for start in range(0, len(images), batch_size)]) if len(images) else None
-    for r, (spec, index) in enumerate(zip(specs, indices)):
-        region = predicted[..., index] if predicted is not None else np.zeros((0,), bool)
-        rows_of_region = (np.flatnonzero(region.reshape(len(region), -1).any(axis=1)) if only_predicted
-                          else np.arange(len(images)))
-        for start in range(0, len(rows_of_region), batch_size):
-            rows = rows_of_region[start:start + batch_size]
-            # The target's channel is traced: every region reuses one compiled program.
-            ig = chunks.call_padded(
-                lambda x: integrated_gradients(graphdef, params, batch_stats, x, Target("predicted", spec),
-                                               steps=steps, baseline=baseline, target_kind=target_kind,
-                                               chunk=chunk), batch_size, images[rows]).astype(np.float64)
-            yield rows, r, (np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)), region[rows]
+        images[start:start + batch_size]) for start in range(0, len(images), batch_size)])[..., indices]
+    present = predicted.reshape(len(images), -1, len(specs)).any(axis=1)  # (B, R): region r on sample b
+    if not only_predicted:
+        present[:] = True
+    candidates = np.flatnonzero(present.any(axis=1))
+    for start in range(0, len(candidates), batch_size):
+        rows = candidates[start:start + batch_size]
+        # (n, R, *spatial, C); the regions are traced, so one compiled program serves every chunk.
+        ig = chunks.call_padded(
+            lambda x: jnp.moveaxis(integrated_gradients_regions(
+                graphdef, params, batch_stats, x, specs, steps=steps, baseline=baseline, target_kind=target_kind,
+                chunk=chunk), 0, 1), batch_size, images[rows]).astype(np.float64)
+        ig = np.abs(ig) if sign == "abs" else np.maximum(ig, 0.0)
+        for r in range(len(specs)):
+            keep = present[rows, r]
+            if keep.any():
+                yield rows[keep], r, ig[keep, r], predicted[rows[keep], ..., r]
 
 
 def attribution_mass(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any, *,
@@ -212,30 +222,31 @@ def modality_attribution(graphdef: nnx.GraphDef, params: nnx.State, batch_stats:
 def _ablation_sums(graphdef, params, batch_stats, images, brain, valid, fill, indices, *, target_kind):
     """Per ablation (none, then each channel) and region: ``(C + 1, R, 4)`` float32 sums of
     (probability over the reference pixels, reference pixels, overlap, perturbed + reference
-    sizes)."""
+    sizes). The unperturbed batch runs once (it is the reference and the first row); the C
+    ablated copies of it run as one batch."""
     model = nnx.merge(graphdef, params, batch_stats)
     channels = images.shape[-1]
 
     def table(x):
         probs, predicted = target_kind.probability_table(model(x, train=False)[0].astype(jnp.float32))
-        # Padding rows (valid False) count nowhere.
-        keep = valid.reshape((-1,) + (1,) * (predicted.ndim - 1))
-        return jnp.take(probs, indices, axis=-1), jnp.take(predicted, indices, axis=-1) & keep
+        return jnp.take(probs, indices, axis=-1), jnp.take(predicted, indices, axis=-1)
 
-    _, reference = table(images)  # (B, *spatial, R)
-
-    lead = (1,) * brain.ndim
-    fill = fill.reshape(lead + (channels,))
-
-    def sums(c):  # c = -1: unperturbed
-        replace = brain[..., None] & (jnp.arange(channels) == c).reshape(lead + (channels,))
-        probs, predicted = table(jnp.where(replace, fill, images))
-        axes = tuple(range(probs.ndim - 1))
-        ref = reference.astype(jnp.float32)
-        return jnp.stack([(probs * ref).sum(axes), ref.sum(axes), (predicted & reference).sum(axes),
-                          predicted.sum(axes) + reference.sum(axes)], axis=-1).astype(jnp.float32)
-
-    return jax.vmap(sums)(jnp.arange(-1, channels))
+    # Padding rows (valid False) count nowhere.
+    keep = valid.reshape((-1,) + (1,) * (images.ndim - 1))
+    probs, reference = table(images)  # (B, *spatial, R)
+    reference = reference & keep
+    lead = (1,) * (brain.ndim + 1)
+    replace = brain[None, ..., None] & jnp.eye(channels, dtype=bool).reshape(
+        (channels,) + (1,) * brain.ndim + (channels,))  # (C, B, *spatial, C): channel c inside the brain
+    ablated = jnp.where(replace, fill.reshape(lead + (channels,)), images[None])
+    ablated_probs, ablated_predicted = table(ablated.reshape(-1, *images.shape[1:]))
+    probs = jnp.concatenate([probs[None], ablated_probs.reshape(channels, *probs.shape)])  # (C + 1, B, *spatial, R)
+    predicted = jnp.concatenate([reference[None], ablated_predicted.reshape(channels, *reference.shape) & keep[None]])
+    ref = reference.astype(jnp.float32)
+    axes = tuple(range(1, probs.ndim - 1))  # the batch and the spatial axes of (C + 1, B, *spatial, R)
+    ref_count = jnp.broadcast_to(ref.sum(tuple(range(ref.ndim - 1))), probs.shape[:1] + ref.shape[-1:])  # (C + 1, R)
+    return jnp.stack([(probs * ref[None]).sum(axes), ref_count, (predicted & reference[None]).sum(axes),
+                      predicted.sum(axes) + ref_count], axis=-1).astype(jnp.float32)
 
 
 def modality_ablation(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: Any,

@@ -34,6 +34,10 @@ MC_SLICE_CHUNK = 5
 # real case; jax.lax.map over 7 pairs at a time fit but took 160 s for 82 slices (lax.map was ~9x
 # slower than one vmap here, as it was for integrated gradients), so fewer slices per vmap instead.
 FAITHFULNESS_SLICE_BATCH = 2
+# Slices per integrated-gradients call (8 steps x 3 regions): on a real case 16.8 ms per slice,
+# step and region with 8 slices, 20.7 ms with 16 (the larger call's buffers cost more than they
+# save); docs/explain.md, "What it costs".
+ATTRIBUTION_BATCH = 8
 
 
 class SliceSpace:
@@ -88,7 +92,7 @@ class SliceSpace:
         chosen = region_slices(*model, self.slices, regions=regions, target_kind=kind, batch_size=p.batch_size)
         attribution, first = modality_attribution_maps(*model, self.slices[chosen], modalities=modalities,
                                                        regions=regions, steps=steps, target_kind=kind,
-                                                       batch_size=p.batch_size)
+                                                       batch_size=min(p.batch_size, ATTRIBUTION_BATCH))
         ablation = modality_ablation(*model, self.slices, modalities=modalities, regions=regions, target_kind=kind,
                                      batch_size=p.batch_size)
         per_slice = np.zeros(self.slices.shape, np.float32)  # the attributed slices' maps; 0 on the others

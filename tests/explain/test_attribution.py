@@ -86,3 +86,27 @@ def test_integrated_gradients_are_complete(target):
     total = np.asarray(attributions, np.float64).sum(axis=(1, 2, 3))
     assert np.abs(difference).min() > 1e-3
     np.testing.assert_allclose(total, difference, rtol=0.02, atol=1e-5)
+
+
+def test_integrated_gradients_of_several_regions_at_once():
+    """One forward pass per step, one backward pass per region: each row equals the region's own
+    integrated gradients, and each is complete (sums to its score's change from the baseline)."""
+    model = TwoLayer(2, 2, 6, 3, nnx.Rngs(5))
+    images = RNG.normal(size=(3, 16, 16, 2)).astype(np.float32)
+    together = np.asarray(A.integrated_gradients_regions(*split(model), images, ["WT", "TC", "ET"], steps=64,
+                                                          target_kind="regions"))
+    assert together.shape == (3, 3, 16, 16, 2)
+    logits = np.asarray(model(images)[0], np.float64)
+    for r, region in enumerate(("WT", "TC", "ET")):
+        alone = np.asarray(A.integrated_gradients(*split(model), images, f"predicted:{region}", steps=64,
+                                                  target_kind="regions"))
+        np.testing.assert_allclose(together[r], alone, rtol=1e-5, atol=1e-8)
+        pixels = logits[..., r] > 0
+
+        def score(x, r=r, pixels=pixels):
+            p = sigmoid(np.asarray(model(x)[0], np.float64)[..., r])
+            return np.where(pixels.any(axis=(1, 2)), (p * pixels).sum(axis=(1, 2)) / np.maximum(pixels.sum(axis=(1, 2)), 1),
+                            p.mean(axis=(1, 2)))
+
+        difference = score(images) - score(np.zeros_like(images))
+        np.testing.assert_allclose(together[r].sum(axis=(1, 2, 3)), difference, rtol=0.03, atol=2e-5)

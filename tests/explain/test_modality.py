@@ -162,19 +162,21 @@ def test_modality_maps_are_the_absolute_integrated_gradients():
 
 
 def test_a_region_is_attributed_only_on_the_samples_that_predict_it(monkeypatch):
-    """Samples without a region's pixels add exactly 0 to its mass: they are skipped (one IG
-    call per sample and region that predicts it here) and the mass is still the closed form."""
+    """Samples that predict no region add exactly 0 to every mass: they are skipped (one IG call
+    per sample that predicts some region here, all regions at once) and the masses are still the
+    closed form, also for a region that only some attributed samples predict."""
     model = LinearPixelModel([[6.0, 1.0, 0.0], [2.0, -3.0, 0.0], [0.0, 4.0, 5.0]], [-4.0, -1.0, -2.0])
-    images = images_with_background(3, 8, 3)
+    images = images_with_background(4, 8, 3)
     images[1:, ..., 2] *= 0.3  # ET's logit 5 * flair - 2 < 0: ET on the first sample only
+    images[3] *= 0.05  # every logit below 0: nothing predicted on the last sample
     predicted = model.logits_np(images) > 0  # (B, H, W, 3)
-    per_region = predicted.reshape(3, -1, 3).any(axis=1).sum(axis=0)  # samples predicting each region
-    assert per_region[2] == 1 and per_region[0] == 3
+    per_sample = predicted.reshape(4, -1, 3).any(axis=1)  # (B, R)
+    assert per_sample[:, 2].sum() == 1 and per_sample[:3, 0].all() and not per_sample[3].any()
     calls = []
-    real = MA.integrated_gradients
-    monkeypatch.setattr(MA, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = MA.integrated_gradients_regions
+    monkeypatch.setattr(MA, "integrated_gradients_regions", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
     shares, first = MA.modality_attribution_maps(*split(model), images, steps=9, target_kind="regions", batch_size=1)
-    assert len(calls) == per_region.sum() < 9
+    assert calls == [1, 1, 1]  # the three samples that predict something, one at a time
     masses = [ig_mass_closed_form(model, images, r, 9) for r in range(3)]
     for region, mass in zip(("WT", "TC", "ET"), masses):
         for c, m in enumerate(("channel0", "channel1", "channel2")):
@@ -182,4 +184,5 @@ def test_a_region_is_attributed_only_on_the_samples_that_predict_it(monkeypatch)
     # The first region's (WT's) map: the absolute IG on its samples (all three here).
     from jaxseg.explain.attribution import integrated_gradients
     direct = np.asarray(integrated_gradients(*split(model), images, "predicted:WT", steps=9, target_kind="regions"))
-    np.testing.assert_allclose(first, np.abs(direct), atol=1e-7)
+    np.testing.assert_allclose(first[:3], np.abs(direct[:3]), atol=1e-7)
+    assert not first[3].any()  # not attributed: WT is not predicted there
