@@ -192,6 +192,10 @@ def explain(
         None, metavar="LAYER,LAYER|none", help="Grad-CAM layers the report also offers (default: bottleneck, dec2, dec0)"),
     faithfulness_slices: int = typer.Option(
         0, help="deletion/insertion on every tumor slice (0) or on the N with the largest tumor"),
+    faithfulness_steps: int = typer.Option(11, help="fractions of each deletion/insertion curve, ends included"),
+    faithfulness_spacing: str = typer.Option(
+        "geometric", metavar="geometric|linear",
+        help="curve fractions: 0 then 0.1%..100% at a constant ratio (default), or evenly from 0 to 1"),
     seed: int = typer.Option(0, help="the key of MC dropout and the random baseline"),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration",
                                      help="apply the model's calibration.json (per-region temperatures), if any"),
@@ -201,7 +205,9 @@ def explain(
     result = run(path, checkpoint, out, ExplainSettings(layer=layer, target=target, mc_samples=mc_samples,
                                                         attribution_steps=attribution_steps, normalise=normalise,
                                                         compare_layers=_layer_list(compare_layers),
-                                                        faithfulness_slices=faithfulness_slices, seed=seed,
+                                                        faithfulness_slices=faithfulness_slices,
+                                                        faithfulness_steps=faithfulness_steps,
+                                                        faithfulness_spacing=faithfulness_spacing, seed=seed,
                                                         calibrated=calibration),
                  say=_say)
     typer.echo(result.summary["caption"])

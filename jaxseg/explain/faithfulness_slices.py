@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 # The per-sample curves of faithfulness.py, shared rather than written twice.
-from jaxseg.explain.faithfulness import CURVES, _curves, random_ranking
+from jaxseg.explain.faithfulness import CURVES, _curves, curve_fractions, random_ranking, static_fractions
 from jaxseg.explain.gradcam import resolve_kind, target_probability
 from jaxseg.infer import chunks
 from jaxseg.target import TargetKind
@@ -59,7 +59,8 @@ def tumor_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.Sta
 
 
 def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, slices: Any,
-                        saliency: Any, key: jax.Array, *, steps: int = 21, channel: int | str = "WT",
+                        saliency: Any, key: jax.Array, *, steps: int = 21, spacing: str = "linear",
+                        channel: int | str = "WT",
                         target_kind: str | TargetKind | None = None, baseline: float = 0.0, batch_size: int = 16,
                         chunk: int | None = None, random_saliency: Any = None) -> dict[str, Any]:
     """Per-slice deletion/insertion against a random ranking, over every tumor slice.
@@ -70,7 +71,8 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
       saliency: ``(Z, *spatial)`` float, larger = more important (Grad-CAM per slice).
       key: PRNG key: batch ``i`` of tumor slices uses ``fold_in(key, i)`` (split into the tie
         key and the random ranking's key); the result is a pure function of it.
-      steps, channel, target_kind, baseline, chunk: as :func:`~jaxseg.explain.faithfulness.faithfulness`.
+      steps, spacing, channel, target_kind, baseline, chunk: as
+        :func:`~jaxseg.explain.faithfulness.faithfulness`.
       batch_size: tumor slices per call (the last batch zero-padded: one compiled program,
         :func:`jaxseg.infer.chunks.map_chunks`).
       random_saliency: ``(Z, *spatial)`` the random maps to use instead of drawing them
@@ -83,8 +85,7 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
       float32 with its ``<curve>_auc``; ``per_slice_auc``: ``{deletion_score, insertion_score,
       random_deletion_score, random_insertion_score}`` lists of floats, one per tumor slice.
     """
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2, got {steps}")
+    fractions = curve_fractions(int(steps), spacing)
     slices = np.asarray(slices, np.float32)
     saliency = np.asarray(saliency, np.float32)
     if saliency.shape != slices.shape[:-1]:
@@ -93,13 +94,13 @@ def faithfulness_slices(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: 
     index = kind.table_index(channel)
     chosen = tumor_slices(graphdef, params, batch_stats, slices, channel=channel, target_kind=kind,
                           batch_size=batch_size)
-    fractions = np.linspace(0.0, 1.0, steps, dtype=np.float32)
 
     def per_slice_curves(i, images, maps, noise):
         rank_key, random_key = jax.random.split(jax.random.fold_in(key, i))
         noise = random_ranking(random_key, maps.shape) if noise is None else jnp.asarray(noise)
         curves = _curves(graphdef, params, batch_stats, jnp.asarray(images), jnp.stack([jnp.asarray(maps), noise]),
-                         rank_key, jnp.int32(index), jnp.float32(baseline), target_kind=kind, steps=int(steps),
+                         rank_key, jnp.int32(index), jnp.float32(baseline), target_kind=kind,
+                         fractions=static_fractions(fractions),
                          chunk=None if chunk is None else int(chunk))
         return jnp.moveaxis(curves, -1, 0)  # (slices, 2 rankings, steps, 4 curves): rows first
 

@@ -95,7 +95,7 @@ class ModelSpace(Protocol):
     def modality(self, saliency: Saliency, modalities: tuple[str, ...], steps: int) -> ModalitySection: ...
     def mc_dropout(self, key: jax.Array, samples: int) -> dict[str, np.ndarray]: ...
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
-                     steps: int, slices: int) -> dict[str, Any] | None: ...
+                     steps: int, spacing: str, slices: int) -> dict[str, Any] | None: ...
     # What the progress messages say about this space.
     def segmented_message(self) -> str: ...
     def gradcam_message(self, layer: str, target: str) -> str: ...
@@ -207,6 +207,7 @@ class ExplainMaps:
 
 def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_target: str, key: jax.Array,
                  mc_samples: int, with_dropout: bool, faithfulness_steps: int, faithfulness_slices: int,
+                 faithfulness_spacing: str = "linear",
                  modalities: tuple[str, ...] = (), attribution_steps: int = 0, normalise: str = "volume",
                  compare_layers: tuple[str, ...] = (), truth: np.ndarray | None = None,
                  step: Callable[[str], None] = lambda message: None) -> ExplainMaps:
@@ -218,7 +219,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
       layer, gradcam_target: the Grad-CAM layer and score (``'mean'``, ``'predicted:TC'``...).
       key: the PRNG key; MC dropout gets ``fold_in(key, 1)``, the curves ``fold_in(key, 2)``.
       mc_samples: MC-dropout passes; skipped unless ``with_dropout`` and ``mc_samples > 1``.
-      faithfulness_steps: fractions of each deletion/insertion curve.
+      faithfulness_steps, faithfulness_spacing: the fractions of each deletion/insertion curve
+        (:func:`~jaxseg.explain.faithfulness.curve_fractions`).
       faithfulness_slices: 2D: 0 = the curves use every slice with predicted tumor, N = only the
         N with the largest predicted tumor.
       modalities: the input channels' names; attribution_steps: integrated-gradient steps of the
@@ -286,7 +288,8 @@ def compute_maps(space: ModelSpace, target: TargetKind, *, layer: str, gradcam_t
             f"{r} {v['ece_relevant']:.3f}" for r, v in calibration.regions.items() if v["ece_relevant"] is not None))
 
     curves, per_slice = split_faithfulness(space.faithfulness(
-        probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps, faithfulness_slices))
+        probabilities, cam, saliency, jax.random.fold_in(key, 2), faithfulness_steps, faithfulness_spacing,
+        faithfulness_slices))
     if per_slice is not None:
         step(f"saliency beats random on {per_slice.n} tumor slices: deletion {per_slice.deletion_beats_random:.0%}, "
              f"insertion {per_slice.insertion_beats_random:.0%}")

@@ -23,6 +23,7 @@ import numpy as np
 from jaxseg.data import brats, checks, nifti
 from jaxseg.errors import JaxsegError
 from jaxseg.explain import captions as captions_lib
+from jaxseg.explain.faithfulness import SPACINGS
 from jaxseg.explain.gradcam import parse_target
 from jaxseg.explain.layer_quality import NORMALISATIONS
 from jaxseg.explain.maps import ExplainMaps, ModelSpace, compute_maps
@@ -45,7 +46,10 @@ class ExplainSettings:
     target: str = "mean"  # Grad-CAM score: mean | predicted[:REGION] | REGION (see gradcam.Target)
     mc_samples: int = 20
     faithfulness_slices: int = 0  # 0: every slice with predicted tumor; N: the N with the largest tumor
-    faithfulness_steps: int = 21
+    # Fractions of each deletion/insertion curve: 0, then 0.1 % .. 100 % of the pixels at a
+    # constant ratio (a tumor is a few percent of a slice; faithfulness.curve_fractions).
+    faithfulness_steps: int = 11
+    faithfulness_spacing: str = "geometric"  # geometric | linear
     seed: int = 0
     batch_size: int = 16
     attribution_steps: int = 8  # integrated-gradient steps of the modality attribution (0: skip it)
@@ -132,6 +136,12 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
         raise JaxsegError(f"--mc-samples {settings.mc_samples}: must be at least 1 (1 = no MC dropout)")
     if settings.normalise not in NORMALISATIONS:
         raise JaxsegError(f"--normalise {settings.normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
+    if settings.faithfulness_steps < 2:
+        raise JaxsegError(f"--faithfulness-steps {settings.faithfulness_steps}: must be at least 2 (the image and "
+                          "the all-background image)")
+    if settings.faithfulness_spacing not in SPACINGS:
+        raise JaxsegError(f"--faithfulness-spacing {settings.faithfulness_spacing!r}: not a spacing "
+                          f"(known: {', '.join(SPACINGS)})")
     if settings.faithfulness_slices < 0:
         raise JaxsegError(f"--faithfulness-slices {settings.faithfulness_slices}: must be 0 (every tumor slice) or more")
     if settings.attribution_steps < 0:
@@ -160,6 +170,7 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     maps = compute_maps(space, target_for(predictor.cfg), layer=layer, gradcam_target=settings.target,
                         key=jax.random.PRNGKey(settings.seed), mc_samples=settings.mc_samples,
                         with_dropout=predictor.cfg.model.dropout > 0, faithfulness_steps=settings.faithfulness_steps,
+                        faithfulness_spacing=settings.faithfulness_spacing,
                         faithfulness_slices=settings.faithfulness_slices,
                         modalities=tuple(predictor.modalities), attribution_steps=settings.attribution_steps,
                         normalise=settings.normalise, compare_layers=compare, truth=truth,

@@ -29,7 +29,8 @@ from jaxseg.target import target_for
 # slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
 # (benchmarks/explain.py, NOTES.md section 10).
 MC_SLICE_CHUNK = 5
-# Tumor slices per deletion/insertion call: each runs all (2 rankings x 21 steps) pairs in one vmap.
+# Tumor slices per deletion/insertion call: each runs all (2 rankings x inner steps) pairs in one vmap.
+# The lines below were measured with 21 linear steps (19 inner); the default is now 11 (9 inner).
 # 16 slices of 128 px (672 passes at once) ran out of memory (std::bad_alloc, 23 GB machine) on a
 # real case; jax.lax.map over 7 pairs at a time fit but took 160 s for 82 slices (lax.map was ~9x
 # slower than one vmap here, as it was for integrated gradients), so fewer slices per vmap instead.
@@ -111,7 +112,7 @@ class SliceSpace:
                           self.slices, batch_size=p.batch_size, empty={})
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
-                     steps: int, slices: int) -> dict[str, Any] | None:
+                     steps: int, spacing: str, slices: int) -> dict[str, Any] | None:
         """Deletion/insertion on every brain slice with predicted tumor (``slices`` 0), or on the
         ``slices`` with the largest predicted tumor (in canonical ``probabilities``), each slice
         against its own random ranking
@@ -129,7 +130,7 @@ class SliceSpace:
             return None
         p = self.predictor
         result = faithfulness_slices(p.graphdef, p.params, p.batch_stats, self.slices[order],
-                                     saliency.model_map[order], key, steps=steps, channel="WT",
+                                     saliency.model_map[order], key, steps=steps, spacing=spacing, channel="WT",
                                      target_kind=self.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
         if not result["n"]:
             return None

@@ -173,7 +173,7 @@ class WindowSpace:
         return mc_dropout_windows(self.predictor, self.model_input.values, key, samples)
 
     def faithfulness(self, probabilities: np.ndarray, cam: np.ndarray, saliency: Saliency, key: jax.Array,
-                     steps: int, slices: int) -> dict[str, Any] | None:
+                     steps: int, spacing: str, slices: int) -> dict[str, Any] | None:
         """Deletion/insertion in 3D on the Grad-CAM window, voxels ranked by its 3D map; None
         without predicted tumor in the canonical ``probabilities``. ``cam`` and ``slices``
         are not needed here."""
@@ -181,7 +181,7 @@ class WindowSpace:
             return None
         p = self.predictor
         return faithfulness(p.graphdef, p.params, p.batch_stats, saliency.images, saliency.maps, key, steps=steps,
-                            channel="WT", target_kind=self.target.name, chunk=FAITHFULNESS_CHUNK)
+                            spacing=spacing, channel="WT", target_kind=self.target.name, chunk=FAITHFULNESS_CHUNK)
 
     def segmented_message(self) -> str:
         i = self.predictor.cfg.infer

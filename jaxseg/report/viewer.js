@@ -317,13 +317,25 @@
     if (hi - lo < 1e-9) hi = lo + 1;
     const yStep = niceStep(hi - lo);
     lo = Math.floor(lo / yStep + 1e-9) * yStep; hi = Math.ceil(hi / yStep - 1e-9) * yStep;
-    const sx = (f) => l + f * (W - l - r), sy = (v) => t + (1 - (v - lo) / (hi - lo)) * (H - t - b);
-    const path = (ys) => curve.fractions.map((f, i) => `${i ? 'L' : 'M'}${sx(f).toFixed(1)},${sy(ys[i]).toFixed(1)}`).join('');
+    // Geometric fractions (0, then a constant ratio up to 1) get a log x axis with 0 at its left
+    // end; evenly spaced ones a linear axis.
+    const fr = curve.fractions, n = fr.length, span = fr[n - 1] - fr[0];
+    const even = fr.every((f, i) => Math.abs(f - fr[0] - i * span / (n - 1)) < 1e-4 * Math.max(span, 1e-9));
+    const logX = !even && n > 2 && fr[0] === 0 && fr[1] > 0;
+    const zeroGap = 0.08, decades = logX ? Math.log(fr[n - 1] / fr[1]) : 1;
+    const pos = logX ? (f) => (f <= 0 ? 0 : zeroGap + (1 - zeroGap) * Math.log(f / fr[1]) / decades) : (f) => f;
+    const sx = (f) => l + pos(f) * (W - l - r), sy = (v) => t + (1 - (v - lo) / (hi - lo)) * (H - t - b);
+    const path = (ys) => fr.map((f, i) => `${i ? 'L' : 'M'}${sx(f).toFixed(1)},${sy(ys[i]).toFixed(1)}`).join('');
+    const ticks = logX ? [[0, '0']] : [0, 1, 2, 3, 4].map((i) => [i / 4, (i / 4).toFixed(2)]);
+    if (logX) {  // the powers of ten from the largest fraction down to the smallest non-zero one
+      for (let p = 1; p >= fr[1] * (1 - 1e-9); p /= 10) {
+        if (p <= fr[n - 1] * (1 + 1e-9)) ticks.splice(1, 0, [p, `${+(p * 100).toPrecision(2)}%`]);
+      }
+    }
     let grid = '';
-    for (let i = 0; i <= 4; i++) {
-      const f = i / 4;
+    for (const [f, text] of ticks) {
       grid += `<line x1="${sx(f)}" y1="${t}" x2="${sx(f)}" y2="${H - b}" stroke="#262d38"/>` +
-        `<text x="${sx(f)}" y="${H - b + 16}" text-anchor="middle">${f.toFixed(2)}</text>`;
+        `<text x="${sx(f)}" y="${H - b + 16}" text-anchor="middle">${text}</text>`;
     }
     for (let v = lo; v <= hi + yStep / 2; v += yStep) {
       grid += `<line x1="${l}" y1="${sy(v)}" x2="${W - r}" y2="${sy(v)}" stroke="#262d38"/>` +
@@ -335,7 +347,7 @@
       `<path d="${area}" fill="rgba(77,163,255,0.12)"/>` +
       `<path d="${path(curve.random)}" fill="none" stroke="#9aa4b1" stroke-width="1.6" stroke-dasharray="5 4"/>` +
       `<path d="${path(curve.saliency)}" fill="none" stroke="#4da3ff" stroke-width="2.2"/>` +
-      `<text x="${(l + W - r) / 2}" y="${H - 6}" text-anchor="middle">fraction of voxels ${kind === 'deletion' ? 'removed' : 'restored'}</text>` +
+      `<text x="${(l + W - r) / 2}" y="${H - 6}" text-anchor="middle">fraction of voxels ${kind === 'deletion' ? 'removed' : 'restored'}${logX ? ' (log scale)' : ''}</text>` +
       `<text class="axis-label" x="${l - 40}" y="14">${escapeHtml(label)}</text></svg>`;
   }
 

@@ -142,6 +142,16 @@ def test_mc_samples_below_one_is_one_clear_line(smoke_run, case, tmp_path, sampl
     assert res.output.strip().count("\n") == 0 and "--mc-samples" in res.output
 
 
+@pytest.mark.parametrize("option, value, problem", [("--faithfulness-steps", "1", "must be at least 2"),
+                                                    ("--faithfulness-spacing", "log", "not a spacing")])
+def test_bad_curve_fractions_are_one_clear_line(smoke_run, case, tmp_path, option, value, problem):
+    res = CliRunner().invoke(cli.app, ["explain", str(case), "--checkpoint", str(smoke_run),
+                                       option, value, "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0
+    assert option in res.output and problem in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_gradcam_is_normalised_per_volume_by_default_and_per_slice_on_request(explained, space, smoke_run, case,
                                                                              tmp_path):
     import nibabel as nib
@@ -286,8 +296,8 @@ def test_faithfulness_over_every_tumor_slice_equals_the_library(smoke_run, case,
     cam = space.gradcam(space.probabilities(), "dec0", "mean", "volume").model_map
     # Every brain slice in: the library picks the tumor slices itself.
     direct = faithfulness_slices(p.graphdef, p.params, p.batch_stats, space.slices, cam,
-                                 jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), steps=5, channel="WT",
-                                 target_kind=space.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
+                                 jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), steps=5,
+                                 spacing=settings.faithfulness_spacing, channel="WT", target_kind=space.target.name, batch_size=FAITHFULNESS_SLICE_BATCH)
     got = result.summary["faithfulness_slices"]
     assert direct["n"] > 1 and got == {"deletion_beats_random": direct["deletion_beats_random"],
                                        "insertion_beats_random": direct["insertion_beats_random"], "n": direct["n"]}

@@ -30,21 +30,44 @@ def pixel_model():
     return model
 
 
-def test_curves_equal_a_hand_computation_for_a_pixelwise_model():
+def hand_fractions(steps, spacing):
+    """0 .. 1 evenly, or 0 then 1/1024 .. 1 at the ratio 1024 ** (1 / (steps - 2))."""
+    if spacing == "linear":
+        return np.linspace(0, 1, steps)
+    return np.array([0.0] + [1024.0 ** (k / (steps - 2) - 1) for k in range(steps - 1)])
+
+
+def test_curve_fractions():
+    np.testing.assert_array_equal(F.curve_fractions(5), np.linspace(0, 1, 5, dtype=np.float32))
+    geometric = F.curve_fractions(11, "geometric")
+    assert geometric.dtype == np.float32 and geometric[0] == 0 and geometric[-1] == 1
+    np.testing.assert_allclose(geometric[1], 1 / 1024)
+    np.testing.assert_allclose(geometric[2:] / geometric[1:-1], 1024 ** (1 / 9), rtol=1e-5)  # a constant ratio
+    np.testing.assert_array_equal(F.curve_fractions(2, "geometric"), [0, 1])
+    with pytest.raises(ValueError, match="at least 2"):
+        F.curve_fractions(1)
+    with pytest.raises(ValueError, match="unknown fraction spacing 'log'.*geometric"):
+        F.curve_fractions(5, "log")
+
+
+@pytest.mark.parametrize("spacing", ["linear", "geometric"])
+def test_curves_equal_a_hand_computation_for_a_pixelwise_model(spacing):
     rng = np.random.default_rng(0)
-    images = rng.uniform(size=(2, 8, 8, 2)).astype(np.float32)
-    saliency = rng.uniform(size=(2, 8, 8)).astype(np.float32)  # no ties: the order is the map's
+    images = rng.uniform(size=(2, 16, 16, 2)).astype(np.float32)
+    saliency = rng.uniform(size=(2, 16, 16)).astype(np.float32)  # no ties: the order is the map's
     graphdef, params, batch_stats = nnx.split(pixel_model(), nnx.Param, nnx.BatchStat)
-    out = F.faithfulness(graphdef, params, batch_stats, images, saliency, jax.random.key(0), steps=5)
+    out = F.faithfulness(graphdef, params, batch_stats, images, saliency, jax.random.key(0), steps=5,
+                         spacing=spacing)
+    fractions = hand_fractions(5, spacing)
 
     probability = lambda x: 1 / (1 + np.exp(-(6.0 * x[..., 0] - 3.0)))  # noqa: E731
     reference = probability(images) > 0.5
     order = np.argsort(-saliency.reshape(2, -1), axis=1)
     expected = {name: [] for name in F.CURVES}
-    for fraction in np.linspace(0, 1, 5):
-        top = np.zeros((2, 64), bool)
-        np.put_along_axis(top, order[:, : int(round(fraction * 64))], True, axis=1)
-        top = top.reshape(2, 8, 8, 1)
+    for fraction in fractions:
+        top = np.zeros((2, 256), bool)
+        np.put_along_axis(top, order[:, : int(round(fraction * 256))], True, axis=1)
+        top = top.reshape(2, 16, 16, 1)
         for mode, x in (("deletion", np.where(top, 0.0, images)), ("insertion", np.where(top, images, 0.0))):
             p = probability(x)
             expected[f"{mode}_score"].append(np.mean([p[b][reference[b]].mean() for b in range(2)]))
@@ -52,10 +75,10 @@ def test_curves_equal_a_hand_computation_for_a_pixelwise_model():
             dices = [2 * (pred[b] & reference[b]).sum() / (pred[b].sum() + reference[b].sum()) for b in range(2)]
             expected[f"{mode}_dice"].append(np.mean(dices))
     assert reference.any(axis=(1, 2)).all()
-    np.testing.assert_array_equal(out["fractions"], np.linspace(0, 1, 5, dtype=np.float32))
+    np.testing.assert_allclose(out["fractions"], fractions, rtol=1e-6)
     for name in F.CURVES:
         np.testing.assert_allclose(out[name], expected[name], atol=1e-5, err_msg=name)
-        assert out[f"{name}_auc"] == pytest.approx(np.trapezoid(expected[name], np.linspace(0, 1, 5)), abs=1e-5)
+        assert out[f"{name}_auc"] == pytest.approx(np.trapezoid(expected[name], fractions), abs=1e-5)
     # Deleting nothing and inserting everything both leave the image as it was.
     assert out["deletion_dice"][0] == out["insertion_dice"][-1] == 1.0
     assert out["random_deletion_score"][0] == pytest.approx(out["deletion_score"][0], abs=1e-6)

@@ -35,6 +35,33 @@ def test_report_opens_without_errors_and_screenshot(browser: Browser, report: Pa
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+def test_geometric_fractions_get_a_log_axis_and_even_ones_a_linear_one(browser: Browser, tmp_path: Path) -> None:
+    from jaxseg.explain.faithfulness import curve_fractions
+    data = synthetic_data()
+    geometric = curve_fractions(11, "geometric").astype(np.float64)
+    data.curves["deletion"] = {"fractions": geometric, "saliency": np.exp(-60 * geometric), "random": 1 - geometric}
+
+    def axis(kind: str) -> dict:
+        return browser.evaluate(
+            f"(() => {{ const svg = document.querySelector('#plot-{kind} svg');"
+            " const labels = [...svg.querySelectorAll('text')].map(t => t.textContent);"
+            " const xs = svg.querySelectorAll('path')[2].getAttribute('d').slice(1).split('L')"
+            "   .map(p => Number(p.split(',')[0]));"
+            " return {labels, xs}; })()")
+
+    browser.open(write_report(data, tmp_path / "geometric.html"))
+    assert browser.problems() == []
+    deletion, insertion = axis("deletion"), axis("insertion")
+    assert [t for t in deletion["labels"] if t.endswith("%")] == ["0.1%", "1%", "10%", "100%"]
+    assert any(t.endswith("(log scale)") for t in deletion["labels"])
+    xs = np.array(deletion["xs"])  # 0 at the left end, then equal steps: a constant ratio on a log axis
+    assert xs[0] == 50 and np.all(np.diff(xs) > 0)
+    np.testing.assert_allclose(np.diff(xs[1:]), np.diff(xs[1:]).mean(), atol=0.15)
+    # The synthetic insertion curve's fractions are even: a linear axis labelled 0.00 .. 1.00.
+    assert "0.50" in insertion["labels"] and not any(t.endswith("(log scale)") for t in insertion["labels"])
+    np.testing.assert_allclose(np.diff(insertion["xs"]), np.diff(insertion["xs"]).mean(), atol=0.15)
+
+
 def test_views_are_radiological_and_labelled(browser: Browser, tmp_path: Path) -> None:
     """Channel c is bright on the patient's Right / Anterior / Superior half of axis c; the views
     must show the patient's right on the viewer's left (axial, coronal), anterior on the left
