@@ -120,11 +120,12 @@ def explain(path: str | Path, checkpoint: str | Path | None = None, out: str | P
     """
     started = time.perf_counter()
     timings: list[dict[str, Any]] = []  # what each step cost, for the JSON summary
+    last = [0.0]  # the previous step's end, unrounded (a rounded one can make a step last -0.0 s)
 
     def step(message: str) -> None:
         now = time.perf_counter() - started
-        timings.append({"step": message, "seconds": round(now - (timings[-1]["at"] if timings else 0.0), 3),
-                        "at": round(now, 3)})
+        timings.append({"step": message, "seconds": round(now - last[0], 3), "at": round(now, 3)})
+        last[0] = now
         say(f"[{now:5.1f} s] {message}")
 
     path, out = Path(path), Path(out)
