@@ -54,7 +54,7 @@ from jaxseg.train.checkpoint import load_run_config
 KEEP_ABOVE = 1e-3      # a voxel any pass gives more than this is kept (weight 1)
 BACKGROUND_RATE = 20   # one in this many of the other brain voxels is kept, weight BACKGROUND_RATE
 FIT_TOLERANCE = 1e-3   # in log T: T to 0.1 %
-MC_CHUNK = 5           # MC passes held at once per slice batch (explain/run.py MC_SLICE_CHUNK)
+MC_CHUNK = 1           # MC passes held at once per slice batch (as explain/slices.py MC_SLICE_CHUNK)
 
 
 @dataclasses.dataclass(frozen=True)

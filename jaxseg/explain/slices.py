@@ -25,10 +25,10 @@ from jaxseg.infer.chunks import map_chunks
 from jaxseg.infer.predict import Predictor
 from jaxseg.target import target_for
 
-# MC-dropout passes run at once per slice batch. All 20 at once (one vmap) took 5.1 GB for 16
-# slices of 128 px and 132.7 s for 155 slices; 5 at a time 2.0 GB and 126.9 s
-# (benchmarks/explain.py, NOTES.md section 10).
-MC_SLICE_CHUNK = 5
+# MC-dropout passes run at once per slice batch (benchmarks/explain.py --only mc, 155 slices of
+# 128 px, 16 a batch; NOTES.md sections 10 and 14). All 20 in one vmap: 5.1 GB, 132.7 s (old masks);
+# 5 at a time: 47.4 s, 1131 MB above base; 1 at a time: 45.0 s, 708 MB (torch's loop 800 MB).
+MC_SLICE_CHUNK = 1
 # Tumor slices per deletion/insertion call: each runs all (2 rankings x inner steps) pairs in one vmap.
 # The lines below were measured with 21 linear steps (19 inner); the default is now 11 (9 inner).
 # 16 slices of 128 px (672 passes at once) ran out of memory (std::bad_alloc, 23 GB machine) on a
